@@ -1,0 +1,54 @@
+# derma-jepa: every target creates the virtual environment it needs when it is missing.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+STAMP := $(VENV)/.installed
+# Where `make demo` writes its run directory.
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv demo test check-clean nbtest pytest bench-data clean-venv
+
+$(STAMP): settings.ini setup.py
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip check
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (derma-jepa)" >/dev/null
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## The main job on the embedded default: fixture data, offline, one papermill run.
+demo: $(STAMP)
+	@mkdir -p $(dir $(DEMO_DIR))
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING nbs/run.ipynb $(DEMO_DIR).ipynb \
+	  -f nbs/experiments/demo.yaml -p run_dir $(DEMO_DIR)
+	@echo "executed notebook: $(DEMO_DIR)/run.ipynb"
+	@echo "run directory:     $(DEMO_DIR)/ (manifest.parquet, audit.json)"
+
+## The test command: notebooks and package in sync, then nbdev_test, then pytest.
+test: check-clean nbtest pytest
+
+# nbdev_export and nbdev_clean must leave the tree exactly as it was.
+check-clean: $(STAMP)
+	@before=$$(git status --porcelain; git diff); \
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean && \
+	after=$$(git status --porcelain; git diff); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "nbdev_export / nbdev_clean changed files: notebooks and derma_jepa/ are out of sync:"; \
+	  diff <(echo "$$before") <(echo "$$after") | grep '^>' | head -20; exit 1; \
+	fi; echo "nbdev_export / nbdev_clean: no diff"
+
+nbtest: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q tests
+
+## Benchmarks (need HAM10000_DIR); results go to benchmarks/results.json.
+bench-data: $(STAMP)
+	$(PY) benchmarks/bench_data.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,456 @@
+# %%
+#| default_exp pairs
+
+# %% [markdown]
+# # Pairs: manifests for both protocols, and the checks that refuse a leaky one
+#
+# > From split records to a pair manifest: one row per pair, each side an (image, recipe).
+#
+# A **stable** pair shows one lesion twice (label 0); a **changing** pair shows two different
+# lesions with the same diagnosis and body site (label 1). The predictor is trained on stable
+# pairs of the train split and asked to tell the two kinds apart everywhere.
+#
+# The two protocols differ in exactly the ways PROTOCOL B1/B2 list:
+#
+# | | `reference` (the release) | `symmetric` (the paper, leaks closed) |
+# |---|---|---|
+# | stable pair | clean original → one nuisance draw after fit-to-224 | two independent draws on one image |
+# | changing pair | two untouched originals | each side its own draw of the split's family |
+# | selection | first n records of the dx-sorted split | dx mix matched to the split's, both labels |
+# | randomness | one stream, `default_rng(seed+1009)`, in order | a `SeedSequence` per (seed, split, kind, index) |
+# | changing partner | `candidates[cursor mod len]`, no randomness | uniform among candidates, per-pair seed |
+#
+# In `reference`, "was the target processed?" answers the label; `symmetric` removes that cue.
+# Both write the same columns, so everything downstream runs on either.
+
+# %%
+#| export
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+
+from derma_jepa.data import DataError
+from derma_jepa.nuisance import NONE_RECIPE, PRESETS, draw_recipe, get_family, recipe_json, HELD_OUT_FAMILIES
+from derma_jepa.split import SPLITS, check_protocol
+
+# %%
+from fastcore.test import test_eq, test_fail
+
+# %% [markdown]
+# ## Parameters
+#
+# Families are given as a name or a comma list (`"strong,strong_held_out"`): a list rotates by
+# pair index, family = families[i mod k]. The eval family (val and test) defaults to the train
+# families. The preset defaults to the protocol's own: `reference` for the reference protocol,
+# `paper` for the symmetric one. Leave-one-family-out folds rotate the three held-out families.
+
+# %%
+#| export
+POLICIES = ("strict", "fallback")
+KINDS = ("stable", "changing", "rephoto", "selection")
+
+
+def parse_families(families, preset: str) -> tuple[str, ...]:
+    "A tuple of family names from a name, comma list or sequence; each checked against `preset`."
+    names = tuple(f.strip() for f in (families.split(",") if isinstance(families, str) else families) if f.strip())
+    if not names: raise DataError(f"no nuisance family given ({families!r})")
+    for n in names: get_family(n, preset)
+    return names
+
+
+def default_preset(protocol: str, preset: str | None = None) -> str:
+    "The preset a protocol uses unless one is named."
+    if preset is None: return "reference" if check_protocol(protocol) == "reference" else "paper"
+    if preset not in PRESETS: raise DataError(f"unknown nuisance preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    return preset
+
+
+def lofo_folds(families=HELD_OUT_FAMILIES) -> list[tuple[tuple[str, ...], str]]:
+    "Leave-one-family-out: (train families, held-out eval family) for each family in turn."
+    return [(tuple(f for f in families if f != held), held) for held in families]
+
+# %%
+test_eq(parse_families("strong, strong_held_out", "reference"), ("strong", "strong_held_out"))
+test_fail(lambda: parse_families("strong,blur", "paper"), contains="unknown nuisance family 'blur'")
+test_eq(lofo_folds()[2], (("strong", "strong_held_out"), "strong_held_out_2"))
+
+# %% [markdown]
+# ## Changing-pair partners
+#
+# A partner is another lesion of the same split. `strict`: same dx and same site. `fallback`
+# (EXP-001): the first non-empty tier of same patient, same dx + site, same dx, same site, any
+# other lesion. Candidates keep the split's (dx, site, lesion_id, image_id) order.
+
+# %%
+#| export
+TIERS = ("patient", "dx+site", "dx", "site", "any")
+
+
+class Partners:
+    "Candidate partners of every record of one split, by tier, as position arrays in split order."
+    def __init__(self, recs: pd.DataFrame):
+        self.lesion = recs.lesion_id.to_numpy()
+        self.patient = recs.patient_id.to_numpy()
+        self.dx, self.site = recs.dx.to_numpy(), recs.site.to_numpy()
+        self._pos = {key: np.array(sorted(ix)) for key, ix in
+                     recs.reset_index(drop=True).groupby(["dx", "site"]).indices.items()}
+        self._dx = {k: np.array(sorted(v)) for k, v in recs.reset_index(drop=True).groupby("dx").indices.items()}
+        self._site = {k: np.array(sorted(v)) for k, v in recs.reset_index(drop=True).groupby("site").indices.items()}
+        self._all = np.arange(len(recs))
+
+    def pool(self, a: int, tier: str) -> np.ndarray:
+        if tier == "patient":
+            if not self.patient[a]: return self._all[:0]
+            pool = self._all[self.patient == self.patient[a]]
+        elif tier == "dx+site": pool = self._pos[(self.dx[a], self.site[a])]
+        elif tier == "dx": pool = self._dx[self.dx[a]]
+        elif tier == "site": pool = self._site[self.site[a]]
+        else: pool = self._all
+        return pool[self.lesion[pool] != self.lesion[a]]
+
+    def candidates(self, a: int, policy: str) -> tuple[np.ndarray, str | None]:
+        "The candidates of anchor `a` under `policy`, and the tier they come from (None: no partner)."
+        for tier in (("dx+site",) if policy == "strict" else TIERS):
+            c = self.pool(a, tier)
+            if len(c): return c, tier
+        return self._all[:0], None
+
+# %% [markdown]
+# ## One row per pair
+#
+# Sides are identified by image id (the records table knows the file and its checksum) and a
+# canonical recipe. The manifest carries no paths, so the same config gives the same bytes on
+# any machine.
+
+# %%
+#| export
+MANIFEST_COLUMNS = ["pair_id", "split", "label", "kind", "family", "context_image_id", "target_image_id",
+                    "context_recipe", "target_recipe", "context_lesion_id", "target_lesion_id", "dx", "site",
+                    "target_dx", "target_site", "context_sha256", "target_sha256", "policy_tier", "protocol"]
+
+
+def _row(split, kind, i, family, c, t, c_recipe, t_recipe, tier, protocol) -> dict:
+    return dict(pair_id=f"{split}_{kind}_{i:04d}", split=split, label=int(kind == "changing"), kind=kind,
+                family=family, context_image_id=c.image_id, target_image_id=t.image_id,
+                context_recipe=recipe_json(c_recipe), target_recipe=recipe_json(t_recipe),
+                context_lesion_id=c.lesion_id, target_lesion_id=t.lesion_id, dx=c.dx, site=c.site,
+                target_dx=t.dx, target_site=t.site, context_sha256=c.sha256, target_sha256=t.sha256,
+                policy_tier=tier, protocol=protocol)
+
+
+def _split_recs(split_df: pd.DataFrame, split: str, need: int) -> pd.DataFrame:
+    recs = split_df[split_df.split == split].reset_index(drop=True)
+    if len(recs) < need:
+        raise DataError(f"split {split!r} has {len(recs)} images but {need} pairs per label were requested: "
+                        f"lower pairs_per_split or use more data")
+    return recs
+
+# %% [markdown]
+# ## The reference manifest (PROTOCOL A3, exactly)
+#
+# Stable pair i: the context is `records[i]` of the sorted split, untouched; the target is one
+# draw of `families[i mod k]` on the same image, from the single stream. Changing pairs walk
+# anchors cyclically from position n (the number of stable pairs), at most 4N steps; the partner is
+# `candidates[cursor mod len]`; an anchor without partner is skipped and counted. Neither side
+# of a changing pair is processed. The stream is consumed train, val, test, stable pairs only.
+
+# %%
+#| export
+def reference_manifest(split_df, train_families, eval_families, policy="strict", preset="reference",
+                       pairs_per_split=1000, seed=20260422, size=224) -> tuple[pd.DataFrame, dict]:
+    "The release's manifest, and its construction log (skipped anchors, partner tiers)."
+    rng = np.random.default_rng(seed + 1009)
+    rows, log = [], {"changing_skipped": {}, "changing_tiers": {}}
+    for split in SPLITS:
+        fams = train_families if split == "train" else eval_families
+        recs = _split_recs(split_df, split, pairs_per_split)
+        items = list(recs.itertuples(index=False))
+        for i in range(pairs_per_split):
+            fam = fams[i % len(fams)]
+            rows.append(_row(split, "stable", i, fam, items[i], items[i], NONE_RECIPE,
+                             draw_recipe(fam, rng, i, preset, size), "same-image", "reference"))
+        partners, N = Partners(recs), len(recs)
+        made, skipped, tiers, cursor = 0, 0, Counter(), 0
+        while made < pairs_per_split and cursor < 4 * N:
+            a = (cursor + pairs_per_split) % N
+            cands, tier = partners.candidates(a, policy)
+            if tier is None: skipped += 1
+            else:
+                rows.append(_row(split, "changing", made, "none", items[a], items[cands[cursor % len(cands)]],
+                                 NONE_RECIPE, NONE_RECIPE, tier, "reference"))
+                made += 1; tiers[tier] += 1
+            cursor += 1
+        if made < pairs_per_split:
+            raise DataError(f"split {split!r}: only {made} changing pairs under policy {policy!r} "
+                            f"({pairs_per_split} requested, {skipped} anchors without partner)")
+        log["changing_skipped"][split], log["changing_tiers"][split] = skipped, dict(tiers)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+
+# %% [markdown]
+# ## The symmetric manifest (PROTOCOL B2)
+#
+# Selection first, per split and label: the split's dx mix is turned into per-dx quotas
+# (largest remainder), stable contexts are sampled without replacement within each dx, changing
+# anchors likewise among the images that have a partner (with replacement only where a dx has
+# fewer eligible anchors than its quota). Then every pair gets its own generator from
+# `SeedSequence(seed, spawn_key=(split, kind, i))`, spawned into context, target and partner
+# streams, so any pair can be rebuilt alone. Both sides of every pair are fit to 224 and drawn
+# from the split's family; when the train families rotate by index, changing pairs rotate
+# exactly like stable ones. Optional `rephoto` pairs: two different images (different bytes) of
+# one lesion, one pair per lesion that has them, processed like every other side.
+
+# %%
+#| export
+def pair_streams(seed: int, split: str, kind: str, index: int) -> list[np.random.Generator]:
+    "The context, target and partner generators of one symmetric pair."
+    ss = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index(kind), index))
+    return [np.random.default_rng(s) for s in ss.spawn(3)]
+
+
+def pair_recipes(seed, split, kind, index, family, preset="paper", size=224) -> tuple[dict, dict]:
+    "Context and target recipes of symmetric pair `index`: two independent draws of `family`."
+    ctx, tgt, _ = pair_streams(seed, split, kind, index)
+    return (draw_recipe(family, ctx, index, preset, size, private=True),
+            draw_recipe(family, tgt, index, preset, size, private=True))
+
+
+def dx_quotas(dx: pd.Series, n: int) -> dict[str, int]:
+    "Split `n` over diagnoses in proportion to their frequency in `dx` (largest remainder, ties by name)."
+    share = dx.value_counts(normalize=True).sort_index() * n
+    q = np.floor(share).astype(int)
+    rest = (share - q).sort_values(ascending=False, kind="stable").index[: n - q.sum()]
+    q[rest] += 1
+    return {k: int(v) for k, v in q.items() if v}
+
+
+def _sample(rng, pool: np.ndarray, k: int) -> np.ndarray:
+    if k <= len(pool): return rng.choice(pool, size=k, replace=False)
+    return np.concatenate([rng.permutation(pool), rng.choice(pool, size=k - len(pool), replace=True)])
+
+
+def select_by_dx(rng, dx: np.ndarray, eligible: np.ndarray, quotas: dict) -> np.ndarray:
+    "Positions with the quotas' dx mix, sampled among `eligible` positions, returned shuffled."
+    picks, short = [], 0
+    for d, k in quotas.items():
+        pool = eligible[dx[eligible] == d]
+        if len(pool): picks.append(_sample(rng, pool, k))
+        else: short += k
+    if short: picks.append(_sample(rng, eligible, short))    # a dx with no eligible image: fill from all
+    return rng.permutation(np.concatenate(picks)) if picks else eligible[:0]
+
+
+def symmetric_manifest(split_df, train_families, eval_families, policy="strict", preset="paper",
+                       pairs_per_split=1000, seed=20260422, size=224, rephoto=False) -> tuple[pd.DataFrame, dict]:
+    "The paper's manifest with both sides of both labels processed, per-pair seeds, dx-matched selection."
+    rows, log = [], {"changing_tiers": {}, "changing_anchors_reused": {}}
+    for split in SPLITS:
+        fams = train_families if split == "train" else eval_families
+        recs = _split_recs(split_df, split, pairs_per_split)
+        items, dx = list(recs.itertuples(index=False)), recs.dx.to_numpy()
+        quotas = dx_quotas(recs.dx, pairs_per_split)
+        sel = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index("selection"))))
+        stable = select_by_dx(sel, dx, np.arange(len(recs)), quotas)
+        partners = Partners(recs)
+        eligible = np.array([a for a in range(len(recs)) if partners.candidates(a, policy)[1] is not None], int)
+        if not len(eligible): raise DataError(f"split {split!r}: no image has a changing partner under policy {policy!r}")
+        anchors = select_by_dx(sel, dx, eligible, quotas)
+        for i, c in enumerate(stable):
+            fam = fams[i % len(fams)]
+            cr, tr = pair_recipes(seed, split, "stable", i, fam, preset, size)
+            rows.append(_row(split, "stable", i, fam, items[c], items[c], cr, tr, "same-image", "symmetric"))
+        tiers = Counter()
+        for i, a in enumerate(anchors):
+            fam = fams[i % len(fams)]
+            cands, tier = partners.candidates(a, policy)
+            t = cands[int(pair_streams(seed, split, "changing", i)[2].integers(len(cands)))]
+            cr, tr = pair_recipes(seed, split, "changing", i, fam, preset, size)
+            rows.append(_row(split, "changing", i, fam, items[a], items[t], cr, tr, tier, "symmetric"))
+            tiers[tier] += 1
+        log["changing_tiers"][split] = dict(tiers)
+        log["changing_anchors_reused"][split] = int(len(anchors) - len(set(anchors.tolist())))
+        if rephoto:
+            multi = recs.drop_duplicates("sha256").groupby("lesion_id", sort=True).filter(lambda g: len(g) >= 2)
+            for i, (_, g) in enumerate(multi.groupby("lesion_id", sort=True)):
+                fam = fams[i % len(fams)]
+                pick = pair_streams(seed, split, "rephoto", i)[2].choice(len(g), size=2, replace=False)
+                c, t = (items[j] for j in g.index[pick])
+                cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size)
+                rows.append(_row(split, "rephoto", i, fam, c, t, cr, tr, "same-lesion", "symmetric"))
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+
+# %% [markdown]
+# ## Validation
+#
+# A manifest is refused, naming the first offending pair, when a lesion (or, in `symmetric`, a
+# file's bytes) appears in two splits, a stable or rephoto pair spans two lesions, a changing pair
+# shares a lesion, a strict changing pair differs in dx or site, or a split lacks one of the labels.
+
+# %%
+#| export
+def _spanning(m: pd.DataFrame, key: str) -> tuple | None:
+    sides = pd.concat([m[["pair_id", "split", f"context_{key}"]].set_axis(["pair_id", "split", key], axis=1),
+                       m[["pair_id", "split", f"target_{key}"]].set_axis(["pair_id", "split", key], axis=1)])
+    n = sides.groupby(key).split.nunique()
+    if (n > 1).any():
+        v = n[n > 1].index[0]
+        hit = sides[sides[key] == v].drop_duplicates("split")
+        return v, list(hit.split), list(hit.pair_id)
+    return None
+
+
+def validate_manifest(m: pd.DataFrame, policy: str = "strict") -> pd.DataFrame:
+    "Raise `DataError` on the first leak or mislabelled pair; return the manifest otherwise."
+    missing = [c for c in MANIFEST_COLUMNS if c not in m]
+    if missing: raise DataError(f"manifest lacks columns {missing}")
+    protocol = m.protocol.iloc[0] if len(m) else "symmetric"
+    for key, what in [("lesion_id", "lesion"), ("sha256", "image checksum")][: 2 if protocol == "symmetric" else 1]:
+        hit = _spanning(m, key)
+        if hit: raise DataError(f"{what} {hit[0]} appears in splits {hit[1]} (pairs {hit[2]})")
+    same = m.context_lesion_id == m.target_lesion_id
+    checks = [((m.label == 0) & ~same, "stable pair spans two lesions"),
+              ((m.label == 1) & same, "changing pair shares a lesion")]
+    if policy == "strict":
+        checks.append(((m.label == 1) & ((m.dx != m.target_dx) | (m.site != m.target_site)),
+                       "strict changing pair differs in dx or site"))
+    for bad, msg in checks:
+        if bad.any():
+            r = m[bad].iloc[0]
+            raise DataError(f"{msg}: {r.pair_id} ({r.context_image_id} of {r.context_lesion_id}, {r.dx}, {r.site} vs "
+                            f"{r.target_image_id} of {r.target_lesion_id}, {r.target_dx}, {r.target_site})")
+    for s in SPLITS:
+        labels = set(m.label[m.split == s])
+        if labels != {0, 1}: raise DataError(f"split {s!r} has labels {sorted(labels)}: both 0 and 1 are needed")
+    return m
+
+# %% [markdown]
+# ## One entry point
+#
+# `build_manifest` takes the data-side configuration, dispatches on the protocol, validates, and
+# returns the manifest with its construction log.
+
+# %%
+#| export
+def build_manifest(split_df: pd.DataFrame, protocol="symmetric", train_families="strong", eval_family=None,
+                   changing_policy="strict", preset=None, pairs_per_split=1000, seed=20260422, size=224,
+                   rephoto=False) -> tuple[pd.DataFrame, dict]:
+    "A validated pair manifest for `protocol`, and its construction log."
+    preset = default_preset(protocol, preset)
+    if changing_policy not in POLICIES:
+        raise DataError(f"unknown changing_policy {changing_policy!r}: choose one of {', '.join(POLICIES)}")
+    if int(pairs_per_split) < 1: raise DataError(f"pairs_per_split must be at least 1, got {pairs_per_split}")
+    train = parse_families(train_families, preset)
+    evalf = parse_families(eval_family, preset) if eval_family else train
+    if protocol == "reference":
+        if rephoto: raise DataError("rephoto pairs belong to the symmetric protocol; the release has none")
+        m, log = reference_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size)
+    else:
+        m, log = symmetric_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size, rephoto)
+    log.update(protocol=protocol, preset=preset, train_families=list(train), eval_families=list(evalf))
+    return validate_manifest(m, changing_policy), log
+
+
+def distinct_sides(m: pd.DataFrame) -> int:
+    "How many distinct (image, recipe) sides a manifest needs rendered and embedded."
+    sides = pd.concat([m[["context_image_id", "context_recipe"]].set_axis(["i", "r"], axis=1),
+                       m[["target_image_id", "target_recipe"]].set_axis(["i", "r"], axis=1)])
+    return int(len(sides.drop_duplicates()))
+
+
+def dx_mix(m: pd.DataFrame) -> dict:
+    "Per split and label: the dx distribution of the pairs, and the total-variation distance between labels."
+    out = {}
+    for s, g in m[m.kind != "rephoto"].groupby("split", sort=False):
+        mix = pd.crosstab(g.dx, g.label, normalize="columns")
+        out[s] = {"stable": {k: round(float(v), 4) for k, v in mix.get(0, pd.Series()).items()},
+                  "changing": {k: round(float(v), 4) for k, v in mix.get(1, pd.Series()).items()},
+                  "tv_distance": round(float(0.5 * (mix.get(0, 0) - mix.get(1, 0)).abs().sum()), 4)}
+    return out
+
+# %% [markdown]
+# ## Tests on the fixture
+#
+# Both protocols on a small fixture: the validation holds, the manifest is deterministic,
+# sides are processed as each protocol says, dx mixes match in `symmetric`, and a pair rebuilt
+# alone equals the same pair in the full manifest.
+
+# %%
+from derma_jepa.data import load_records
+from derma_jepa.fixture import fixture_dir
+from derma_jepa.split import split_records
+
+_recs = load_records(fixture_dir(n_lesions=300, seed=0))
+_sp = split_records(_recs, seed=7)
+_kw = dict(train_families="strong,strong_held_out", eval_family="strong_held_out_2", pairs_per_split=40, seed=7)
+_ref, _rlog = build_manifest(_sp, "reference", **_kw)
+_sym, _slog = build_manifest(_sp, "symmetric", rephoto=True, **_kw)
+test_eq(len(_ref), 240)
+test_eq(set(_ref.context_recipe[_ref.kind == "stable"]) | set(_ref.target_recipe[_ref.kind == "changing"]), {recipe_json(NONE_RECIPE)})
+assert (_sym.context_recipe != recipe_json(NONE_RECIPE)).all() and (_sym.target_recipe != recipe_json(NONE_RECIPE)).all()
+test_eq(_ref.equals(build_manifest(_sp, "reference", **_kw)[0]), True)
+test_eq(_sym.equals(build_manifest(_sp, "symmetric", rephoto=True, **_kw)[0]), True)
+# dx mixes match where every diagnosis has partners (the train split here; every split on HAM10000);
+# in this small fixture's val/test, rare diagnoses have no same-site partner, and the gap shows
+assert dx_mix(_sym)["train"]["tv_distance"] <= 0.05, dx_mix(_sym)
+assert dx_mix(_ref)["train"]["tv_distance"] > 0.5          # the release's dx-sorted selection
+# rotation by index: even pairs strong, odd strong_held_out, for both labels
+_tr = _sym[(_sym.split == "train") & (_sym.kind != "rephoto")]
+test_eq(set(_tr.family[_tr.pair_id.str[-1].astype(int) % 2 == 0]), {"strong"})
+test_eq(_tr.groupby("kind").family.value_counts().unstack().loc["changing"].tolist(),
+        _tr.groupby("kind").family.value_counts().unstack().loc["stable"].tolist())
+assert (_sym.kind == "rephoto").sum() > 0
+
+# %%
+_k = _sym[_sym.kind == "changing"].iloc[13]
+_alone = pair_recipes(7, _k.split, "changing", int(_k.pair_id[-4:]), _k.family)
+test_eq((recipe_json(_alone[0]), recipe_json(_alone[1])), (_k.context_recipe, _k.target_recipe))
+
+# %% [markdown]
+# The validator must refuse each kind of bad manifest.
+
+# %%
+def _broken(m, **changes):
+    m = m.copy()
+    for col, (i, v) in changes.items(): m.loc[m.index[i], col] = v
+    return m
+
+_i_ch = int(np.flatnonzero(_sym.label == 1)[0])
+_test_lesion = _sym.context_lesion_id[_sym.split == "test"].iloc[0]
+test_fail(lambda: validate_manifest(_broken(_sym, context_lesion_id=(0, _test_lesion))), contains="appears in splits")
+test_fail(lambda: validate_manifest(_broken(_sym, target_lesion_id=(0, "HAM_x"))), contains="stable pair spans two lesions")
+test_fail(lambda: validate_manifest(_broken(_sym, target_lesion_id=(_i_ch, _sym.context_lesion_id[_i_ch]))), contains="changing pair shares")
+test_fail(lambda: validate_manifest(_broken(_sym, target_site=(_i_ch, "nowhere"))), contains="differs in dx or site")
+test_fail(lambda: validate_manifest(_broken(_sym, context_sha256=(0, _sym.target_sha256[_sym.split == "test"].iloc[0]),
+                                            target_sha256=(0, _sym.target_sha256[_sym.split == "test"].iloc[0]))),
+          contains="image checksum")
+test_fail(lambda: validate_manifest(_sym[~((_sym.split == "val") & (_sym.label == 1))]), contains="split 'val' has labels [0]")
+test_fail(lambda: build_manifest(_sp, "symmetric", pairs_per_split=10_000), contains="pairs per label were requested")
+
+# %% [markdown]
+# ## On the real copy
+#
+# The release's counts (PROTOCOL A3) at seed 20260422: 6,000 pairs; 8,004 distinct sides for the
+# EXP-004 configuration (5,004 originals + 3,000 variants) and 8,015 for EXP-001; 8 / 15 / 18
+# anchors skipped under the strict policy; the fallback policy's dx+site / dx-only tiers 992/8,
+# 985/15 and 982/18; train stable pairs akiec 227 + bcc 351 + bkl 422 only.
+
+# %%
+import os
+if os.environ.get("HAM10000_DIR"):
+    _ham = split_records(load_records(os.environ["HAM10000_DIR"]), 20260422, protocol="reference")
+    _m4, _l4 = build_manifest(_ham, "reference", "strong,strong_held_out", "strong_held_out_2")
+    test_eq((len(_m4), distinct_sides(_m4)), (6000, 8004))
+    test_eq(_l4["changing_skipped"], {"train": 8, "val": 15, "test": 18})
+    test_eq(_m4[(_m4.split == "train") & (_m4.label == 0)].dx.value_counts().to_dict(), {"bkl": 422, "bcc": 351, "akiec": 227})
+    _m1, _l1 = build_manifest(_ham, "reference", "mild", changing_policy="fallback")
+    test_eq(distinct_sides(_m1), 8015)
+    test_eq(_l1["changing_tiers"], {"train": {"dx+site": 992, "dx": 8}, "val": {"dx+site": 985, "dx": 15},
+                                    "test": {"dx+site": 982, "dx": 18}})
+    _hs = split_records(load_records(os.environ["HAM10000_DIR"]), 20260422, protocol="symmetric")
+    _s4, _ = build_manifest(_hs, "symmetric", "strong,strong_held_out", "strong_held_out_2", rephoto=True)
+    assert all(v["tv_distance"] <= 0.05 for v in dx_mix(_s4).values()), dx_mix(_s4)
+    print(pd.DataFrame({s: {"tv_distance": v["tv_distance"]} for s, v in dx_mix(_s4).items()}))
+    print(_s4.groupby(["split", "kind"]).size().unstack())
