@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test check-clean nbtest pytest bench-data clean-venv
+.PHONY: venv demo test check-clean nbtest pytest sync bench-data clean-venv
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,8 +24,9 @@ demo: $(STAMP)
 	@mkdir -p $(dir $(DEMO_DIR))
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING nbs/run.ipynb $(DEMO_DIR).ipynb \
 	  -f nbs/experiments/demo.yaml -p run_dir $(DEMO_DIR)
+	@mv $(DEMO_DIR).ipynb $(DEMO_DIR)/run.ipynb
 	@echo "executed notebook: $(DEMO_DIR)/run.ipynb"
-	@echo "run directory:     $(DEMO_DIR)/ (manifest.parquet, audit.json)"
+	@echo "run directory:     $(DEMO_DIR)/ (config.yaml, audit.json, manifest.parquet)"
 
 ## The test command: notebooks and package in sync, then nbdev_test, then pytest.
 test: check-clean nbtest pytest
@@ -45,6 +46,10 @@ nbtest: $(STAMP)
 
 pytest: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q tests
+
+## After editing a notebook's .py (or .ipynb): pair, clean and export.
+sync: $(STAMP)
+	$(BIN)/jupytext --sync nbs/*.ipynb && $(BIN)/nbdev_clean && $(BIN)/nbdev_export
 
 ## Benchmarks (need HAM10000_DIR); results go to benchmarks/results.json.
 bench-data: $(STAMP)

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
 # %%
 #| default_exp data
 
@@ -264,7 +272,7 @@ def audit_files(paths, workers: int | None = None, cache: Path | None = None, pr
     out.loc[gone, AUDIT_COLUMNS] = ["missing", 0, 0, 0, "", "no such file"]
     todo = np.flatnonzero(out.status.isna().to_numpy())
     if len(todo):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         with ThreadPoolExecutor(workers or min(8, 2 * (os.cpu_count() or 1))) as ex:
             it = ex.map(inspect_image, out.path.iloc[todo], chunksize=64)
             new = pd.DataFrame(list(tqdm(it, total=len(todo), desc="audit", disable=not progress)), columns=AUDIT_COLUMNS)
@@ -276,6 +284,7 @@ def audit_files(paths, workers: int | None = None, cache: Path | None = None, pr
         atomic_write_bytes(cache, buf.getvalue())
     out["size"] = keys["size"].clip(lower=0)
     return out[AUDIT_COLUMNS].astype({"width": int, "height": int, "size": int, "status": str, "sha256": str, "error": str})
+
 
 # %% [markdown]
 # `load_records` ties it together: metadata + index + audit = one row per image, with its path

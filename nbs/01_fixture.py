@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
 # %%
 #| default_exp fixture
 
@@ -55,6 +63,7 @@ DX_LOOK = {
     "df":    dict(c1=(160, 110, 80), c2=(235, 220, 210), irregular=0.06, texture="central"),
 }
 SIZE = (200, 150)
+
 
 # %% [markdown]
 # ## Drawing one image
@@ -147,6 +156,7 @@ def render_fixture_image(p: dict, pose: dict, size=SIZE) -> Image.Image:
     ring = np.clip(1 - (r - 0.85) / 0.12, 0, 1) ** 1.5
     return Image.fromarray(np.clip(arr * ring[..., None], 0, 255).astype(np.uint8), "RGB")
 
+
 # %%
 _p = lesion_params(np.random.default_rng(0), "mel")
 _still = dict(angle=0.0, zoom=1.0, dx=0.0, dy=0.0, light=1.0)
@@ -154,6 +164,7 @@ _im = render_fixture_image(_p, _still)
 test_eq(_im.size, (200, 150))
 test_eq(np.asarray(_im).tobytes(), np.asarray(render_fixture_image(_p, _still)).tobytes())   # seeded
 assert np.asarray(_im)[0, 0].max() < 30            # dermatoscope ring: dark corners
+
 
 # %% [markdown]
 # ## A dataset
@@ -219,6 +230,7 @@ def fixture_dir(n_lesions: int = 400, seed: int = 0) -> Path:
     key = hashlib.sha256(f"{FIXTURE_VERSION}-{n_lesions}-{seed}".encode()).hexdigest()[:12]
     path = cache_dir("fixture") / f"ham-like-{n_lesions}-{seed}-{key}"
     return path if (path / "fixture.json").exists() else make_fixture(path, n_lesions, seed)
+
 
 # %%
 from derma_jepa.data import load_records, summarise_audit

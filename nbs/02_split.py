@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
 # %%
 #| default_exp split
 
@@ -103,6 +111,7 @@ def split_counts(split: pd.DataFrame) -> dict:
     return {"split_lesions": {s: int(g.lesion_id.nunique()[s]) for s in SPLITS},
             "split_images": {s: int(g.size()[s]) for s in SPLITS}}
 
+
 # %% [markdown]
 # ## Tests on a toy table
 #
@@ -118,6 +127,7 @@ _toy["group"] = "lesion::" + _toy.lesion_id
 test_eq(assign_groups(_toy, 0, protocol="reference").value_counts().to_dict(), {"train": 21, "val": 4, "test": 5})
 test_fail(lambda: assign_groups(_toy, 0, (0.7, 0.2, 0.2)), contains="summing to 1")
 test_fail(lambda: split_records(_toy, 0, (0.8, 0.2, 0.0)), contains="split 'test' has 0 lesion(s)")
+
 
 # %%
 def _spans(split):

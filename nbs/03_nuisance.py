@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
 # %%
 #| default_exp nuisance
 
@@ -42,6 +50,7 @@ from derma_jepa.data import DataError
 
 # %%
 from fastcore.test import test_eq, test_fail, test_ne
+
 
 # %% [markdown]
 # ## Operations
@@ -169,6 +178,7 @@ test_eq(np.asarray(gaussian_noise(_photo, 5, [_st["state"], _st["inc"]])),
         np.asarray(gaussian_noise(_photo, 5, [_st["state"], _st["inc"]])))
 test_eq(np.asarray(hue_shift(_photo, 0)).shape, (24, 32, 3))
 
+
 # %% [markdown]
 # ## Families as tables
 #
@@ -259,6 +269,7 @@ REFERENCE_FAMILIES = {f.name: f for f in [
             Step("salt_pepper", {"fraction": "$sp_fraction", "rng": "$sp"}), Step("jpeg", {"quality": "$quality"}))),
 ]}
 
+
 # %% [markdown]
 # The `paper` preset (Appendix C) differs from the code in a handful of bands and in three
 # operations: the flip is a coin toss, motion blur has exactly L taps and no wrap-around, the
@@ -313,9 +324,11 @@ def get_family(name: str, preset: str = "reference") -> Family:
     if name not in fams: raise DataError(f"unknown nuisance family {name!r}: choose one of {', '.join(fams)}")
     return fams[name]
 
+
 # %%
 test_fail(lambda: get_family("strongest"), contains="unknown nuisance family 'strongest'")
 test_fail(lambda: get_family("strong", "appendix"), contains="unknown nuisance preset 'appendix'")
+
 
 # %% [markdown]
 # ### The three held-out families share nothing but JPEG
@@ -343,6 +356,7 @@ def check_disjoint_families(preset: str = "reference", families=HELD_OUT_FAMILIE
             if lo1 <= hi2 and lo2 <= hi1:
                 raise AssertionError(f"{preset}: JPEG quality bands of {a.name} [{lo1},{hi1}] and {b.name} [{lo2},{hi2}] overlap")
     return {f.name: _band(f, "quality") for f in fams}
+
 
 # %%
 test_eq(check_disjoint_families("reference"), {"strong": (45, 69), "strong_held_out": (20, 40), "strong_held_out_2": (80, 95)})
@@ -408,6 +422,7 @@ def recipe_json(recipe: dict) -> str:
     "Canonical JSON of a recipe."
     return json.dumps(recipe, sort_keys=True, separators=(",", ":"))
 
+
 # %%
 _r0 = draw_recipe("strong", np.random.default_rng(1009), index=0)
 _r1 = draw_recipe("strong", np.random.default_rng(1009), index=1)
@@ -434,6 +449,7 @@ test_eq(_after, _b.random())
 # a private stream skips that replay but records the same recipe
 test_eq(draw_recipe("strong", np.random.default_rng(3), private=True), draw_recipe("strong", np.random.default_rng(3)))
 
+
 # %% [markdown]
 # ## Rendering
 #
@@ -458,6 +474,7 @@ def render(image: Image.Image, recipe: dict | str) -> Image.Image:
         out = OPS[op](out, **params)
     return out
 
+
 # %%
 _src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8))
 for _pre in PRESETS:
@@ -469,6 +486,7 @@ for _pre in PRESETS:
             assert _x.tobytes() == _y.tobytes(), (_pre, _fam, _i)
 test_eq(render(_src, NONE_RECIPE).tobytes(), _src.tobytes())
 test_ne(render(_src, _r0).tobytes(), render(_src, _r1).tobytes())
+
 
 # %% [markdown]
 # ## Gallery
@@ -494,6 +512,7 @@ def gallery(paths, families=("mild", *HELD_OUT_FAMILIES), presets=("reference", 
             if c == 0: ax.set_ylabel(f"{Path(path).stem}\n{pre}", fontsize=7)
     fig.tight_layout()
     return fig
+
 
 # %%
 import os

@@ -1,3 +1,11 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
 # %%
 #| default_exp pairs
 
@@ -73,6 +81,7 @@ def lofo_folds(families=HELD_OUT_FAMILIES) -> list[tuple[tuple[str, ...], str]]:
     "Leave-one-family-out: (train families, held-out eval family) for each family in turn."
     return [(tuple(f for f in families if f != held), held) for held in families]
 
+
 # %%
 test_eq(parse_families("strong, strong_held_out", "reference"), ("strong", "strong_held_out"))
 test_fail(lambda: parse_families("strong,blur", "paper"), contains="unknown nuisance family 'blur'")
@@ -119,6 +128,7 @@ class Partners:
             if len(c): return c, tier
         return self._all[:0], None
 
+
 # %% [markdown]
 # ## One row per pair
 #
@@ -148,6 +158,7 @@ def _split_recs(split_df: pd.DataFrame, split: str, need: int) -> pd.DataFrame:
         raise DataError(f"split {split!r} has {len(recs)} images but {need} pairs per label were requested: "
                         f"lower pairs_per_split or use more data")
     return recs
+
 
 # %% [markdown]
 # ## The reference manifest (PROTOCOL A3, exactly)
@@ -190,6 +201,7 @@ def reference_manifest(split_df, train_families, eval_families, policy="strict",
         log["changing_skipped"][split], log["changing_tiers"][split] = skipped, dict(tiers)
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
 
+
 # %% [markdown]
 # ## The symmetric manifest (PROTOCOL B2)
 #
@@ -211,9 +223,9 @@ def pair_streams(seed: int, split: str, kind: str, index: int) -> list[np.random
     return [np.random.default_rng(s) for s in ss.spawn(3)]
 
 
-def pair_recipes(seed, split, kind, index, family, preset="paper", size=224) -> tuple[dict, dict]:
+def pair_recipes(seed, split, kind, index, family, preset="paper", size=224, streams=None) -> tuple[dict, dict]:
     "Context and target recipes of symmetric pair `index`: two independent draws of `family`."
-    ctx, tgt, _ = pair_streams(seed, split, kind, index)
+    ctx, tgt, _ = streams or pair_streams(seed, split, kind, index)
     return (draw_recipe(family, ctx, index, preset, size, private=True),
             draw_recipe(family, tgt, index, preset, size, private=True))
 
@@ -266,8 +278,9 @@ def symmetric_manifest(split_df, train_families, eval_families, policy="strict",
         for i, a in enumerate(anchors):
             fam = fams[i % len(fams)]
             cands, tier = partners.candidates(a, policy)
-            t = cands[int(pair_streams(seed, split, "changing", i)[2].integers(len(cands)))]
-            cr, tr = pair_recipes(seed, split, "changing", i, fam, preset, size)
+            streams = pair_streams(seed, split, "changing", i)
+            t = cands[int(streams[2].integers(len(cands)))]
+            cr, tr = pair_recipes(seed, split, "changing", i, fam, preset, size, streams)
             rows.append(_row(split, "changing", i, fam, items[a], items[t], cr, tr, tier, "symmetric"))
             tiers[tier] += 1
         log["changing_tiers"][split] = dict(tiers)
@@ -276,11 +289,13 @@ def symmetric_manifest(split_df, train_families, eval_families, policy="strict",
             multi = recs.drop_duplicates("sha256").groupby("lesion_id", sort=True).filter(lambda g: len(g) >= 2)
             for i, (_, g) in enumerate(multi.groupby("lesion_id", sort=True)):
                 fam = fams[i % len(fams)]
-                pick = pair_streams(seed, split, "rephoto", i)[2].choice(len(g), size=2, replace=False)
+                streams = pair_streams(seed, split, "rephoto", i)
+                pick = streams[2].choice(len(g), size=2, replace=False)
                 c, t = (items[j] for j in g.index[pick])
-                cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size)
+                cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size, streams)
                 rows.append(_row(split, "rephoto", i, fam, c, t, cr, tr, "same-lesion", "symmetric"))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+
 
 # %% [markdown]
 # ## Validation
@@ -326,6 +341,7 @@ def validate_manifest(m: pd.DataFrame, policy: str = "strict") -> pd.DataFrame:
         if labels != {0, 1}: raise DataError(f"split {s!r} has labels {sorted(labels)}: both 0 and 1 are needed")
     return m
 
+
 # %% [markdown]
 # ## One entry point
 #
@@ -353,11 +369,16 @@ def build_manifest(split_df: pd.DataFrame, protocol="symmetric", train_families=
     return validate_manifest(m, changing_policy), log
 
 
+def manifest_sides(m: pd.DataFrame) -> pd.DataFrame:
+    "The distinct (image_id, recipe) sides a manifest needs rendered and embedded, in first-use order."
+    sides = pd.concat([m[["context_image_id", "context_recipe"]].set_axis(["image_id", "recipe"], axis=1),
+                       m[["target_image_id", "target_recipe"]].set_axis(["image_id", "recipe"], axis=1)])
+    return sides.drop_duplicates().reset_index(drop=True)
+
+
 def distinct_sides(m: pd.DataFrame) -> int:
-    "How many distinct (image, recipe) sides a manifest needs rendered and embedded."
-    sides = pd.concat([m[["context_image_id", "context_recipe"]].set_axis(["i", "r"], axis=1),
-                       m[["target_image_id", "target_recipe"]].set_axis(["i", "r"], axis=1)])
-    return int(len(sides.drop_duplicates()))
+    "How many distinct (image, recipe) sides a manifest has."
+    return int(len(manifest_sides(m)))
 
 
 def dx_mix(m: pd.DataFrame) -> dict:
@@ -369,6 +390,38 @@ def dx_mix(m: pd.DataFrame) -> dict:
                   "changing": {k: round(float(v), 4) for k, v in mix.get(1, pd.Series()).items()},
                   "tv_distance": round(float(0.5 * (mix.get(0, 0) - mix.get(1, 0)).abs().sum()), 4)}
     return out
+
+
+# %% [markdown]
+# ## Seeing pairs
+#
+# `pair_gallery` renders both sides of the first `n` stable and `n` changing pairs of a manifest,
+# from the records' files: what the backbone will be shown, side by side.
+
+# %%
+#| export
+def render_side(records: pd.DataFrame, image_id: str, recipe: str):
+    "Render one manifest side from the records' file for `image_id`."
+    from derma_jepa.nuisance import load_rgb, render
+    return render(load_rgb(records.path[records.image_id == image_id].iloc[0]), recipe)
+
+
+def pair_gallery(manifest: pd.DataFrame, records: pd.DataFrame, n: int = 3, size: int = 160):
+    "A figure of the first `n` stable and `n` changing pairs: context and target, rendered."
+    import matplotlib.pyplot as plt
+    rows = pd.concat([manifest[manifest.kind == "stable"].head(n), manifest[manifest.kind == "changing"].head(n)])
+    fig, axes = plt.subplots(len(rows), 2, figsize=(4.4, 2.2 * len(rows)), squeeze=False)
+    for ax_row, r in zip(axes, rows.itertuples()):
+        for ax, side in zip(ax_row, ("context", "target")):
+            recipe = getattr(r, f"{side}_recipe")
+            im = render_side(records, getattr(r, f"{side}_image_id"), recipe)
+            ax.imshow(im.resize((size, round(size * im.height / im.width))))
+            ax.set_xticks([]); ax.set_yticks([])
+            ax.set_title(f"{side}: {json.loads(recipe)['family']}", fontsize=7)
+        ax_row[0].set_ylabel(f"{r.kind} ({r.dx})\n{r.pair_id}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
 
 # %% [markdown]
 # ## Tests on the fixture
@@ -407,6 +460,7 @@ assert (_sym.kind == "rephoto").sum() > 0
 _k = _sym[_sym.kind == "changing"].iloc[13]
 _alone = pair_recipes(7, _k.split, "changing", int(_k.pair_id[-4:]), _k.family)
 test_eq((recipe_json(_alone[0]), recipe_json(_alone[1])), (_k.context_recipe, _k.target_recipe))
+
 
 # %% [markdown]
 # The validator must refuse each kind of bad manifest.
@@ -454,3 +508,13 @@ if os.environ.get("HAM10000_DIR"):
     assert all(v["tv_distance"] <= 0.05 for v in dx_mix(_s4).values()), dx_mix(_s4)
     print(pd.DataFrame({s: {"tv_distance": v["tv_distance"]} for s, v in dx_mix(_s4).items()}))
     print(_s4.groupby(["split", "kind"]).size().unstack())
+
+# %% [markdown]
+# The two protocols on the same fixture split: in `reference`, only the stable target is
+# processed (and the context is the original, not even fit to 224); in `symmetric`, every side is.
+
+# %%
+pair_gallery(_ref[_ref.split == "test"], _recs, n=2);
+
+# %%
+pair_gallery(_sym[_sym.split == "test"], _recs, n=2);

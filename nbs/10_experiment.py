@@ -1,0 +1,287 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp experiment
+
+# %% [markdown]
+# # Experiment: `Config`, `run(config)` and the run directory
+#
+# > One configuration object whose fields are exactly the papermill parameters of `run.ipynb`,
+# > validated before any work, and one function that runs it into a run directory.
+#
+# A run is written into a temporary folder beside its destination and renamed into place only
+# when it is complete, so a failed or interrupted run leaves no half-written run directory. Bad
+# configuration stops before any work with one line naming the parameter.
+#
+# Stages so far: `manifest` (audit, split, pair manifest). Embedding, fitting and scoring are
+# added by the notebooks that build them; asking for a stage that does not exist yet is an error,
+# not a silent no-op.
+
+# %%
+#| export
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from derma_jepa.data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
+from derma_jepa.fixture import fixture_dir
+from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, parse_families
+from derma_jepa.split import check_fractions, check_protocol, split_counts, split_records
+
+# %%
+from fastcore.test import test_eq, test_fail
+
+
+# %% [markdown]
+# ## The configuration
+#
+# Defaults are the *embedded default*: generated fixture data, the symmetric protocol, the
+# EXP-004 family rotation, small enough to run in a couple of minutes on a laptop. The experiment
+# YAMLs in `nbs/experiments/` override what each experiment of the arc changes. `data` is
+# `"fixture"` or a path; `$VARS` in it are expanded, so a YAML can say `data: $HAM10000_DIR`.
+# `preset: auto` means the protocol's own preset (`reference` → reference, `symmetric` → paper).
+
+# %%
+#| export
+class ConfigError(ValueError):
+    "A bad configuration value or an unknown parameter; the message names it."
+
+
+STAGES = ("manifest",)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: str = "fixture"
+    fixture_lesions: int = 600
+    protocol: str = "symmetric"
+    train_families: str = "strong,strong_held_out"
+    eval_family: str = "strong_held_out_2"
+    changing_policy: str = "strict"
+    preset: str = "auto"
+    pairs_per_split: int = 100
+    split_fractions: tuple = (0.70, 0.15, 0.15)
+    image_size: int = 224
+    rephoto: bool = False
+    seed: int = 20260422
+    backbone: str = "random_vitb16"
+    weights: str = ""
+    predictor: str = "linear"
+    optimizer: str = "sgd"
+    trainer: str = "auto"
+    epochs: int = 200
+    stop_after: str = "manifest"
+    run_dir: str = ""
+
+    def __post_init__(self):
+        for f in fields(self):      # coerce what YAML and papermill hand over (lists, ints as floats, ...)
+            v = getattr(self, f.name)
+            try:
+                if f.type == "int" and not isinstance(v, bool): v = int(v)
+                elif f.type == "bool" and isinstance(v, str): v = v.strip().lower() in ("1", "true", "yes")
+                elif f.type == "tuple": v = tuple(float(x) for x in (v.split(",") if isinstance(v, str) else v))
+                elif f.type == "str": v = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else ("" if v is None else str(v))
+            except (TypeError, ValueError):
+                raise ConfigError(f"parameter {f.name}={v!r} is not a valid {f.type}") from None
+            object.__setattr__(self, f.name, v)
+        self.validate()
+
+    def validate(self):
+        "Check every field; raise `ConfigError` naming the first bad one."
+        try:
+            check_protocol(self.protocol)
+            preset = default_preset(self.protocol, None if self.preset == "auto" else self.preset)
+            parse_families(self.train_families, preset)
+            if self.eval_family: parse_families(self.eval_family, preset)
+            check_fractions(self.split_fractions)
+        except DataError as e: raise ConfigError(str(e)) from None
+        if self.changing_policy not in POLICIES:
+            raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
+        if self.stop_after not in STAGES:
+            raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
+        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1)]:
+            if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
+
+    @property
+    def resolved_preset(self) -> str: return default_preset(self.protocol, None if self.preset == "auto" else self.preset)
+
+    @classmethod
+    def from_params(cls, params: dict, source: str = "parameters") -> "Config":
+        "Build a config from a mapping, refusing any key that is not a field."
+        names = [f.name for f in fields(cls)]
+        for k in params:
+            if k not in names:
+                near = difflib.get_close_matches(k, names, n=1)
+                raise ConfigError(f"{source}: {k!r} is not a configuration field"
+                                  + (f" (did you mean {near[0]!r}?)" if near else f"; fields: {', '.join(names)}"))
+        return cls(**params)
+
+    @classmethod
+    def from_yaml(cls, path, **overrides) -> "Config":
+        "Read an experiment YAML (papermill's `-f` file), then apply overrides."
+        params = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(params, dict): raise ConfigError(f"{path}: expected a mapping of parameters")
+        cls.from_params(params, str(path))            # unknown keys in the file are named with the file
+        return cls.from_params({**params, **overrides})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self); d["split_fractions"] = list(self.split_fractions)
+        return d
+
+
+# %%
+test_eq(Config().resolved_preset, "paper")
+test_eq(Config(protocol="reference").resolved_preset, "reference")
+test_eq(Config.from_params({"seed": "3", "split_fractions": [0.8, 0.1, 0.1]}).split_fractions, (0.8, 0.1, 0.1))
+test_fail(lambda: Config.from_params({"seeed": 1}), contains="'seeed' is not a configuration field (did you mean 'seed'?)")
+test_fail(lambda: Config(protocol="leaky"), contains="unknown protocol 'leaky'")
+test_fail(lambda: Config(train_families="strong,fog"), contains="unknown nuisance family 'fog'")
+test_fail(lambda: Config(preset="appendix"), contains="unknown nuisance preset 'appendix'")
+test_fail(lambda: Config(split_fractions=(0.7, 0.2, 0.2)), contains="summing to 1")
+test_fail(lambda: Config(pairs_per_split="many"), contains="pairs_per_split='many'")
+
+
+# %% [markdown]
+# ## Where the data comes from
+#
+# `"fixture"` generates (once, cached) the synthetic dataset of `fixture_lesions` lesions; anything
+# else is a HAM10000-style folder.
+
+# %%
+#| export
+def resolve_data(config: Config) -> Path:
+    "The dataset folder a config names, generating the fixture if needed."
+    if config.data == "fixture": return fixture_dir(n_lesions=config.fixture_lesions, seed=0)
+    path = Path(os.path.expandvars(os.path.expanduser(config.data)))
+    if not path.is_dir():
+        hint = " (is the environment variable set?)" if "$" in str(path) else ""
+        raise DataError(f"data folder {path} not found{hint}")
+    return path
+
+
+# %% [markdown]
+# ## The run directory
+#
+# `runs/<run_id>/` by default, where the run id is readable and unique to the configuration:
+# protocol, families, seed and a short hash of the whole config. Files are written into a
+# temporary sibling folder that replaces the destination in one rename.
+
+# %%
+#| export
+def run_id(config: Config) -> str:
+    import hashlib
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{config.protocol}-{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}-seed{config.seed}-{h}"
+
+
+def run_path(config: Config) -> Path:
+    return Path(config.run_dir) if config.run_dir else Path("runs") / run_id(config)
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO(); df.to_parquet(buf, index=False); return buf.getvalue()
+
+
+def write_run_dir(dest: Path, files: dict[str, bytes]) -> Path:
+    "Write `files` (name -> bytes) into a temporary sibling of `dest`, then move it into place."
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+            os.replace(dest, old); os.replace(tmp, dest); shutil.rmtree(old)
+        else: os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+# %% [markdown]
+# ## `run(config)`
+#
+# The data side of a run: audit every image (stopping on the first missing or unreadable one),
+# split, build and validate the manifest, and write `config.yaml`, `audit.json` and
+# `manifest.parquet`. The audit carries what PROTOCOL A1 and B2 ask to be reported: image and
+# lesion counts, failures, duplicate checksums, split sizes, and the dx mix of each label per split.
+
+# %%
+#| export
+@dataclass
+class RunResult:
+    config: Config
+    run_dir: Path
+    records: pd.DataFrame
+    split: pd.DataFrame
+    manifest: pd.DataFrame
+    audit: dict
+
+
+def data_stage(config: Config):
+    "Audit, split and manifest for a config: (records, split records, manifest, audit dict)."
+    records = load_records(resolve_data(config))
+    audit = summarise_audit(records)
+    require_readable(records)
+    split = split_records(records, config.seed, config.split_fractions, config.protocol)
+    manifest, log = build_manifest(split, config.protocol, config.train_families, config.eval_family or None,
+                                   config.changing_policy, config.resolved_preset, config.pairs_per_split,
+                                   config.seed, config.image_size, config.rephoto)
+    audit.update(split_counts(split))
+    audit.update(n_pairs=int(len(manifest)), pairs_by_split_and_kind=
+                 {s: {k: int(n) for k, n in g.kind.value_counts().sort_index().items()} for s, g in manifest.groupby("split")},
+                 distinct_sides=distinct_sides(manifest), dx_mix=dx_mix(manifest), construction=log)
+    return records, split, manifest, audit
+
+
+def run(config: Config) -> RunResult:
+    "Run `config` up to `config.stop_after` and write its run directory."
+    records, split, manifest, audit = data_stage(config)
+    files = {"config.yaml": yaml.safe_dump(config.to_dict(), sort_keys=True).encode(),
+             "audit.json": json.dumps(audit, indent=1, sort_keys=True).encode(),
+             "manifest.parquet": _parquet_bytes(manifest)}
+    dest = write_run_dir(run_path(config), files)
+    return RunResult(config, dest, records, split, manifest, audit)
+
+
+# %% [markdown]
+# ## Tests
+#
+# A run on a small fixture writes the three files; running it again gives byte-identical files;
+# a failing run leaves nothing behind, even where an older complete run existed.
+
+# %%
+_out = Path(tempfile.mkdtemp())
+_cfg = Config(fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "r1"))
+_res = run(_cfg)
+test_eq(sorted(p.name for p in _res.run_dir.iterdir()), ["audit.json", "config.yaml", "manifest.parquet"])
+_first = {p.name: p.read_bytes() for p in _res.run_dir.iterdir()}
+run(_cfg)
+test_eq({p.name: p.read_bytes() for p in _res.run_dir.iterdir()}, _first)
+_aud = json.loads(_first["audit.json"])
+assert {"n_images", "n_lesions", "split_lesions", "split_images", "missing", "unreadable", "duplicate_checksums", "dx_mix"} <= set(_aud)
+
+# %%
+test_fail(lambda: run(dataclasses.replace(_cfg, run_dir=str(_out / "r2"), pairs_per_split=5000)), contains="pairs per label")
+assert not (_out / "r2").exists() and [p.name for p in _out.iterdir()] == ["r1"]
+test_fail(lambda: run(Config(data=str(_out / "nowhere"), run_dir=str(_out / "r3"))), contains="not found")

@@ -1,0 +1,83 @@
+"The acceptance numbers of PROTOCOL A2/A3 and B2 on the real HAM10000 copy, through the experiment YAMLs."
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from derma_jepa.experiment import Config, data_stage, run
+from derma_jepa.nuisance import load_rgb, render
+from derma_jepa.pairs import NONE_RECIPE, dx_mix, pair_recipes, recipe_json
+
+EXP = ROOT / "nbs" / "experiments"
+
+
+@pytest.fixture(scope="module")
+def sym4(ham_dir):
+    return data_stage(Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir)))
+
+
+@pytest.fixture(scope="module")
+def ref4(ham_dir):
+    return data_stage(Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), protocol="reference"))
+
+
+def test_split_counts(ref4):
+    audit = ref4[3]
+    assert audit["split_lesions"] == {"train": 5229, "val": 1120, "test": 1121}
+    assert audit["split_images"] == {"train": 7008, "val": 1474, "test": 1533}
+
+
+@pytest.mark.parametrize("seed, images", [(1, (7017, 1517, 1481)), (2, (6976, 1518, 1521)),
+                                          (3, (7030, 1490, 1495)), (4, (7023, 1500, 1492))])
+def test_seed_sweep_split_counts(ham_dir, seed, images):
+    from derma_jepa.data import load_records
+    from derma_jepa.split import split_counts, split_records
+    counts = split_counts(split_records(load_records(ham_dir), seed, protocol="reference"))
+    assert tuple(counts["split_images"].values()) == images
+
+
+def test_reference_exp004(ref4):
+    _, _, m, audit = ref4
+    assert len(m) == 6000 and audit["distinct_sides"] == 8004
+    assert audit["construction"]["changing_skipped"] == {"train": 8, "val": 15, "test": 18}
+
+
+def test_reference_exp001(ham_dir):
+    _, _, m, audit = data_stage(Config.from_yaml(EXP / "exp001.yaml", data=str(ham_dir), protocol="reference"))
+    assert audit["distinct_sides"] == 8015
+    assert audit["construction"]["changing_tiers"] == {
+        "train": {"dx+site": 992, "dx": 8}, "val": {"dx+site": 985, "dx": 15}, "test": {"dx+site": 982, "dx": 18}}
+
+
+def test_symmetric_exp004(sym4):
+    _, split, m, audit = sym4
+    none = recipe_json(NONE_RECIPE)
+    assert (m.context_recipe != none).all() and (m.target_recipe != none).all()
+    for key in ["lesion_id", "sha256"]:
+        sides = pd.concat([m[["split", f"context_{key}"]].set_axis(["split", key], axis=1),
+                           m[["split", f"target_{key}"]].set_axis(["split", key], axis=1)])
+        assert sides.groupby(key).split.nunique().max() == 1, key
+    assert split.groupby("sha256").split.nunique().max() == 1
+    assert all(v["tv_distance"] <= 0.05 for v in dx_mix(m).values()), dx_mix(m)
+
+
+def test_determinism(ham_dir, sym4, tmp_path):
+    cfg = Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), run_dir=str(tmp_path / "a"))
+    a = run(cfg).run_dir
+    b = run(Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), run_dir=str(tmp_path / "b"))).run_dir
+    assert (a / "manifest.parquet").read_bytes() == (b / "manifest.parquet").read_bytes()
+    assert (a / "audit.json").read_bytes() == (b / "audit.json").read_bytes()
+    records, _, m, _ = sym4
+    path = records.set_index("image_id").path
+    for k in [0, 1234, 5999]:
+        r = m.iloc[k]
+        img = load_rgb(path[r.target_image_id])
+        assert render(img, r.target_recipe).tobytes() == render(load_rgb(path[r.target_image_id]), r.target_recipe).tobytes()
+        # the pair rebuilt alone: same recipes, same pixels
+        ctx, tgt = pair_recipes(cfg.seed, r.split, r.kind, int(r.pair_id[-4:]), r.family, cfg.resolved_preset)
+        assert (recipe_json(ctx), recipe_json(tgt)) == (r.context_recipe, r.target_recipe)
+        assert np.array_equal(np.asarray(render(img, tgt)), np.asarray(render(img, r.target_recipe)))

@@ -1,0 +1,51 @@
+"run.ipynb through papermill, as a user runs it: the contract of its run directory, and its refusals."
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+
+MANIFEST_COLUMNS = {"pair_id", "split", "label", "kind", "context_image_id", "target_image_id", "context_recipe",
+                    "target_recipe", "context_lesion_id", "target_lesion_id", "dx", "site"}
+TINY = ["-p", "fixture_lesions", "250", "-p", "pairs_per_split", "20"]
+
+
+def papermill(out: Path, *args):
+    cmd = [str(Path(sys.executable).parent / "papermill"), "--log-level", "WARNING", "-k", "python3",
+           str(ROOT / "nbs" / "run.ipynb"), str(out), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("protocol", ["symmetric", "reference"])
+def test_manifest_stage(tmp_path, protocol):
+    run_dir = tmp_path / "run"
+    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "protocol", protocol, "-p", "run_dir", str(run_dir),
+                  "-p", "stop_after", "manifest")
+    assert p.returncode == 0, p.stderr[-3000:]
+    m = pd.read_parquet(run_dir / "manifest.parquet")
+    assert MANIFEST_COLUMNS <= set(m.columns)
+    assert set(m.kind) == {"stable", "changing"} and set(m.label) == {0, 1}
+    families = {json.loads(r)["family"] for r in m.context_recipe}
+    assert families == ({"none"} if protocol == "reference" else {"strong", "strong_held_out", "strong_held_out_2"})
+    audit = json.loads((run_dir / "audit.json").read_text())
+    for key in ["n_images", "n_lesions", "split_lesions", "split_images", "missing", "unreadable", "duplicate_checksums"]:
+        assert key in audit, key
+    assert set(audit["split_images"]) == {"train", "val", "test"}
+    assert set(audit["dx_mix"]["test"]) >= {"stable", "changing"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-p", "seeed", "3"], "'seeed' is not a configuration field"),
+    (["-p", "train_families", "strong,fog"], "unknown nuisance family 'fog'"),
+    (["-p", "preset", "appendix"], "unknown nuisance preset 'appendix'"),
+])
+def test_bad_parameters_stop_before_any_work(tmp_path, args, message):
+    run_dir = tmp_path / "run"
+    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "run_dir", str(run_dir), *args)
+    assert p.returncode != 0
+    assert message in p.stderr
+    assert not run_dir.exists()
