@@ -20,7 +20,8 @@ import yaml
 
 from .data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
 from .fixture import fixture_dir
-from .pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, parse_families
+from .nuisance import HELD_OUT_FAMILIES
+from .pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
 from .split import check_fractions, check_protocol, split_counts, split_records
 
 # %% auto #0
@@ -48,6 +49,7 @@ class Config:
     split_fractions: tuple = (0.70, 0.15, 0.15)
     image_size: int = 224
     rephoto: bool = False
+    lofo_fold: int = -1
     seed: int = 20260422
     backbone: str = "random_vitb16"
     weights: str = ""
@@ -69,6 +71,11 @@ class Config:
             except (TypeError, ValueError):
                 raise ConfigError(f"parameter {f.name}={v!r} is not a valid {f.type}") from None
             object.__setattr__(self, f.name, v)
+        if self.lofo_fold >= 0:     # leave-one-family-out: the fold decides the families
+            if self.lofo_fold >= len(HELD_OUT_FAMILIES):
+                raise ConfigError(f"lofo_fold={self.lofo_fold}: there are {len(HELD_OUT_FAMILIES)} folds (0-{len(HELD_OUT_FAMILIES) - 1})")
+            train, held = lofo_folds()[self.lofo_fold]
+            object.__setattr__(self, "train_families", ",".join(train)); object.__setattr__(self, "eval_family", held)
         self.validate()
 
     def validate(self):

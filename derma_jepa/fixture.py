@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from .data import cache_dir
+from .data import DataError, cache_dir
 
 # %% auto #0
 __all__ = ['FIXTURE_VERSION', 'DX_COUNTS', 'SITE_COUNTS', 'IMAGES_PER_LESION', 'DX_LOOK', 'SIZE', 'lesion_params',
@@ -165,8 +165,11 @@ def make_fixture(out_dir, n_lesions: int = 400, seed: int = 0, quality: int = 90
         meta.to_csv(tmp / "HAM10000_metadata.csv", index=False)
         (tmp / "fixture.json").write_text(json.dumps(dict(version=FIXTURE_VERSION, n_lesions=n_lesions, seed=seed,
                                                           quality=quality, n_images=len(meta)), indent=1))
-        if out_dir.exists(): shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try: os.replace(tmp, out_dir)
+        except OSError:      # out_dir exists: fine if it is this very fixture (another process made it first)
+            same = (out_dir / "fixture.json").exists() and (out_dir / "fixture.json").read_text() == (tmp / "fixture.json").read_text()
+            if not same: raise DataError(f"{out_dir} exists and is not this fixture: remove it or choose another folder") from None
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

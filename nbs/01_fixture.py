@@ -39,10 +39,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from derma_jepa.data import cache_dir
+from derma_jepa.data import DataError, cache_dir
 
 # %%
-from fastcore.test import test_eq
+from fastcore.test import test_eq, test_fail
 
 # %%
 #| export
@@ -173,7 +173,8 @@ assert np.asarray(_im)[0, 0].max() < 30            # dermatoscope ring: dark cor
 # distribution (about a quarter of lesions photographed 2–6 times; the site is drawn once per
 # lesion), and writes `HAM10000_metadata.csv` and `images/ISIC_*.jpg` (JPEG quality 90). It is
 # written into a temporary folder and renamed into place, so an interrupted generation never
-# leaves a half-written fixture. `fixture_dir` caches it by its parameters.
+# leaves a half-written fixture, and two processes asking for the same fixture at once both end
+# up with it. `fixture_dir` caches it by its parameters.
 
 # %%
 #| export
@@ -217,8 +218,11 @@ def make_fixture(out_dir, n_lesions: int = 400, seed: int = 0, quality: int = 90
         meta.to_csv(tmp / "HAM10000_metadata.csv", index=False)
         (tmp / "fixture.json").write_text(json.dumps(dict(version=FIXTURE_VERSION, n_lesions=n_lesions, seed=seed,
                                                           quality=quality, n_images=len(meta)), indent=1))
-        if out_dir.exists(): shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        try: os.replace(tmp, out_dir)
+        except OSError:      # out_dir exists: fine if it is this very fixture (another process made it first)
+            same = (out_dir / "fixture.json").exists() and (out_dir / "fixture.json").read_text() == (tmp / "fixture.json").read_text()
+            if not same: raise DataError(f"{out_dir} exists and is not this fixture: remove it or choose another folder") from None
+            shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -242,6 +246,9 @@ assert _aud["lesions_multi_image"] >= 4
 # byte-identical on regeneration
 _fx2 = make_fixture(Path(tempfile.mkdtemp()) / "fx", n_lesions=40, seed=3)
 test_eq([f.read_bytes() for f in sorted((_fx / "images").iterdir())], [f.read_bytes() for f in sorted((_fx2 / "images").iterdir())])
+# making the same fixture again where it already exists keeps it; a different one is refused
+test_eq(make_fixture(_fx, n_lesions=40, seed=3), _fx)
+test_fail(lambda: make_fixture(_fx, n_lesions=41, seed=3), contains="is not this fixture")
 
 # %% [markdown]
 # The default fixture's mixes against HAM10000's, and one row of images per diagnosis, with

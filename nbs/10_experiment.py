@@ -42,7 +42,8 @@ import yaml
 
 from derma_jepa.data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
 from derma_jepa.fixture import fixture_dir
-from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, parse_families
+from derma_jepa.nuisance import HELD_OUT_FAMILIES
+from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
 from derma_jepa.split import check_fractions, check_protocol, split_counts, split_records
 
 # %%
@@ -57,6 +58,9 @@ from fastcore.test import test_eq, test_fail
 # YAMLs in `nbs/experiments/` override what each experiment of the arc changes. `data` is
 # `"fixture"` or a path; `$VARS` in it are expanded, so a YAML can say `data: $HAM10000_DIR`.
 # `preset: auto` means the protocol's own preset (`reference` → reference, `symmetric` → paper).
+# `lofo_fold` = 0, 1 or 2 runs one fold of the leave-one-family-out rotation (PROTOCOL B2.9): the
+# fold's family is held out for val/test and the other two rotate in train, whatever
+# `train_families` and `eval_family` say.
 
 # %%
 #| export
@@ -80,6 +84,7 @@ class Config:
     split_fractions: tuple = (0.70, 0.15, 0.15)
     image_size: int = 224
     rephoto: bool = False
+    lofo_fold: int = -1
     seed: int = 20260422
     backbone: str = "random_vitb16"
     weights: str = ""
@@ -101,6 +106,11 @@ class Config:
             except (TypeError, ValueError):
                 raise ConfigError(f"parameter {f.name}={v!r} is not a valid {f.type}") from None
             object.__setattr__(self, f.name, v)
+        if self.lofo_fold >= 0:     # leave-one-family-out: the fold decides the families
+            if self.lofo_fold >= len(HELD_OUT_FAMILIES):
+                raise ConfigError(f"lofo_fold={self.lofo_fold}: there are {len(HELD_OUT_FAMILIES)} folds (0-{len(HELD_OUT_FAMILIES) - 1})")
+            train, held = lofo_folds()[self.lofo_fold]
+            object.__setattr__(self, "train_families", ",".join(train)); object.__setattr__(self, "eval_family", held)
         self.validate()
 
     def validate(self):
@@ -156,6 +166,10 @@ test_fail(lambda: Config(train_families="strong,fog"), contains="unknown nuisanc
 test_fail(lambda: Config(preset="appendix"), contains="unknown nuisance preset 'appendix'")
 test_fail(lambda: Config(split_fractions=(0.7, 0.2, 0.2)), contains="summing to 1")
 test_fail(lambda: Config(pairs_per_split="many"), contains="pairs_per_split='many'")
+test_eq([(c.train_families, c.eval_family) for c in (Config(lofo_fold=k) for k in range(3))],
+        [("strong_held_out,strong_held_out_2", "strong"), ("strong,strong_held_out_2", "strong_held_out"),
+         ("strong,strong_held_out", "strong_held_out_2")])
+test_fail(lambda: Config(lofo_fold=3), contains="there are 3 folds")
 
 
 # %% [markdown]

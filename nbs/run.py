@@ -40,6 +40,7 @@ pairs_per_split = 100
 split_fractions = (0.70, 0.15, 0.15)
 image_size = 224
 rephoto = False
+lofo_fold = -1
 seed = 20260422
 backbone = "random_vitb16"
 weights = ""
