@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test check-clean nbtest pytest sync bench-data clean-venv
+.PHONY: venv demo test check-clean nbtest pytest sync bench-data bench-embed clean-venv
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: $(STAMP)
 	  -f nbs/experiments/demo.yaml -p run_dir $(DEMO_DIR)
 	@mv $(DEMO_DIR).ipynb $(DEMO_DIR)/run.ipynb
 	@echo "executed notebook: $(DEMO_DIR)/run.ipynb"
-	@echo "run directory:     $(DEMO_DIR)/ (config.yaml, audit.json, manifest.parquet)"
+	@echo "run directory:     $(DEMO_DIR)/ (config.yaml, audit.json, manifest.parquet, timings.json, environment.json)"
 
 ## The test command: notebooks and package in sync, then nbdev_test, then pytest.
 test: check-clean nbtest pytest
@@ -49,11 +49,14 @@ pytest: $(STAMP)
 
 ## After editing a notebook's .py (or .ipynb): pair, clean and export.
 sync: $(STAMP)
-	$(BIN)/jupytext --sync nbs/*.ipynb && $(BIN)/nbdev_clean && $(BIN)/nbdev_export
+	$(BIN)/jupytext --sync nbs/*.py nbs/*.ipynb && $(BIN)/nbdev_clean && $(BIN)/nbdev_export
 
 ## Benchmarks (need HAM10000_DIR); results go to benchmarks/results.json.
 bench-data: $(STAMP)
 	$(PY) benchmarks/bench_data.py
+
+bench-embed: $(STAMP)
+	$(PY) benchmarks/bench_embed.py
 
 clean-venv:
 	rm -rf $(VENV)

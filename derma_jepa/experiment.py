@@ -18,7 +18,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .backbones import backbone_spec, get_backbone
 from .data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
+from .embed import embed_sides, sides_table
 from .fixture import fixture_dir
 from .nuisance import HELD_OUT_FAMILIES
 from .pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
@@ -26,14 +28,14 @@ from .split import check_fractions, check_protocol, split_counts, split_records
 
 # %% auto #0
 __all__ = ['STAGES', 'ConfigError', 'Config', 'resolve_data', 'run_id', 'run_path', 'write_run_dir', 'RunResult', 'data_stage',
-           'run']
+           'environment', 'run']
 
 # %% ../nbs/10_experiment.ipynb #6b520124
 class ConfigError(ValueError):
     "A bad configuration value or an unknown parameter; the message names it."
 
 
-STAGES = ("manifest",)
+STAGES = ("manifest", "embed")
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,15 @@ class Config:
     rephoto: bool = False
     lofo_fold: int = -1
     seed: int = 20260422
-    backbone: str = "random_vitb16"
+    backbone: str = "color_texture"
     weights: str = ""
+    dtype: str = "auto"
+    batch_size: int = 32
     predictor: str = "linear"
     optimizer: str = "sgd"
     trainer: str = "auto"
     epochs: int = 200
-    stop_after: str = "manifest"
+    stop_after: str = "embed"
     run_dir: str = ""
 
     def __post_init__(self):
@@ -86,12 +90,15 @@ class Config:
             parse_families(self.train_families, preset)
             if self.eval_family: parse_families(self.eval_family, preset)
             check_fractions(self.split_fractions)
+            backbone_spec(self.backbone)
         except DataError as e: raise ConfigError(str(e)) from None
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"unknown dtype {self.dtype!r}: choose auto, bf16, fp16 or fp32")
         if self.changing_policy not in POLICIES:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
-        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1)]:
+        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1)]:
             if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
 
     @property
@@ -172,6 +179,8 @@ class RunResult:
     split: pd.DataFrame
     manifest: pd.DataFrame
     audit: dict
+    timings: dict
+    embeddings: dict | None = None     # side key -> row, and the matrix, when embedded
 
 
 def data_stage(config: Config):
@@ -190,11 +199,45 @@ def data_stage(config: Config):
     return records, split, manifest, audit
 
 
+def environment(backbone=None, dtype: str | None = None) -> dict:
+    "Versions, machine and (when given) the backbone's identity, for environment.json."
+    import platform, subprocess
+    from importlib.metadata import version
+    import torch
+    try: commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError): commit = ""
+    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "git_commit": commit or "unknown",
+           "versions": {p: version(p) for p in ["derma_jepa", "numpy", "pandas", "pillow", "scikit-image", "torch",
+                                                 "torchvision", "timm", "open_clip_torch"]}}
+    if backbone is not None:
+        env.update(device=backbone.device, dtype=dtype, backbone=backbone.name, backbone_fingerprint=backbone.fingerprint,
+                   weights=backbone.weights, weights_sha256=backbone.weights_digest, preprocess=backbone.preprocess)
+    return env
+
+
 def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory."
+    import time
+    t, stage = {}, STAGES.index(config.stop_after)
+    t0 = time.perf_counter()
+    backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
+    t["backbone_load_s"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
+    t0 = time.perf_counter()
     records, split, manifest, audit = data_stage(config)
+    t["manifest_s"] = round(time.perf_counter() - t0, 3)
     files = {"config.yaml": yaml.safe_dump(config.to_dict(), sort_keys=True).encode(),
              "audit.json": json.dumps(audit, indent=1, sort_keys=True).encode(),
              "manifest.parquet": _parquet_bytes(manifest)}
+    embeddings = None
+    if backbone is not None:
+        sides = sides_table(manifest, records)
+        z, st = embed_sides(backbone, sides, config.dtype, config.batch_size, progress=True)
+        embeddings = {"sides": sides, "z": z}
+        t.update(embed_s=round(st.seconds, 3), sides=st.sides, sides_per_s=round(st.sides_per_s, 2),
+                 cache_hits=st.cache_hits, computed=st.computed, batch_size=st.batch_size, workers=st.workers)
+        files["environment.json"] = json.dumps(environment(backbone, st.dtype), indent=1).encode()
+    else: files["environment.json"] = json.dumps(environment(), indent=1).encode()
+    files["timings.json"] = json.dumps(t, indent=1).encode()
     dest = write_run_dir(run_path(config), files)
-    return RunResult(config, dest, records, split, manifest, audit)
+    return RunResult(config, dest, records, split, manifest, audit, t, embeddings)

@@ -19,9 +19,10 @@
 # when it is complete, so a failed or interrupted run leaves no half-written run directory. Bad
 # configuration stops before any work with one line naming the parameter.
 #
-# Stages so far: `manifest` (audit, split, pair manifest). Embedding, fitting and scoring are
-# added by the notebooks that build them; asking for a stage that does not exist yet is an error,
-# not a silent no-op.
+# Stages so far: `manifest` (audit, split, pair manifest) and `embed` (every side of the manifest
+# through the backbone, via the shared embedding cache). Fitting and scoring are added by the
+# notebooks that build them; asking for a stage that does not exist yet is an error, not a silent
+# no-op. A run that needs a backbone loads it *first*, so missing weights stop it before any work.
 
 # %%
 #| export
@@ -40,7 +41,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from derma_jepa.backbones import backbone_spec, get_backbone
 from derma_jepa.data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
+from derma_jepa.embed import embed_sides, sides_table
 from derma_jepa.fixture import fixture_dir
 from derma_jepa.nuisance import HELD_OUT_FAMILIES
 from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
@@ -54,7 +57,9 @@ from fastcore.test import test_eq, test_fail
 # ## The configuration
 #
 # Defaults are the *embedded default*: generated fixture data, the symmetric protocol, the
-# EXP-004 family rotation, small enough to run in a couple of minutes on a laptop. The experiment
+# EXP-004 family rotation and the offline `color_texture` backbone, small enough to run in a
+# couple of minutes on a laptop. (The random-init ViTs are offline too, but slow on a CPU, and
+# `random_vits14` is nearly constant: see 05_backbones.) The experiment
 # YAMLs in `nbs/experiments/` override what each experiment of the arc changes. `data` is
 # `"fixture"` or a path; `$VARS` in it are expanded, so a YAML can say `data: $HAM10000_DIR`.
 # `preset: auto` means the protocol's own preset (`reference` → reference, `symmetric` → paper).
@@ -68,7 +73,7 @@ class ConfigError(ValueError):
     "A bad configuration value or an unknown parameter; the message names it."
 
 
-STAGES = ("manifest",)
+STAGES = ("manifest", "embed")
 
 
 @dataclass(frozen=True)
@@ -86,13 +91,15 @@ class Config:
     rephoto: bool = False
     lofo_fold: int = -1
     seed: int = 20260422
-    backbone: str = "random_vitb16"
+    backbone: str = "color_texture"
     weights: str = ""
+    dtype: str = "auto"
+    batch_size: int = 32
     predictor: str = "linear"
     optimizer: str = "sgd"
     trainer: str = "auto"
     epochs: int = 200
-    stop_after: str = "manifest"
+    stop_after: str = "embed"
     run_dir: str = ""
 
     def __post_init__(self):
@@ -121,12 +128,15 @@ class Config:
             parse_families(self.train_families, preset)
             if self.eval_family: parse_families(self.eval_family, preset)
             check_fractions(self.split_fractions)
+            backbone_spec(self.backbone)
         except DataError as e: raise ConfigError(str(e)) from None
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"unknown dtype {self.dtype!r}: choose auto, bf16, fp16 or fp32")
         if self.changing_policy not in POLICIES:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
-        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1)]:
+        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1)]:
             if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
 
     @property
@@ -166,6 +176,8 @@ test_fail(lambda: Config(train_families="strong,fog"), contains="unknown nuisanc
 test_fail(lambda: Config(preset="appendix"), contains="unknown nuisance preset 'appendix'")
 test_fail(lambda: Config(split_fractions=(0.7, 0.2, 0.2)), contains="summing to 1")
 test_fail(lambda: Config(pairs_per_split="many"), contains="pairs_per_split='many'")
+test_fail(lambda: Config(backbone="resnet50"), contains="unknown backbone 'resnet50'")
+test_fail(lambda: Config(stop_after="train"), contains="the stages built so far are manifest, embed")
 test_eq([(c.train_families, c.eval_family) for c in (Config(lofo_fold=k) for k in range(3))],
         [("strong_held_out,strong_held_out_2", "strong"), ("strong,strong_held_out_2", "strong_held_out"),
          ("strong,strong_held_out", "strong_held_out_2")])
@@ -235,10 +247,14 @@ def write_run_dir(dest: Path, files: dict[str, bytes]) -> Path:
 # %% [markdown]
 # ## `run(config)`
 #
-# The data side of a run: audit every image (stopping on the first missing or unreadable one),
-# split, build and validate the manifest, and write `config.yaml`, `audit.json` and
-# `manifest.parquet`. The audit carries what PROTOCOL A1 and B2 ask to be reported: image and
-# lesion counts, failures, duplicate checksums, split sizes, and the dx mix of each label per split.
+# The data side: audit every image (stopping on the first missing or unreadable one), split,
+# build and validate the manifest; `config.yaml`, `audit.json` and `manifest.parquet` record it.
+# The audit carries what PROTOCOL A1 and B2 ask to be reported: image and lesion counts, failures,
+# duplicate checksums, split sizes, and the dx mix of each label per split.
+#
+# The embedding stage: every distinct side through the backbone (cached, resumable), recorded in
+# `timings.json` (seconds per stage, sides/s, cache hits) and `environment.json` (versions,
+# device, dtype, backbone fingerprint and the weights it came from).
 
 # %%
 #| export
@@ -250,6 +266,8 @@ class RunResult:
     split: pd.DataFrame
     manifest: pd.DataFrame
     audit: dict
+    timings: dict
+    embeddings: dict | None = None     # side key -> row, and the matrix, when embedded
 
 
 def data_stage(config: Config):
@@ -268,14 +286,48 @@ def data_stage(config: Config):
     return records, split, manifest, audit
 
 
+def environment(backbone=None, dtype: str | None = None) -> dict:
+    "Versions, machine and (when given) the backbone's identity, for environment.json."
+    import platform, subprocess
+    from importlib.metadata import version
+    import torch
+    try: commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError): commit = ""
+    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "git_commit": commit or "unknown",
+           "versions": {p: version(p) for p in ["derma_jepa", "numpy", "pandas", "pillow", "scikit-image", "torch",
+                                                 "torchvision", "timm", "open_clip_torch"]}}
+    if backbone is not None:
+        env.update(device=backbone.device, dtype=dtype, backbone=backbone.name, backbone_fingerprint=backbone.fingerprint,
+                   weights=backbone.weights, weights_sha256=backbone.weights_digest, preprocess=backbone.preprocess)
+    return env
+
+
 def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory."
+    import time
+    t, stage = {}, STAGES.index(config.stop_after)
+    t0 = time.perf_counter()
+    backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
+    t["backbone_load_s"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
+    t0 = time.perf_counter()
     records, split, manifest, audit = data_stage(config)
+    t["manifest_s"] = round(time.perf_counter() - t0, 3)
     files = {"config.yaml": yaml.safe_dump(config.to_dict(), sort_keys=True).encode(),
              "audit.json": json.dumps(audit, indent=1, sort_keys=True).encode(),
              "manifest.parquet": _parquet_bytes(manifest)}
+    embeddings = None
+    if backbone is not None:
+        sides = sides_table(manifest, records)
+        z, st = embed_sides(backbone, sides, config.dtype, config.batch_size, progress=True)
+        embeddings = {"sides": sides, "z": z}
+        t.update(embed_s=round(st.seconds, 3), sides=st.sides, sides_per_s=round(st.sides_per_s, 2),
+                 cache_hits=st.cache_hits, computed=st.computed, batch_size=st.batch_size, workers=st.workers)
+        files["environment.json"] = json.dumps(environment(backbone, st.dtype), indent=1).encode()
+    else: files["environment.json"] = json.dumps(environment(), indent=1).encode()
+    files["timings.json"] = json.dumps(t, indent=1).encode()
     dest = write_run_dir(run_path(config), files)
-    return RunResult(config, dest, records, split, manifest, audit)
+    return RunResult(config, dest, records, split, manifest, audit, t, embeddings)
 
 
 # %% [markdown]
@@ -286,12 +338,12 @@ def run(config: Config) -> RunResult:
 
 # %%
 _out = Path(tempfile.mkdtemp())
-_cfg = Config(fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "r1"))
+_cfg = Config(fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "r1"), stop_after="manifest")
 _res = run(_cfg)
-test_eq(sorted(p.name for p in _res.run_dir.iterdir()), ["audit.json", "config.yaml", "manifest.parquet"])
-_first = {p.name: p.read_bytes() for p in _res.run_dir.iterdir()}
+test_eq(sorted(p.name for p in _res.run_dir.iterdir()), ["audit.json", "config.yaml", "environment.json", "manifest.parquet", "timings.json"])
+_first = {p.name: p.read_bytes() for p in _res.run_dir.iterdir() if p.name not in ("timings.json",)}
 run(_cfg)
-test_eq({p.name: p.read_bytes() for p in _res.run_dir.iterdir()}, _first)
+test_eq({p.name: p.read_bytes() for p in _res.run_dir.iterdir() if p.name not in ("timings.json",)}, _first)
 _aud = json.loads(_first["audit.json"])
 assert {"n_images", "n_lesions", "split_lesions", "split_images", "missing", "unreadable", "duplicate_checksums", "dx_mix"} <= set(_aud)
 
@@ -299,3 +351,14 @@ assert {"n_images", "n_lesions", "split_lesions", "split_images", "missing", "un
 test_fail(lambda: run(dataclasses.replace(_cfg, run_dir=str(_out / "r2"), pairs_per_split=5000)), contains="pairs per label")
 assert not (_out / "r2").exists() and [p.name for p in _out.iterdir()] == ["r1"]
 test_fail(lambda: run(Config(data=str(_out / "nowhere"), run_dir=str(_out / "r3"))), contains="not found")
+
+# %% [markdown]
+# The embedding stage on a tiny manifest: the second run, which differs only in predictor and
+# optimiser, finds every side in the cache and computes nothing.
+
+# %%
+_e1 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e1")))
+_e2 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e2"), predictor="mlp", optimizer="adam"))
+test_eq((_e2.timings["computed"], _e2.timings["cache_hits"]), (0, _e1.timings["sides"]))
+test_eq(_e1.embeddings["z"].tobytes(), _e2.embeddings["z"].tobytes())
+test_eq(json.loads((_e1.run_dir / "environment.json").read_text())["backbone"], "color_texture")

@@ -42,13 +42,15 @@ image_size = 224
 rephoto = False
 lofo_fold = -1
 seed = 20260422
-backbone = "random_vitb16"
+backbone = "color_texture"
 weights = ""
+dtype = "auto"
+batch_size = 32
 predictor = "linear"
 optimizer = "sgd"
 trainer = "auto"
 epochs = 200
-stop_after = "manifest"
+stop_after = "embed"
 run_dir = ""
 
 # %% [markdown]
@@ -98,6 +100,26 @@ sns.catplot(data=_mix, x="dx", y="share", hue="label", col="split", kind="bar", 
 
 # %%
 pair_gallery(result.manifest[result.manifest.split == "test"], result.records, n=3);
+
+# %% [markdown]
+# ## Embeddings
+#
+# Every distinct side through the frozen backbone (from the shared cache where it was embedded
+# before). Below, what the backbone sees before any predictor: the raw cosine distance between
+# the two sides of each pair, by label. Under `reference` the processed-target cue separates
+# the labels by itself; under `symmetric` only identity can.
+
+# %%
+if result.embeddings is not None:
+    print(json.dumps(result.timings, indent=1))
+    _sides, _z = result.embeddings["sides"], result.embeddings["z"]
+    _row = pd.Series(range(len(_sides)), index=pd.MultiIndex.from_frame(_sides[["image_id", "recipe"]]))
+    _m = result.manifest
+    _zc = _z[_row.loc[list(zip(_m.context_image_id, _m.context_recipe))].to_numpy()]
+    _zt = _z[_row.loc[list(zip(_m.target_image_id, _m.target_recipe))].to_numpy()]
+    _dist = _m[["split", "kind"]].assign(cosine_distance=1 - (_zc * _zt).sum(1))
+    sns.displot(data=_dist, x="cosine_distance", hue="kind", col="split", kind="hist", stat="density",
+                common_norm=False, element="step", height=2.6, aspect=1.2)
 
 # %%
 print(f"run directory: {result.run_dir}")

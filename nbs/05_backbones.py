@@ -1,0 +1,457 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp backbones
+
+# %% [markdown]
+# # Backbones: one registry, the libraries' own loaders and preprocessing, offline baselines
+#
+# > `get_backbone(name, weights=None)`: a frozen image encoder, its preprocessing, and a
+# > fingerprint that identifies it in the embedding cache.
+#
+# The backbone is the study's independent variable, so three things must be beyond doubt: which
+# weights were used, which preprocessing, and that nothing else stands in for them. Hence:
+#
+# - weights come from the Hugging Face cache or an explicit local file, never from a silent
+#   download and never replaced by something else; without them the error names the hub id, the
+#   files expected and the one command that fetches them;
+# - preprocessing comes from each library's own configuration (`timm.data.resolve_data_config`,
+#   open_clip's `image_transform` with the model's preprocess config), never hand-copied constants;
+# - checkpoints are read with `safetensors` or `torch.load(weights_only=True)`: no pickles;
+# - the fingerprint hashes the name, every weight tensor and the preprocessing, so two different
+#   checkpoints can never share cached embeddings.
+#
+# Offline backbones need no weights: `random_vits14` and `random_vitb16` (seeded random init of
+# the same architectures, a legitimate "random init" baseline) and `color_texture`, a handcrafted
+# colour-histogram + texture descriptor built with skimage.
+
+# %%
+#| export
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from derma_jepa.data import DataError
+
+# %%
+from fastcore.test import test_eq, test_fail, test_ne
+
+
+# %% [markdown]
+# ## The registry
+#
+# One row per backbone. `hub_id` is the Hugging Face repository whose files the library's own
+# loader reads; `weight_files` are the alternatives it accepts (first found wins);
+# `config_file` is needed for `hf-hub:` open_clip models. The short aliases are the names the
+# owner's commands use.
+
+# %%
+#| export
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    library: str                  # timm | open_clip | handcrafted
+    arch: str                     # timm model name, open_clip model name or hf-hub: id
+    hub_id: str = ""              # where the weights live ("" = none needed)
+    weight_files: tuple = ()
+    config_file: str = ""
+    quick_gelu: bool = False
+    random_seed: int | None = None
+    image_size: int = 224
+    note: str = ""
+
+
+_OC_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
+    BackboneSpec("dinov2_vits14", "timm", "vit_small_patch14_dinov2.lvd142m", "timm/vit_small_patch14_dinov2.lvd142m",
+                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-S/14 (facebook/dinov2-small), normed CLS"),
+    BackboneSpec("dinov2_vitb14", "timm", "vit_base_patch14_dinov2.lvd142m", "timm/vit_base_patch14_dinov2.lvd142m",
+                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-B/14 (facebook/dinov2-base), normed CLS"),
+    BackboneSpec("clip_vitb16", "open_clip", "ViT-B-16", "timm/vit_base_patch16_clip_224.openai", _OC_FILES,
+                 quick_gelu=True, note="OpenAI CLIP ViT-B/16 (open_clip pretrained='openai'), encode_image"),
+    BackboneSpec("dermlip_vitb16", "open_clip", "hf-hub:redlessone/DermLIP_ViT-B-16", "redlessone/DermLIP_ViT-B-16",
+                 _OC_FILES, "open_clip_config.json", note="DermLIP ViT-B/16, encode_image"),
+    BackboneSpec("biomedclip_vitb16", "open_clip", "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+                 "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224", _OC_FILES, "open_clip_config.json",
+                 note="BiomedCLIP ViT-B/16, encode_image"),
+    BackboneSpec("random_vits14", "timm", "vit_small_patch14_dinov2", random_seed=0,
+                 note="ViT-S/14 (DINOv2 architecture), seeded random init: no weights"),
+    BackboneSpec("random_vitb16", "timm", "vit_base_patch16_224", random_seed=0,
+                 note="ViT-B/16, seeded random init: no weights"),
+    BackboneSpec("color_texture", "handcrafted", "color_texture", note="HSV colour histograms + LBP texture (skimage)"),
+]}
+ALIASES = {"dinov2": "dinov2_vitb14", "dinov2_small": "dinov2_vits14", "clip": "clip_vitb16",
+           "dermlip": "dermlip_vitb16", "biomedclip": "biomedclip_vitb16"}
+OFFLINE_BACKBONES = tuple(n for n, s in REGISTRY.items() if not s.hub_id)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    "The registry row for a backbone name or alias."
+    key = ALIASES.get(name, name)
+    if key not in REGISTRY:
+        raise DataError(f"unknown backbone {name!r}: choose one of {', '.join(list(REGISTRY) + list(ALIASES))}")
+    return REGISTRY[key]
+
+
+# %%
+test_eq(backbone_spec("dinov2").name, "dinov2_vitb14")
+test_fail(lambda: backbone_spec("resnet50"), contains="unknown backbone 'resnet50'")
+test_eq(OFFLINE_BACKBONES, ("random_vits14", "random_vitb16", "color_texture"))
+
+
+# %% [markdown]
+# ## Finding the weights
+#
+# An explicit `weights` path wins: a file, or a folder holding the hub's files. Otherwise the
+# Hugging Face cache is asked (`try_to_load_from_cache`, no network). Nothing is downloaded here.
+
+# %%
+#| export
+class WeightsNotFound(DataError):
+    "A hub backbone whose weights are neither in the Hugging Face cache nor at the given path."
+
+
+def hub_cache_dir(hub_cache=None) -> Path:
+    "The Hugging Face hub cache consulted for weights (`HF_HUB_CACHE`, `HF_HOME`, or the default)."
+    from huggingface_hub.constants import HF_HUB_CACHE
+    return Path(hub_cache or HF_HUB_CACHE)
+
+
+def _find(spec: BackboneSpec, folder: Path | None, name: str, hub_cache=None) -> Path | None:
+    if folder is not None:
+        return folder / name if (folder / name).is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+    hit = try_to_load_from_cache(spec.hub_id, name, cache_dir=hub_cache_dir(hub_cache))
+    return Path(hit) if isinstance(hit, str) else None
+
+
+def resolve_weights(spec: BackboneSpec, weights=None, hub_cache=None) -> dict:
+    "Local paths of a hub backbone's checkpoint (and config): {'weights': Path, 'config': Path | None}."
+    folder = None
+    if weights:
+        p = Path(weights).expanduser()
+        if p.is_file() and not spec.config_file: return {"weights": p, "config": None}
+        if not p.exists(): raise WeightsNotFound(f"backbone {spec.name}: weights path {p} does not exist")
+        folder = p if p.is_dir() else p.parent
+        if p.is_file(): return {"weights": p, "config": _find(spec, folder, spec.config_file) if spec.config_file else None}
+    ckpt = next((f for f in (_find(spec, folder, n, hub_cache) for n in spec.weight_files) if f), None)
+    cfg = _find(spec, folder, spec.config_file, hub_cache) if spec.config_file else None
+    if ckpt is None or (spec.config_file and cfg is None):
+        files = ([spec.config_file] if spec.config_file else []) + [spec.weight_files[0]]
+        where = f"in {folder}" if folder else f"in the Hugging Face cache ({hub_cache_dir(hub_cache)}) and no weights= path was given"
+        raise WeightsNotFound(
+            f"backbone {spec.name}: weights for {spec.hub_id} not found {where}; expected "
+            f"{' + '.join(files)} (or {', '.join(spec.weight_files[1:])}); fetch them once with: "
+            f"hf download {spec.hub_id} {' '.join(files)}")
+    return {"weights": ckpt, "config": cfg}
+
+
+# %% [markdown]
+# ## Reading checkpoints safely
+#
+# `.safetensors` through safetensors; anything else through `torch.load(weights_only=True)`,
+# which refuses arbitrary pickled objects.
+
+# %%
+#| export
+def load_state_dict(path) -> dict[str, torch.Tensor]:
+    "A checkpoint's tensors, read without unpickling arbitrary objects."
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict): sd = sd[key]
+    return sd
+
+
+def tensor_digest(state: dict) -> str:
+    "SHA-256 over every tensor's name, dtype, shape and bytes, in name order."
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# %% [markdown]
+# ## The handcrafted baseline
+#
+# `color_texture` describes an image by HSV histograms (hue 16 bins, saturation and value 8
+# each, over the central disc where the lesion usually is and over the whole image) and by
+# rotation-invariant uniform LBP histograms at two radii (`skimage.feature.local_binary_pattern`).
+# It runs where the images are decoded (in the data loader's workers); its "forward" is the
+# identity.
+
+# %%
+#| export
+class ColorTexture(torch.nn.Module):
+    "Handcrafted colour + texture descriptor: the transform computes the feature, forward passes it on."
+    size = 224
+    lbp = ((8, 1), (16, 2))
+
+    def describe(self, img) -> np.ndarray:
+        from PIL import ImageOps
+        from skimage.color import rgb2gray, rgb2hsv
+        from skimage.feature import local_binary_pattern
+        a = np.asarray(ImageOps.fit(img.convert("RGB"), (self.size, self.size), method=3), np.float64) / 255
+        hsv = rgb2hsv(a)
+        yy, xx = np.mgrid[:self.size, :self.size]
+        centre = np.hypot(yy - self.size / 2, xx - self.size / 2) < self.size * 0.3
+        feats = []
+        for mask in (centre, np.ones_like(centre)):
+            for ch, bins in zip(range(3), (16, 8, 8)):
+                feats.append(np.histogram(hsv[..., ch][mask], bins=bins, range=(0, 1))[0] / mask.sum())
+        grey = (rgb2gray(a) * 255).astype(np.uint8)
+        for p, r in self.lbp:
+            codes = local_binary_pattern(grey, p, r, method="uniform")
+            feats.append(np.histogram(codes, bins=p + 2, range=(0, p + 2))[0] / codes.size)
+        return np.concatenate(feats).astype(np.float32)
+
+    def transform(self, img): return torch.from_numpy(self.describe(img))
+    def forward(self, x): return x
+    @property
+    def dim(self): return 2 * (16 + 8 + 8) + sum(p + 2 for p, _ in self.lbp)
+
+
+# %% [markdown]
+# ## Building the models
+#
+# **timm** (DINOv2, random ViTs): `create_model(..., num_classes=0, img_size=224)`; the pooled
+# output is the layer-normed CLS token (DINOv2's `pooler_output`). A checkpoint goes through
+# timm's own pretrained loader (`pretrained_cfg_overlay=dict(file=...)`), which also resamples
+# DINOv2's 518-px position embeddings to 224. Preprocessing: `resolve_data_config` at 224.
+#
+# **open_clip** (CLIP, DermLIP, BiomedCLIP): only the image tower is built (BiomedCLIP's text
+# tower would need PubMedBERT from the hub), from the model config (`get_model_config`, or the
+# hub's `open_clip_config.json`), and loaded with the checkpoint's `visual.*` tensors; its output
+# is `encode_image` (projected, not normalised). Preprocessing: `open_clip.image_transform` with
+# the model's preprocess config (OpenAI's for the `openai` tag).
+
+# %%
+#| export
+def _timm_model(spec: BackboneSpec, paths: dict | None):
+    import timm
+    kw = dict(num_classes=0, img_size=spec.image_size)
+    if paths is None:
+        torch.manual_seed(spec.random_seed or 0)
+        model = timm.create_model(spec.arch, pretrained=False, **kw)
+    else:
+        model = timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(paths["weights"])), **kw)
+    cfg = timm.data.resolve_data_config({"input_size": (3, spec.image_size, spec.image_size)}, model=model)
+    return model, timm.data.create_transform(**cfg), {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def _open_clip_model(spec: BackboneSpec, paths: dict):
+    import open_clip
+    from open_clip.model import _build_vision_tower
+    if spec.config_file:
+        hub = json.loads(Path(paths["config"]).read_text())
+        model_cfg, pre = hub["model_cfg"], dict(hub.get("preprocess_cfg", {}))
+    else:
+        model_cfg = open_clip.get_model_config(spec.arch)
+        pc = open_clip.get_pretrained_cfg(spec.arch, "openai")
+        pre = {k: pc[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in pc}
+    quick_gelu = model_cfg.get("quick_gelu", False) or spec.quick_gelu
+    visual = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], quick_gelu=quick_gelu)
+    state = {k[len("visual."):]: v for k, v in load_state_dict(paths["weights"]).items() if k.startswith("visual.")}
+    if not state: raise DataError(f"{paths['weights']}: no 'visual.*' tensors: not an open_clip checkpoint")
+    visual.load_state_dict(state, strict=True)
+    size = model_cfg["vision_cfg"].get("image_size", spec.image_size)
+    pre = {"image_size": size, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in pre.items() if k != "size"}}
+    tf = open_clip.image_transform(size, is_train=False, mean=pre.get("mean"), std=pre.get("std"),
+                                   resize_mode=pre.get("resize_mode"), interpolation=pre.get("interpolation"))
+    return visual, tf, pre
+
+
+# %% [markdown]
+# ## `get_backbone`
+#
+# The one entry point. `device="auto"` is CUDA when there is one; `dtype="auto"` is decided by
+# the embedding engine (06_embed) from the hardware. The returned `Backbone` carries the model
+# in eval mode with gradients off, its transform, its output width and its fingerprint.
+
+# %%
+#| export
+@dataclass
+class Backbone:
+    name: str
+    spec: BackboneSpec
+    model: torch.nn.Module
+    transform: Callable
+    dim: int
+    preprocess: dict
+    weights: str
+    weights_digest: str
+    device: str = "cpu"
+    fingerprint: str = field(init=False)
+
+    def __post_init__(self):
+        ident = {"name": self.name, "weights": self.weights_digest, "preprocess": self.preprocess}
+        self.fingerprint = f"{self.name}-{hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto": return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None) -> Backbone:
+    "A frozen backbone by registry name: weights from `weights` or the HF cache, the library's preprocessing."
+    spec = backbone_spec(name)
+    device = resolve_device(device)
+    if spec.library == "handcrafted":
+        model = ColorTexture()
+        return Backbone(spec.name, spec, model, model.transform, model.dim,
+                        {"size": model.size, "lbp": [list(x) for x in model.lbp]}, "none (handcrafted)", "handcrafted-v1", device)
+    paths = resolve_weights(spec, weights, hub_cache) if spec.hub_id or weights else None
+    if spec.library == "timm": model, tf, pre = _timm_model(spec, paths)
+    else: model, tf, pre = _open_clip_model(spec, paths)
+    model = model.eval().requires_grad_(False).to(device)
+    digest = tensor_digest(model.state_dict())
+    with torch.inference_mode():
+        dim = int(model(torch.zeros(1, 3, spec.image_size, spec.image_size, device=device)).shape[-1])
+    source = str(paths["weights"]) if paths else f"random init (torch seed {spec.random_seed})"
+    return Backbone(spec.name, spec, model, tf, dim, pre, source, digest, device)
+
+
+# %% [markdown]
+# ## Tests
+#
+# Offline backbones load with no weights and are seeded (two loads, one fingerprint). A hub
+# backbone with no weights stops with the error that says how to get them.
+
+# %%
+from PIL import Image
+_img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8))
+_ct = get_backbone("color_texture")
+test_eq(_ct.transform(_img).shape, (_ct.dim,))
+_rv = get_backbone("random_vits14")
+test_eq((_rv.dim, _rv.preprocess["input_size"]), (384, [3, 224, 224]))
+test_eq(_rv.fingerprint, get_backbone("random_vits14").fingerprint)
+test_eq(tuple(_rv.transform(_img).shape), (3, 224, 224))
+
+# %%
+import tempfile
+_empty_hub = tempfile.mkdtemp()
+test_fail(lambda: get_backbone("dinov2_vitb14", hub_cache=_empty_hub),
+          contains="weights for timm/vit_base_patch14_dinov2.lvd142m not found")
+test_fail(lambda: get_backbone("dermlip", hub_cache=_empty_hub), contains="hf download redlessone/DermLIP_ViT-B-16 open_clip_config.json")
+
+
+# %% [markdown]
+# ### The real loading path, on checkpoints written here
+#
+# No hub weights can be fetched on this machine, so the loaders are exercised end to end on
+# checkpoints this notebook writes itself: a randomly initialised model of the same architecture,
+# saved in the hub's file format, in a Hugging Face cache laid out as `hf download` lays it out
+# (`models--<org>--<name>/snapshots/<rev>/<file>`, `refs/main`), and as an explicit `weights` path.
+# What a loaded backbone computes must equal what the saved model computes.
+
+# %%
+#| export
+def write_hub_checkpoint(spec: BackboneSpec, state: dict, cache_root, config: dict | None = None,
+                         revision: str = "0" * 40) -> Path:
+    "Lay out `state` (and an open_clip config) in a Hugging Face cache as `hf download` would; return the snapshot."
+    from safetensors.torch import save_file
+    repo = Path(cache_root) / f"models--{spec.hub_id.replace('/', '--')}"
+    snap = repo / "snapshots" / revision
+    snap.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(snap / spec.weight_files[0]))
+    if spec.config_file: (snap / spec.config_file).write_text(json.dumps(config))
+    return snap
+
+
+# %%
+import timm, open_clip
+from open_clip.model import _build_vision_tower
+_hub = tempfile.mkdtemp()
+_x = _rv.transform(_img)[None]
+
+# timm: a random ViT-S/14 with DINOv2's 518-px position embeddings, as the hub stores it
+torch.manual_seed(1)
+_src = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, num_classes=0).eval()
+_spec = REGISTRY["dinov2_vits14"]
+_snap = write_hub_checkpoint(_spec, _src.state_dict(), _hub)
+_bb = get_backbone("dinov2_vits14", hub_cache=_hub)
+test_eq(_bb.weights, str(_snap / "model.safetensors"))
+_bb2 = get_backbone("dinov2_vits14", weights=_snap / "model.safetensors")
+test_eq(_bb.fingerprint, _bb2.fingerprint)
+test_ne(_bb.fingerprint, _rv.fingerprint)
+_ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224).eval()
+_ref.load_state_dict(timm.models.vision_transformer.checkpoint_filter_fn(_src.state_dict(), _ref))
+with torch.inference_mode(): torch.testing.assert_close(_bb.model(_x), _ref(_x))
+
+
+# %%
+# open_clip: a random CLIP image tower in a full-model checkpoint (text tensors included, and ignored)
+def _oc_state(model_cfg, quick_gelu, seed):
+    torch.manual_seed(seed)
+    v = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], quick_gelu=quick_gelu).eval()
+    return v, {**{f"visual.{k}": t for k, t in v.state_dict().items()}, "text_projection": torch.zeros(512, 512)}
+
+_cfg = open_clip.get_model_config("ViT-B-16")
+_v, _state = _oc_state(_cfg, True, 2)
+_snap = write_hub_checkpoint(REGISTRY["clip_vitb16"], _state, _hub)
+_clip = get_backbone("clip", weights=_snap)
+test_eq((_clip.dim, _clip.preprocess["mean"][0]), (512, 0.48145466))
+_xc = _clip.transform(_img)[None]
+with torch.inference_mode(): torch.testing.assert_close(_clip.model(_xc), _v(_xc))
+
+# an hf-hub: model (DermLIP's layout): config + checkpoint; the config's preprocessing is used
+_hubcfg = {"model_cfg": _cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+_v2, _state2 = _oc_state(_cfg, False, 3)
+_snap2 = write_hub_checkpoint(REGISTRY["dermlip_vitb16"], _state2, _hub, _hubcfg)
+_derm = get_backbone("dermlip", hub_cache=_hub)
+test_eq(_derm.preprocess["mean"], [0.5, 0.5, 0.5])
+_xd = _derm.transform(_img)[None]
+with torch.inference_mode(): torch.testing.assert_close(_derm.model(_xd), _v2(_xd))
+
+# a pickle that is not just tensors is refused
+class _Evil:
+    def __reduce__(self): return (print, ("unpickled!",))
+_bad = Path(_hub) / "evil.bin"
+torch.save({"visual.x": _Evil()}, _bad)
+test_fail(lambda: load_state_dict(_bad), contains="Weights only load failed")
+
+# %% [markdown]
+# ### What a random initialisation sees
+#
+# A caveat for anyone using the random-init backbones as a floor. DINOv2's architecture
+# initialises its LayerScale at 1e-5, so at random init every residual branch is scaled to almost
+# nothing and the normed CLS token is nearly the same vector for every image: `random_vits14` is a
+# *constant* embedding to about seven digits. `random_vitb16` (no LayerScale) and `color_texture`
+# do vary with the image. The mean pairwise cosine between the embeddings of 32 different images:
+
+# %%
+from derma_jepa.embed import embed_sides
+import pandas as pd
+from derma_jepa.data import load_records
+from derma_jepa.fixture import fixture_dir
+_src = load_records(os.environ["HAM10000_DIR"] if os.environ.get("HAM10000_DIR") else fixture_dir(300, 0)).head(32)
+_s32 = pd.DataFrame({"path": _src.path, "sha256": _src.sha256, "recipe": '{"family":"none","ops":[]}'})
+_pairwise = {}
+for _name in OFFLINE_BACKBONES:
+    _z, _ = embed_sides(get_backbone(_name), _s32, cache_root=tempfile.mkdtemp(), workers=0)
+    _c = _z @ _z.T
+    _pairwise[_name] = float((_c.sum() - len(_z)) / (len(_z) ** 2 - len(_z)))
+print({k: round(v, 7) for k, v in _pairwise.items()})
+assert _pairwise["random_vits14"] > 0.9999 and _pairwise["color_texture"] < 0.99

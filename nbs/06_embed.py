@@ -1,0 +1,291 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp embed
+
+# %% [markdown]
+# # Embed: manifest sides → L2-normalised embeddings, cached and resumable
+#
+# > Render every side (source image + recipe), preprocess, run the frozen backbone in batches,
+# > normalise, and never compute the same embedding twice.
+#
+# The cache is content-addressed: a side's key is the hash of (backbone fingerprint, dtype,
+# SHA-256 of the source file's bytes, canonical recipe). It is shared by every run and every
+# experiment, so runs that differ only in predictor or optimiser embed nothing, and EXP-005+
+# reuse EXP-004's embeddings. Embeddings are written in shards (`.npz` of a key array and a
+# float32 matrix, read with `allow_pickle=False`), each through a temporary file and a rename:
+# a killed run loses at most the shard in progress and resumes where it stopped.
+#
+# Speed: decoding, nuisance and preprocessing run in DataLoader worker processes while the main
+# process runs the model under `torch.inference_mode`. `dtype="auto"` picks bf16 autocast only
+# where it is fast: on CUDA, and on CPUs with AMX tiles. On a CPU with AVX-512-BF16 but no AMX,
+# bf16 autocast is *slower* than fp32 (measured below), so `auto` stays fp32 there.
+
+# %%
+#| export
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from derma_jepa.backbones import Backbone
+from derma_jepa.data import atomic_write_bytes, cache_dir
+from derma_jepa.nuisance import load_rgb, render
+
+# %%
+from fastcore.test import test_eq, test_fail
+
+
+# %% [markdown]
+# ## Precision
+
+# %%
+#| export
+def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
+    "`bf16`, `fp16` or `fp32`: `auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with AMX, else fp32."
+    if dtype in ("bf16", "fp16", "fp32"): return dtype
+    if dtype != "auto": raise ValueError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
+    if device.startswith("cuda"): return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
+
+
+def autocast(device: str, dtype: str):
+    "The autocast context for a resolved dtype (a no-op for fp32)."
+    return torch.autocast(device_type=device.split(":")[0], dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype),
+                          enabled=dtype != "fp32")
+
+
+# %% [markdown]
+# ## Sides as a dataset
+#
+# A side is (path, recipe). The dataset renders and preprocesses one side per item; the
+# DataLoader batches them in order. Worker processes do the image work unless we are under
+# `nbdev_test` (which sets `IN_TEST`), where workers are off.
+
+# %%
+#| export
+class SideDataset(torch.utils.data.Dataset):
+    "Rendered, preprocessed sides: item i = transform(render(load(paths[i]), recipes[i]))."
+    def __init__(self, paths, recipes, transform):
+        self.paths, self.recipes, self.transform = list(paths), list(recipes), transform
+    def __len__(self): return len(self.paths)
+    def __getitem__(self, i): return self.transform(render(load_rgb(self.paths[i]), self.recipes[i]))
+
+
+def default_workers() -> int:
+    if os.environ.get("IN_TEST"): return 0
+    return min(2, os.cpu_count() or 1)
+
+
+# %% [markdown]
+# ## The cache
+#
+# One folder per (fingerprint, dtype) under `$DERMA_JEPA_CACHE/embeddings/`. `lookup` reads every
+# shard once per call (a few MB for a whole manifest); `put` writes one shard.
+
+# %%
+#| export
+def side_keys(fingerprint: str, dtype: str, sha256s, recipes) -> np.ndarray:
+    "Content-addressed keys of sides: hash of (backbone fingerprint, dtype, source bytes hash, recipe)."
+    return np.array([hashlib.sha256(f"{fingerprint}|{dtype}|{s}|{r}".encode()).hexdigest() for s, r in zip(sha256s, recipes)],
+                    dtype="S64")
+
+
+class EmbeddingCache:
+    "Sharded, append-only store of embeddings for one backbone fingerprint and dtype."
+    def __init__(self, fingerprint: str, dtype: str, root: Path | None = None):
+        self.dir = Path(root or cache_dir("embeddings")) / f"{fingerprint}-{dtype}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def shards(self): return sorted(self.dir.glob("shard-*.npz"))
+
+    def lookup(self, keys: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        "(found mask, vectors) for `keys`; rows not found are zero."
+        out, found = np.zeros((len(keys), dim), np.float32), np.zeros(len(keys), bool)
+        want = pd.Index(keys)
+        for shard in self.shards():
+            with np.load(shard, allow_pickle=False) as z:
+                pos = want.get_indexer(z["keys"])
+                hit = pos >= 0
+                out[pos[hit]], found[pos[hit]] = z["vectors"][hit], True
+        return found, out
+
+    def put(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
+        buf = io.BytesIO()
+        np.savez(buf, keys=np.asarray(keys, "S64"), vectors=np.asarray(vectors, np.float32))
+        name = hashlib.sha256(np.asarray(keys, "S64").tobytes()).hexdigest()[:20]
+        path = self.dir / f"shard-{name}.npz"
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+
+# %% [markdown]
+# ## `embed_sides`
+#
+# Looks every side up; embeds only the missing ones, in order, in batches; writes a shard every
+# `shard_size` sides. Because batches are formed over the *missing* sides in order and shards
+# hold whole batches, a resumed run forms exactly the batches the interrupted run would have
+# formed next, so its results are identical to an uninterrupted run's. Returns the embeddings
+# (aligned with the input rows) and the stage's statistics.
+
+# %%
+#| export
+@dataclass
+class EmbedStats:
+    sides: int
+    cache_hits: int
+    computed: int
+    seconds: float
+    dtype: str
+    device: str
+    batch_size: int
+    workers: int
+
+    @property
+    def sides_per_s(self) -> float: return self.sides / self.seconds if self.seconds else float("inf")
+    def to_dict(self): return {**self.__dict__, "sides_per_s": round(self.sides_per_s, 2)}
+
+
+def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", batch_size: int = 32,
+                workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False):
+    "Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache."
+    t0 = time.perf_counter()
+    device = backbone.device
+    dtype = resolve_dtype(dtype, device)
+    workers = default_workers() if workers is None else workers
+    keys = side_keys(backbone.fingerprint, dtype, sides.sha256, sides.recipe)
+    cache = EmbeddingCache(backbone.fingerprint, dtype, cache_root)
+    found, out = cache.lookup(keys, backbone.dim)
+    todo = np.flatnonzero(~found)
+    if len(todo):
+        from tqdm import tqdm
+        ds = SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform)
+        dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+        per_shard = max(1, shard_size // batch_size)
+        pend_idx, pend_vec = [], []
+        bar = tqdm(total=len(todo), unit="side", desc=f"embed {backbone.name}", disable=not progress, mininterval=2)
+        with torch.inference_mode(), autocast(device, dtype):
+            for b, x in enumerate(dl):
+                z = backbone.model(x.to(device, non_blocking=True)).float()
+                z = torch.nn.functional.normalize(z, dim=-1, eps=1e-12).cpu().numpy()
+                idx = todo[b * batch_size: b * batch_size + len(z)]
+                out[idx] = z
+                pend_idx.append(idx); pend_vec.append(z)
+                if len(pend_idx) == per_shard or b == len(dl) - 1:
+                    i = np.concatenate(pend_idx); cache.put(keys[i], np.concatenate(pend_vec))
+                    pend_idx, pend_vec = [], []
+                bar.update(len(z))
+        bar.close()
+    stats = EmbedStats(len(sides), int(found.sum()), int(len(todo)), time.perf_counter() - t0, dtype, device,
+                       batch_size, workers)
+    return out, stats
+
+
+# %% [markdown]
+# `sides_table` turns a manifest into the engine's input: its distinct (image, recipe) sides with
+# the source file's path and SHA-256 from the audited records.
+
+# %%
+#| export
+def sides_table(manifest: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    "The distinct sides of a manifest with each source file's path and SHA-256."
+    from derma_jepa.pairs import manifest_sides
+    s = manifest_sides(manifest)
+    rec = records.set_index("image_id")
+    return s.assign(path=rec.path.reindex(s.image_id).to_numpy(), sha256=rec.sha256.reindex(s.image_id).to_numpy())
+
+
+# %% [markdown]
+# ## Tests on fixture sides
+#
+# Sides of a small symmetric manifest: embeddings are unit vectors; a second call computes
+# nothing and returns the same bytes; a partial cache (the first shard only, as a killed run
+# leaves it) is completed to the same result.
+
+# %%
+import tempfile
+from derma_jepa.backbones import get_backbone
+from derma_jepa.data import load_records
+from derma_jepa.fixture import fixture_dir
+from derma_jepa.pairs import build_manifest, manifest_sides
+from derma_jepa.split import split_records
+
+# %%
+_recs = load_records(fixture_dir(n_lesions=300, seed=0))
+_m, _ = build_manifest(split_records(_recs, 7), "symmetric", pairs_per_split=8, seed=7)
+_sides = sides_table(_m, _recs)
+_bb = get_backbone("random_vits14")
+_root = Path(tempfile.mkdtemp())
+_z, _st = embed_sides(_bb, _sides, cache_root=_root, batch_size=8, shard_size=16)
+test_eq((_z.shape, _st.computed, _st.cache_hits), ((len(_sides), 384), len(_sides), 0))
+np.testing.assert_allclose(np.linalg.norm(_z, axis=1), 1, atol=1e-5)
+_z2, _st2 = embed_sides(_bb, _sides, cache_root=_root, batch_size=8, shard_size=16)
+test_eq((_st2.computed, _st2.cache_hits, _z2.tobytes() == _z.tobytes()), (0, len(_sides), True))
+
+# %%
+_shards = EmbeddingCache(_bb.fingerprint, "fp32", _root).shards()
+assert len(_shards) >= 2
+_part = Path(tempfile.mkdtemp())
+(_part / _shards[0].parent.name).mkdir()
+(_part / _shards[0].parent.name / _shards[0].name).write_bytes(_shards[0].read_bytes())
+_z3, _st3 = embed_sides(_bb, _sides, cache_root=_part, batch_size=8, shard_size=16)
+test_eq((_st3.cache_hits, _z3.tobytes() == _z.tobytes()), (16, True))
+
+# %% [markdown]
+# The handcrafted backbone goes through the same engine.
+
+# %%
+_ctb = get_backbone("color_texture")
+_zc, _ = embed_sides(_ctb, _sides.head(5), cache_root=_root)
+test_eq(_zc.shape, (5, _ctb.dim))
+
+# %% [markdown]
+# ## bf16 against fp32, and what each costs here
+#
+# On 64 real images (the fixture when `HAM10000_DIR` is unset), every ViT architecture of the
+# registry that can be built here (the DINOv2 ViT-S/14, the timm ViT-B/16, open_clip's ViT-B/16
+# image tower from a random checkpoint; hub weights are not on this machine), in bf16 autocast and
+# in fp32: the mean cosine between the two embeddings of each image must be at least 0.999, and the
+# rates show which precision `auto` should pick on this CPU. (The ViT-S/14 agreement is trivially
+# 1: at random init it is a constant, see 05_backbones.)
+
+# %%
+import json
+_src = (load_records(os.environ["HAM10000_DIR"]) if os.environ.get("HAM10000_DIR") else _recs).head(64)
+_s64 = pd.DataFrame({"path": _src.path, "sha256": _src.sha256, "recipe": '{"family":"none","ops":[]}'})
+# the open_clip ViT-B/16 image tower, from a random checkpoint in the hub's layout (05_backbones)
+import open_clip
+from open_clip.model import _build_vision_tower
+from derma_jepa.backbones import REGISTRY, write_hub_checkpoint
+torch.manual_seed(0)
+_oc = open_clip.get_model_config("ViT-B-16")
+_vis = _build_vision_tower(_oc["embed_dim"], _oc["vision_cfg"], quick_gelu=True)
+_clip_ckpt = write_hub_checkpoint(REGISTRY["clip_vitb16"], {f"visual.{k}": v for k, v in _vis.state_dict().items()},
+                                  tempfile.mkdtemp())
+_agree = {}
+for _name, _b in [("random_vits14", get_backbone("random_vits14")), ("random_vitb16", get_backbone("random_vitb16")),
+                  ("clip_vitb16 (random checkpoint)", get_backbone("clip_vitb16", weights=_clip_ckpt))]:
+    _r = {}
+    for _dt in ["fp32", "bf16"]:
+        _zz, _ss = embed_sides(_b, _s64, dtype=_dt, cache_root=tempfile.mkdtemp(), batch_size=32, workers=0)
+        _r[_dt] = (_zz, _ss.sides_per_s)
+    _cos = (_r["fp32"][0] * _r["bf16"][0]).sum(1)
+    _agree[_name] = {"mean_cosine": round(float(_cos.mean()), 6), "min_cosine": round(float(_cos.min()), 6),
+                     "fp32_sides_per_s": round(_r["fp32"][1], 2), "bf16_sides_per_s": round(_r["bf16"][1], 2)}
+    assert _cos.mean() >= 0.999, (_name, _cos.mean())
+print(json.dumps({"amx": torch.cpu._is_amx_tile_supported(), "auto_dtype": resolve_dtype("auto"), **_agree}, indent=1))

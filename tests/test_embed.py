@@ -1,0 +1,85 @@
+"The embedding stage as a user meets it: missing weights, a local checkpoint, a killed run resumed."
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from test_run_notebook import papermill
+
+TINY = ["-p", "fixture_lesions", "250", "-p", "pairs_per_split", "3"]
+
+
+def test_hub_backbone_without_weights_stops_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    monkeypatch.setenv("DERMA_JEPA_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    p = papermill(tmp_path / "out.ipynb", "-p", "backbone", "dinov2_vitb14", "-p", "run_dir", str(run_dir))
+    assert p.returncode != 0
+    assert "weights for timm/vit_base_patch14_dinov2.lvd142m not found" in p.stderr
+    assert "hf download timm/vit_base_patch14_dinov2.lvd142m model.safetensors" in p.stderr
+    assert not run_dir.exists()
+    assert not (tmp_path / "cache" / "fixture").exists(), "no data work may happen before the weights are found"
+
+
+def test_local_checkpoint_runs(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    src = timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0)   # hub layout: 518 px
+    ckpt = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(ckpt))
+    run_dir = tmp_path / "run"
+    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "backbone", "dinov2_vitb14", "-p", "weights", str(ckpt),
+                  "-p", "run_dir", str(run_dir))
+    assert p.returncode == 0, p.stderr[-3000:]
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["weights"] == str(ckpt) and env["backbone"] == "dinov2_vitb14"
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert timings["sides"] == timings["computed"] + timings["cache_hits"] > 0
+
+
+EMBED = textwrap.dedent("""
+    import sys, numpy as np
+    from derma_jepa.backbones import get_backbone
+    from derma_jepa.data import load_records
+    from derma_jepa.embed import embed_sides, sides_table
+    from derma_jepa.fixture import fixture_dir
+    from derma_jepa.pairs import build_manifest
+    from derma_jepa.split import split_records
+    recs = load_records(fixture_dir(n_lesions=250, seed=0))
+    m, _ = build_manifest(split_records(recs, 5), "symmetric", pairs_per_split=3, seed=5)
+    z, st = embed_sides(get_backbone("random_vitb16"), sides_table(m, recs), batch_size=4, shard_size=4,
+                        workers=0, cache_root=sys.argv[1])
+    np.save(sys.argv[2], z)
+    print(st.computed, st.cache_hits)
+""")
+
+
+def _embed(cache, out, **kw):
+    return subprocess.Popen([sys.executable, "-c", EMBED, str(cache), str(out)], stdout=subprocess.PIPE, text=True, **kw)
+
+
+def test_killed_run_resumes_to_identical_embeddings(tmp_path):
+    whole = _embed(tmp_path / "cache-a", tmp_path / "a.npy")
+    victim = _embed(tmp_path / "cache-b", tmp_path / "unused.npy")
+    t0 = time.time()
+    while not list((tmp_path / "cache-b").glob("*/shard-*.npz")):       # wait for the first complete shard
+        assert victim.poll() is None and time.time() - t0 < 300, "the run ended before it could be killed"
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL); victim.wait()
+    shards_at_kill = len(list((tmp_path / "cache-b").glob("*/shard-*.npz")))
+    assert whole.wait() == 0
+    resumed = _embed(tmp_path / "cache-b", tmp_path / "b.npy")
+    computed, hits = map(int, resumed.communicate()[0].split())
+    assert resumed.returncode == 0 and hits >= 4 * shards_at_kill and computed > 0
+    a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
+    assert a.tobytes() == b.tobytes()
