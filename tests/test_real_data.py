@@ -66,9 +66,9 @@ def test_symmetric_exp004(sym4):
 
 
 def test_determinism(ham_dir, sym4, tmp_path):
-    cfg = Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), run_dir=str(tmp_path / "a"))
+    cfg = Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), run_dir=str(tmp_path / "a"), stop_after="manifest")
     a = run(cfg).run_dir
-    b = run(Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), run_dir=str(tmp_path / "b"))).run_dir
+    b = run(Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), run_dir=str(tmp_path / "b"), stop_after="manifest")).run_dir
     assert (a / "manifest.parquet").read_bytes() == (b / "manifest.parquet").read_bytes()
     assert (a / "audit.json").read_bytes() == (b / "audit.json").read_bytes()
     records, _, m, _ = sym4
