@@ -425,6 +425,20 @@ test_eq(_derm.preprocess["mean"], [0.5, 0.5, 0.5])
 _xd = _derm.transform(_img)[None]
 with torch.inference_mode(): torch.testing.assert_close(_derm.model(_xd), _v2(_xd))
 
+# BiomedCLIP's layout: its image tower is a timm ViT inside open_clip (`timm_model_name`), with a
+# linear projection; its config is written here as the hub's open_clip_config.json describes it
+_bm_cfg = {"embed_dim": 512, "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
+                                             "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+           "text_cfg": {"hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract", "proj": "mlp"}}
+_v3, _state3 = _oc_state(_bm_cfg, False, 4)
+_snap3 = write_hub_checkpoint(REGISTRY["biomedclip_vitb16"], _state3, _hub,
+                              {"model_cfg": _bm_cfg, "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
+                                                                         "std": [0.26862954, 0.26130258, 0.27577711]}})
+_bio = get_backbone("biomedclip", hub_cache=_hub)
+test_eq(_bio.dim, 512)
+_xb = _bio.transform(_img)[None]
+with torch.inference_mode(): torch.testing.assert_close(_bio.model(_xb), _v3(_xb))
+
 # a pickle that is not just tensors is refused
 class _Evil:
     def __reduce__(self): return (print, ("unpickled!",))
