@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test check-clean nbtest pytest sync bench-data bench-embed clean-venv
+.PHONY: venv demo test check-clean nbtest pytest sync bench-data bench-embed bench-fit clean-venv
 
 $(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -26,7 +26,7 @@ demo: $(STAMP)
 	  -f nbs/experiments/demo.yaml -p run_dir $(DEMO_DIR)
 	@mv $(DEMO_DIR).ipynb $(DEMO_DIR)/run.ipynb
 	@echo "executed notebook: $(DEMO_DIR)/run.ipynb"
-	@echo "run directory:     $(DEMO_DIR)/ (config.yaml, audit.json, manifest.parquet, timings.json, environment.json)"
+	@echo "run directory:     $(DEMO_DIR)/ (metrics.json, scores.parquet, figures/, manifest.parquet, audit.json, ...)"
 
 ## The test command: notebooks and package in sync, then nbdev_test, then pytest.
 test: check-clean nbtest pytest
@@ -57,6 +57,9 @@ bench-data: $(STAMP)
 
 bench-embed: $(STAMP)
 	$(PY) benchmarks/bench_embed.py
+
+bench-fit: $(STAMP)
+	$(PY) benchmarks/bench_fit.py
 
 clean-venv:
 	rm -rf $(VENV)

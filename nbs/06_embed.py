@@ -136,7 +136,9 @@ class EmbeddingCache:
 # %% [markdown]
 # ## `embed_sides`
 #
-# Looks every side up; embeds only the missing ones, in order, in batches; writes a shard every
+# `cached_compute` is the engine: look every key up, compute only the missing items through a
+# DataLoader, write whole batches as shards. `embed_sides` is it with a backbone's forward pass
+# (the pixel baselines of 09_baselines are it with a pixel comparison). It looks every side up; embeds only the missing ones, in order, in batches; writes a shard every
 # `shard_size` sides. Because batches are formed over the *missing* sides in order and shards
 # hold whole batches, a resumed run forms exactly the batches the interrupted run would have
 # formed next, so its results are identical to an uninterrupted run's. Returns the embeddings
@@ -160,6 +162,32 @@ class EmbedStats:
     def to_dict(self): return {**self.__dict__, "sides_per_s": round(self.sides_per_s, 2)}
 
 
+def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_for, compute, batch_size: int = 32,
+                   workers: int = 0, shard_size: int = 256, progress: bool = False, desc: str = "compute"):
+    """Rows for `keys` from `cache`; the missing ones computed in order, in batches of `dataset_for(todo)` items
+    through `compute(batch) -> np.ndarray`, and stored a shard of whole batches at a time. Returns (rows, hits)."""
+    found, out = cache.lookup(keys, dim)
+    todo = np.flatnonzero(~found)
+    if len(todo):
+        from tqdm import tqdm
+        dl = torch.utils.data.DataLoader(dataset_for(todo), batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+        per_shard = max(1, shard_size // batch_size)
+        pend_idx, pend_vec = [], []
+        bar = tqdm(total=len(todo), unit="item", desc=desc, disable=not progress, mininterval=2)
+        for b, x in enumerate(dl):
+            z = np.asarray(compute(x), np.float32)
+            idx = todo[b * batch_size: b * batch_size + len(z)]
+            out[idx] = z
+            pend_idx.append(idx); pend_vec.append(z)
+            if len(pend_idx) == per_shard or b == len(dl) - 1:
+                i = np.concatenate(pend_idx); cache.put(keys[i], np.concatenate(pend_vec))
+                pend_idx, pend_vec = [], []
+            bar.update(len(z))
+        bar.close()
+    return out, int(found.sum())
+
+
 def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", batch_size: int = 32,
                 workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False):
     "Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache."
@@ -168,31 +196,16 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", ba
     dtype = resolve_dtype(dtype, device)
     workers = default_workers() if workers is None else workers
     keys = side_keys(backbone.fingerprint, dtype, sides.sha256, sides.recipe)
-    cache = EmbeddingCache(backbone.fingerprint, dtype, cache_root)
-    found, out = cache.lookup(keys, backbone.dim)
-    todo = np.flatnonzero(~found)
-    if len(todo):
-        from tqdm import tqdm
-        ds = SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform)
-        dl = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
-        per_shard = max(1, shard_size // batch_size)
-        pend_idx, pend_vec = [], []
-        bar = tqdm(total=len(todo), unit="side", desc=f"embed {backbone.name}", disable=not progress, mininterval=2)
+
+    def forward(x):
         with torch.inference_mode(), autocast(device, dtype):
-            for b, x in enumerate(dl):
-                z = backbone.model(x.to(device, non_blocking=True)).float()
-                z = torch.nn.functional.normalize(z, dim=-1, eps=1e-12).cpu().numpy()
-                idx = todo[b * batch_size: b * batch_size + len(z)]
-                out[idx] = z
-                pend_idx.append(idx); pend_vec.append(z)
-                if len(pend_idx) == per_shard or b == len(dl) - 1:
-                    i = np.concatenate(pend_idx); cache.put(keys[i], np.concatenate(pend_vec))
-                    pend_idx, pend_vec = [], []
-                bar.update(len(z))
-        bar.close()
-    stats = EmbedStats(len(sides), int(found.sum()), int(len(todo)), time.perf_counter() - t0, dtype, device,
-                       batch_size, workers)
+            z = backbone.model(x.to(device, non_blocking=True)).float()
+        return torch.nn.functional.normalize(z, dim=-1, eps=1e-12).cpu().numpy()
+
+    out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim,
+                               lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform),
+                               forward, batch_size, workers, shard_size, progress, f"embed {backbone.name}")
+    stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers)
     return out, stats
 
 

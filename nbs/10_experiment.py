@@ -38,16 +38,21 @@ import tempfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from derma_jepa.backbones import backbone_spec, get_backbone
 from derma_jepa.data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
+from derma_jepa.baselines import choose_baseline, pixel_scores, verdict, with_paths
 from derma_jepa.embed import embed_sides, sides_table
+from derma_jepa.metrics import bootstrap_counts, bootstrap_metrics, representation_health
+from derma_jepa.predictors import Predictor, control_scores, cosine_distance
 from derma_jepa.fixture import fixture_dir
 from derma_jepa.nuisance import HELD_OUT_FAMILIES
 from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
-from derma_jepa.split import check_fractions, check_protocol, split_counts, split_records
+from derma_jepa.split import SPLITS, check_fractions, check_protocol, split_counts, split_records
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -73,7 +78,7 @@ class ConfigError(ValueError):
     "A bad configuration value or an unknown parameter; the message names it."
 
 
-STAGES = ("manifest", "embed")
+STAGES = ("manifest", "embed", "all")
 
 
 @dataclass(frozen=True)
@@ -99,7 +104,8 @@ class Config:
     optimizer: str = "sgd"
     trainer: str = "auto"
     epochs: int = 200
-    stop_after: str = "embed"
+    stop_after: str = "all"
+    n_boot: int = 1000
     run_dir: str = ""
 
     def __post_init__(self):
@@ -130,6 +136,12 @@ class Config:
             check_fractions(self.split_fractions)
             backbone_spec(self.backbone)
         except DataError as e: raise ConfigError(str(e)) from None
+        for name, allowed in [("predictor", ("linear", "mlp")), ("optimizer", ("sgd", "adam")),
+                              ("trainer", ("auto", "reference", "autograd"))]:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        if self.resolved_trainer == "reference" and self.predictor == "linear" and self.optimizer != "sgd":
+            raise ConfigError("the reference linear trainer is the release's SGD: optimizer must be sgd (or trainer autograd)")
         if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
             raise ConfigError(f"unknown dtype {self.dtype!r}: choose auto, bf16, fp16 or fp32")
         if self.changing_policy not in POLICIES:
@@ -138,6 +150,11 @@ class Config:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
         for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1)]:
             if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
+
+    @property
+    def resolved_trainer(self) -> str:
+        "`auto`: the release's trainer under the reference protocol, autograd on the paper's loss otherwise."
+        return self.trainer if self.trainer != "auto" else ("reference" if self.protocol == "reference" else "autograd")
 
     @property
     def resolved_preset(self) -> str: return default_preset(self.protocol, None if self.preset == "auto" else self.preset)
@@ -177,7 +194,9 @@ test_fail(lambda: Config(preset="appendix"), contains="unknown nuisance preset '
 test_fail(lambda: Config(split_fractions=(0.7, 0.2, 0.2)), contains="summing to 1")
 test_fail(lambda: Config(pairs_per_split="many"), contains="pairs_per_split='many'")
 test_fail(lambda: Config(backbone="resnet50"), contains="unknown backbone 'resnet50'")
-test_fail(lambda: Config(stop_after="train"), contains="the stages built so far are manifest, embed")
+test_fail(lambda: Config(stop_after="train"), contains="the stages built so far are manifest, embed, all")
+test_fail(lambda: Config(predictor="transformer"), contains="unknown predictor 'transformer'")
+test_eq((Config(protocol="reference").resolved_trainer, Config().resolved_trainer), ("reference", "autograd"))
 test_eq([(c.train_families, c.eval_family) for c in (Config(lofo_fold=k) for k in range(3))],
         [("strong_held_out,strong_held_out_2", "strong"), ("strong,strong_held_out_2", "strong_held_out"),
          ("strong,strong_held_out", "strong_held_out_2")])
@@ -267,7 +286,11 @@ class RunResult:
     manifest: pd.DataFrame
     audit: dict
     timings: dict
-    embeddings: dict | None = None     # side key -> row, and the matrix, when embedded
+    embeddings: dict | None = None     # the embedded sides and their matrix
+    scores: pd.DataFrame | None = None
+    evaluation: dict | None = None
+    figures: dict | None = None
+    predictor: object = None
 
 
 def data_stage(config: Config):
@@ -303,31 +326,170 @@ def environment(backbone=None, dtype: str | None = None) -> dict:
     return env
 
 
+def pair_embeddings(manifest: pd.DataFrame, sides: pd.DataFrame, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Context and target embeddings of every pair, looked up among the embedded sides."
+    row = pd.Series(np.arange(len(sides)), index=pd.MultiIndex.from_frame(sides[["image_id", "recipe"]]))
+    zc = z[row.loc[list(zip(manifest.context_image_id, manifest.context_recipe))].to_numpy()]
+    zt = z[row.loc[list(zip(manifest.target_image_id, manifest.target_recipe))].to_numpy()]
+    return zc, zt
+
+
+# %% [markdown]
+# ## Scoring and evaluation
+#
+# The predictor is fitted on the train split's stable pairs only. Every pair of every split is
+# then scored by the predictor, the five controls and the baselines. Metrics (four, with
+# bootstrap CIs) are computed on stable vs changing pairs of each split; `rephoto` pairs, when
+# present, are an extra evaluation (real re-photographs vs changing pairs). Bootstrap generators
+# follow the release's offsets (pixel 11, SSIM 23, embedding cosine 101, predictor 701/709/719 by
+# split; the controls, which it did not have, 801 onwards).
+
+# %%
+#| export
+def _boot_seed(seed: int, scorer: str, split: str, names: list[str]) -> int:
+    if scorer == "predictor": return seed + {"train": 701, "val": 709, "test": 719}[split]
+    if scorer in ("pixel_l2", "ssim"): return seed + {"pixel_l2": 11, "ssim": 23}[scorer]
+    if scorer.startswith("cosine_"): return seed + 101
+    return seed + 801 + names.index(scorer)
+
+
+def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: list[str], protocol: str,
+             seed: int, n_boot: int = 1000) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of every scorer on every split, baselines oriented and chosen by the protocol's rule.
+    Returns (metrics block, scores with baselines oriented)."""
+    main = manifest.kind.isin(["stable", "changing"]).to_numpy()
+    split = manifest.split.to_numpy()
+    y = manifest.label.to_numpy()
+    auroc = {sp: {b: float(roc_auc_score(y[main & (split == sp)], scores[b][main & (split == sp)])) for b in baselines}
+             for sp in SPLITS}
+    choice = choose_baseline(auroc, protocol)
+    scores = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
+    names, counts, metrics = list(scores), {}, {sp: {} for sp in SPLITS}
+    for sp in SPLITS:
+        m = main & (split == sp)
+        for name in names:
+            bs = _boot_seed(seed, name, sp, names)
+            if (bs, m.sum()) not in counts: counts[(bs, m.sum())] = bootstrap_counts(int(m.sum()), n_boot, bs)
+            metrics[sp][name] = bootstrap_metrics(y[m], scores[name][m], n_boot, counts=counts[(bs, m.sum())])
+    best = choice["strongest"]
+    delta = metrics["test"]["predictor"]["auroc"]["value"] - metrics["test"][best]["auroc"]["value"]
+    out = {"metrics": metrics, "baselines": {"names": baselines, **choice}, "strongest_baseline": best,
+           "delta": float(delta)}
+    reph = manifest.kind.isin(["rephoto", "changing"]).to_numpy()
+    if (manifest.kind == "rephoto").any():
+        out["rephoto_vs_changing_auroc"] = {
+            sp: {n: float(roc_auc_score(y[reph & (split == sp)], scores[n][reph & (split == sp)])) for n in names}
+            for sp in SPLITS if (reph & (split == sp)).any()}
+    return out, scores
+
+
+# %% [markdown]
+# ## Figures
+#
+# What a reader would rather see than read: the true score distributions of both classes in each
+# split (for the predictor and the strongest baseline), ROC curves of every scorer on test, and
+# train-vs-test AUROC (a scorer that only memorises its training pairs sits far right of the diagonal).
+
+# %%
+#| export
+def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict) -> dict:
+    "name -> matplotlib Figure."
+    import matplotlib
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from sklearn.metrics import roc_curve
+    main = manifest.kind.isin(["stable", "changing"]).to_numpy()
+    figs = {}
+    best = ev["strongest_baseline"]
+    long = pd.concat([manifest.loc[main, ["split", "kind"]].assign(scorer=n, score=scores[n][main]) for n in ("predictor", best)])
+    g = sns.displot(data=long, x="score", hue="kind", row="scorer", col="split", kind="hist", stat="density",
+                    common_norm=False, element="step", height=2.4, aspect=1.3, facet_kws={"sharex": "row", "sharey": False})
+    figs["score_histograms"] = g.figure
+    fig, ax = plt.subplots(figsize=(5, 5))
+    t = main & (manifest.split == "test").to_numpy()
+    for n, s in scores.items():
+        fpr, tpr, _ = roc_curve(manifest.label.to_numpy()[t], s[t])
+        ax.plot(fpr, tpr, lw=2.2 if n == "predictor" else 1, label=f"{n} ({ev['metrics']['test'][n]['auroc']['value']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xlabel("FPR"); ax.set_ylabel("TPR"); ax.set_title("test ROC (AUROC)")
+    ax.legend(fontsize=7, loc="lower right"); figs["roc_test"] = fig
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for n in scores:
+        a = {sp: ev["metrics"][sp][n]["auroc"] for sp in ("train", "test")}
+        ax.errorbar(a["train"]["value"], a["test"]["value"], yerr=[[a["test"]["value"] - a["test"]["ci_low"]],
+                    [a["test"]["ci_high"] - a["test"]["value"]]], fmt="o", capsize=2, label=n)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
+    ax.set_xlabel("train AUROC"); ax.set_ylabel("test AUROC (95% CI)"); ax.legend(fontsize=7); figs["train_vs_test_auroc"] = fig
+    return figs
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+# %% [markdown]
+# ## `run(config)`
+
+# %%
+#| export
 def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory."
     import time
     t, stage = {}, STAGES.index(config.stop_after)
     t0 = time.perf_counter()
     backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
-    t["backbone_load_s"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
+    t["backbone_load"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
     t0 = time.perf_counter()
     records, split, manifest, audit = data_stage(config)
-    t["manifest_s"] = round(time.perf_counter() - t0, 3)
+    t["manifest"] = round(time.perf_counter() - t0, 3)
     files = {"config.yaml": yaml.safe_dump(config.to_dict(), sort_keys=True).encode(),
              "audit.json": json.dumps(audit, indent=1, sort_keys=True).encode(),
              "manifest.parquet": _parquet_bytes(manifest)}
-    embeddings = None
+    embeddings, extra = None, {}
     if backbone is not None:
         sides = sides_table(manifest, records)
         z, st = embed_sides(backbone, sides, config.dtype, config.batch_size, progress=True)
         embeddings = {"sides": sides, "z": z}
-        t.update(embed_s=round(st.seconds, 3), sides=st.sides, sides_per_s=round(st.sides_per_s, 2),
-                 cache_hits=st.cache_hits, computed=st.computed, batch_size=st.batch_size, workers=st.workers)
+        t["embed"] = round(st.seconds, 3)
+        t["embed_detail"] = {k: v for k, v in st.to_dict().items() if k not in ("seconds", "dtype", "device")}
         files["environment.json"] = json.dumps(environment(backbone, st.dtype), indent=1).encode()
     else: files["environment.json"] = json.dumps(environment(), indent=1).encode()
+    if stage >= STAGES.index("all"):
+        zc, zt = pair_embeddings(manifest, embeddings["sides"], embeddings["z"])
+        sp, kind, y = manifest.split.to_numpy(), manifest.kind.to_numpy(), manifest.label.to_numpy()
+        fit_on, train = (sp == "train") & (kind == "stable"), (sp == "train") & np.isin(kind, ["stable", "changing"])
+        t0 = time.perf_counter()
+        predictor = Predictor(config.predictor, config.resolved_trainer, config.optimizer, config.epochs,
+                              seed=config.seed).fit(zc[fit_on], zt[fit_on])
+        t["fit"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        px = pixel_scores(with_paths(manifest, records), progress=True)
+        cos_name = f"cosine_{backbone.name}"
+        t["baselines"] = round(time.perf_counter() - t0, 3)
+        t0 = time.perf_counter()
+        scores = {"predictor": predictor.score(zc, zt),
+                  **control_scores(zc, zt, zc[fit_on], zt[fit_on], zc[train], zt[train], y[train], config.seed),
+                  "pixel_l2": px.pixel_l2.to_numpy(), "ssim": px.ssim.to_numpy(), cos_name: cosine_distance(zc, zt)}
+        ev, scores = evaluate(manifest, scores, ["pixel_l2", "ssim", cos_name], config.protocol, config.seed, config.n_boot)
+        test_main = (sp == "test") & np.isin(kind, ["stable", "changing"])
+        health = representation_health(predictor.predict(zc[test_main]))
+        ev.update(health=health, verdict=verdict(ev["delta"], health["collapsed"]), protocol=config.protocol,
+                  backbone=backbone.name, n_boot=config.n_boot,
+                  training={"predictor": config.predictor, "trainer": predictor.trainer, "optimizer": config.optimizer,
+                            "epochs": config.epochs, "batch_size": predictor.batch_size, "lr": predictor.lr,
+                            "weight_decay": predictor.weight_decay, "train_stable_pairs": int(fit_on.sum()),
+                            "loss_history": predictor.history_})
+        t["metrics"] = round(time.perf_counter() - t0, 3)
+        long = pd.concat([manifest[["pair_id", "split", "kind", "label"]].assign(scorer=n, score=v) for n, v in scores.items()],
+                         ignore_index=True)
+        figs = make_figures(manifest, scores, ev)
+        buf = io.BytesIO(); np.savez(buf, **predictor.params())
+        files.update({"scores.parquet": _parquet_bytes(long), "metrics.json": json.dumps(ev, indent=1).encode(),
+                      "predictor.npz": buf.getvalue(), **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
+        extra = {"scores": long, "evaluation": ev, "figures": figs, "predictor": predictor}
     files["timings.json"] = json.dumps(t, indent=1).encode()
     dest = write_run_dir(run_path(config), files)
-    return RunResult(config, dest, records, split, manifest, audit, t, embeddings)
+    return RunResult(config, dest, records, split, manifest, audit, t, embeddings, **extra)
 
 
 # %% [markdown]
@@ -357,8 +519,27 @@ test_fail(lambda: run(Config(data=str(_out / "nowhere"), run_dir=str(_out / "r3"
 # optimiser, finds every side in the cache and computes nothing.
 
 # %%
-_e1 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e1")))
-_e2 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e2"), predictor="mlp", optimizer="adam"))
-test_eq((_e2.timings["computed"], _e2.timings["cache_hits"]), (0, _e1.timings["sides"]))
+_e1 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e1"), stop_after="embed"))
+_e2 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e2"), predictor="mlp", optimizer="adam", stop_after="embed"))
+test_eq((_e2.timings["embed_detail"]["computed"], _e2.timings["embed_detail"]["cache_hits"]), (0, _e1.timings["embed_detail"]["sides"]))
 test_eq(_e1.embeddings["z"].tobytes(), _e2.embeddings["z"].tobytes())
 test_eq(json.loads((_e1.run_dir / "environment.json").read_text())["backbone"], "color_texture")
+
+# %% [markdown]
+# The whole run on a small fixture: the contract of `metrics.json`, `scores.parquet` and `timings.json`.
+
+# %%
+_full = run(Config(fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "full"), epochs=20, n_boot=200))
+_mj = json.loads((_full.run_dir / "metrics.json").read_text())
+_scorers = {"predictor", "identity", "bias_only", "flipped_cosine", "target_only_probe", "context_only_probe",
+            "pixel_l2", "ssim", "cosine_color_texture"}
+for _sp in ("train", "val", "test"):
+    test_eq(set(_mj["metrics"][_sp]) >= _scorers, True)
+    for _sc in _scorers:
+        for _mt in ("auroc", "auprc", "eer", "fpr_at_tpr"):
+            assert set(_mj["metrics"][_sp][_sc][_mt]) == {"value", "ci_low", "ci_high"}
+assert {"health", "strongest_baseline", "delta", "verdict"} <= set(_mj)
+test_eq(set(json.loads((_full.run_dir / "timings.json").read_text())) >= {"manifest", "embed", "baselines", "fit", "metrics"}, True)
+_sc = pd.read_parquet(_full.run_dir / "scores.parquet")
+test_eq(len(_sc), len(_full.manifest) * len(_mj["metrics"]["test"]))
+test_eq(sorted(p.name for p in (_full.run_dir / "figures").iterdir()), ["roc_test.png", "score_histograms.png", "train_vs_test_auroc.png"])

@@ -38,13 +38,14 @@ def test_local_checkpoint_runs(tmp_path):
     ckpt = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(ckpt))
     run_dir = tmp_path / "run"
-    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "backbone", "dinov2_vitb14", "-p", "weights", str(ckpt),
+    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "backbone", "dinov2_vitb14", "-p", "weights", str(ckpt), "-p", "stop_after", "embed",
                   "-p", "run_dir", str(run_dir))
     assert p.returncode == 0, p.stderr[-3000:]
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["weights"] == str(ckpt) and env["backbone"] == "dinov2_vitb14"
     timings = json.loads((run_dir / "timings.json").read_text())
-    assert timings["sides"] == timings["computed"] + timings["cache_hits"] > 0
+    detail = timings["embed_detail"]
+    assert detail["sides"] == detail["computed"] + detail["cache_hits"] > 0
 
 
 EMBED = textwrap.dedent("""

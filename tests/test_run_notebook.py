@@ -49,3 +49,24 @@ def test_bad_parameters_stop_before_any_work(tmp_path, args, message):
     assert p.returncode != 0
     assert message in p.stderr
     assert not run_dir.exists()
+
+
+def test_full_run_contract(tmp_path):
+    run_dir = tmp_path / "run"
+    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "run_dir", str(run_dir), "-p", "epochs", "20", "-p", "n_boot", "200")
+    assert p.returncode == 0, p.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    scorers = {"predictor", "identity", "bias_only", "flipped_cosine", "target_only_probe", "context_only_probe",
+               "pixel_l2", "ssim", "cosine_color_texture"}
+    for split in ("train", "val", "test"):
+        assert scorers <= set(metrics["metrics"][split])
+        for scorer in scorers:
+            for metric in ("auroc", "auprc", "eer", "fpr_at_tpr"):
+                block = metrics["metrics"][split][scorer][metric]
+                assert set(block) == {"value", "ci_low", "ci_high"}
+    assert {"health", "strongest_baseline", "delta", "verdict"} <= set(metrics)
+    assert {"manifest", "embed", "baselines", "fit", "metrics"} <= set(json.loads((run_dir / "timings.json").read_text()))
+    scores = pd.read_parquet(run_dir / "scores.parquet")
+    assert set(scores.scorer) == scorers and len(scores) == len(pd.read_parquet(run_dir / "manifest.parquet")) * len(scorers)
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["roc_test.png", "score_histograms.png",
+                                                                     "train_vs_test_auroc.png"]

@@ -1,0 +1,62 @@
+"""Predictors, bootstrap and pixel baselines (issue 4's targets), on this machine:
+- D = 768, 1,000 train pairs, 200 epochs, batch 128: reference linear <= 3 s; autograd linear <= 3 s; MLP <= 10 s;
+- bootstrap CIs of every scorer of one run (predictor, 5 controls, pixel L2, SSIM, 2 raw cosines) on 3 splits x 2,000
+  pairs, 1,000 resamples, all four metrics: <= 5 s;
+- pixel L2 + SSIM over the 6,000 pairs of the reference EXP-004 manifest on the real copy, cold cache: <= 60 s
+  (skipped without HAM10000_DIR).
+Usage: [HAM10000_DIR=...] python benchmarks/bench_fit.py
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record  # noqa: E402
+
+EXP004 = Path(__file__).resolve().parents[1] / "nbs" / "experiments" / "exp004.yaml"
+
+
+def timed(f):
+    t0 = time.perf_counter(); f(); return round(time.perf_counter() - t0, 3)
+
+
+def main():
+    from derma_jepa.metrics import bootstrap_metrics
+    from derma_jepa.predictors import Predictor, normalise
+    rng = np.random.default_rng(0)
+    zc = normalise(rng.normal(size=(1000, 768)))
+    zt = normalise(zc + rng.normal(size=768) * 0.02 + rng.normal(size=(1000, 768)) * 0.01)
+    fit = {name: timed(lambda a=args: Predictor(*a).fit(zc, zt)) for name, args in [
+        ("linear_reference", ("linear", "reference")), ("linear_autograd", ("linear", "autograd")),
+        ("mlp_autograd_sgd", ("mlp", "autograd", "sgd")), ("mlp_autograd_adamw", ("mlp", "autograd", "adam")),
+        ("mlp_reference_sgd", ("mlp", "reference", "sgd"))]}
+    y = np.r_[np.zeros(1000), np.ones(1000)].astype(int)
+    scores = [rng.normal(y * 0.5, 1) for _ in range(10)]
+    boot = timed(lambda: [bootstrap_metrics(y, s, 1000, seed=k) for s in scores for k in range(3)])
+    res = {"fit_s": fit, "bootstrap_10_scorers_3_splits_2000_pairs_s": boot}
+    ham = os.environ.get("HAM10000_DIR")
+    if ham:
+        from derma_jepa.baselines import pixel_scores, with_paths
+        from derma_jepa.experiment import Config, data_stage
+        records, _, m, _ = data_stage(Config.from_yaml(EXP004, data=ham, protocol="reference"))
+        mp = with_paths(m, records)
+        with tempfile.TemporaryDirectory() as root:
+            res["pixel_baselines_6000_pairs_s"] = timed(lambda: pixel_scores(mp, cache_root=root))
+            res["pixel_baselines_cached_s"] = timed(lambda: pixel_scores(mp, cache_root=root))
+        records, _, m, _ = data_stage(Config.from_yaml(EXP004, data=ham, protocol="symmetric"))
+        with tempfile.TemporaryDirectory() as root:
+            res["pixel_baselines_6000_pairs_symmetric_s"] = timed(lambda: pixel_scores(with_paths(m, records), cache_root=root))
+    res["targets"] = {"linear_reference_s": 3, "linear_autograd_s": 3, "mlp_s": 10, "bootstrap_s": 5, "pixel_baselines_s": 60}
+    res["met"] = {"linear_reference": fit["linear_reference"] <= 3, "linear_autograd": fit["linear_autograd"] <= 3,
+                  "mlp": max(v for k, v in fit.items() if k.startswith("mlp")) <= 10, "bootstrap": boot <= 5}
+    if "pixel_baselines_6000_pairs_s" in res: res["met"]["pixel_baselines"] = res["pixel_baselines_6000_pairs_s"] <= 60
+    print(json.dumps(record("bench_fit", res), indent=1))
+
+
+if __name__ == "__main__":
+    main()

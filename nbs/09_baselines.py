@@ -1,0 +1,174 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp baselines
+
+# %% [markdown]
+# # Baselines: pixel L2, SSIM and raw embedding cosine, oriented and chosen honestly
+#
+# > The cheap scorers a latent predictor must beat, each a distance with *changing* as positive.
+#
+# PROTOCOL A5, with its own preprocessing path (separate from the backbones'): RGB, shorter side
+# resized to 224 (bicubic, rounded), centre crop 224×224, scaled to [0, 1]; no mean/std, no EXIF.
+#
+# - `pixel_l2`: RMS difference over all 224×224×3 values;
+# - `ssim`: 1 − SSIM of the grey images (mean of R, G, B), skimage `structural_similarity` with
+#   `data_range=1` and its defaults (7×7 uniform window, K1 0.01, K2 0.03, sample covariance);
+# - `cosine_<backbone>`: 1 − clip(⟨z_c, z_t⟩, −1, 1) on the normalised embeddings.
+#
+# The pixel scores of a pair are computed in DataLoader workers and cached exactly like
+# embeddings (06_embed's `cached_compute`), keyed by both sides' source hashes and recipes.
+#
+# Choosing the strongest baseline: the release picks the highest **test** AUROC, never flipping a
+# score (`reference`). The symmetric protocol orients each baseline on **val** (sign flipped if its
+# val AUROC is below 0.5) and picks the strongest on val, then reports it on test.
+
+# %%
+#| export
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from skimage.metrics import structural_similarity
+
+from derma_jepa.embed import EmbeddingCache, cached_compute, default_workers, side_keys
+from derma_jepa.nuisance import load_rgb, render
+
+# %%
+from fastcore.test import test_eq, test_close
+
+
+# %%
+#| export
+def pixel_array(img: Image.Image, size: int = 224) -> np.ndarray:
+    "The pixel baselines' preprocessing: shorter side → `size` (bicubic, rounded), centre crop, [0, 1] floats."
+    img = img.convert("RGB")
+    w, h = img.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), np.float64) / 255.0
+
+
+def pixel_l2(a: np.ndarray, b: np.ndarray) -> float: return float(np.sqrt(np.mean((a - b) ** 2)))
+
+
+def ssim_distance(a: np.ndarray, b: np.ndarray) -> float:
+    return float(1 - structural_similarity(a.mean(axis=2), b.mean(axis=2), data_range=1.0))
+
+
+# %%
+_g = np.random.default_rng(0)
+_im = Image.fromarray(_g.integers(0, 255, (150, 200, 3), dtype=np.uint8))
+test_eq(pixel_array(_im).shape, (224, 224, 3))
+_a = pixel_array(_im)
+test_eq((pixel_l2(_a, _a), ssim_distance(_a, _a)), (0.0, 0.0))
+test_close(pixel_l2(_a, np.clip(_a + 0.1, 0, 1)), 0.1, eps=0.02)
+
+
+# %% [markdown]
+# ## Pixel scores for every pair, cached
+#
+# `with_paths` adds each side's file to a manifest (manifests carry ids, not paths).
+
+# %%
+#| export
+def with_paths(manifest: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
+    "The manifest with each side's file path."
+    path = records.set_index("image_id").path
+    return manifest.assign(context_path=path.reindex(manifest.context_image_id).to_numpy(),
+                           target_path=path.reindex(manifest.target_image_id).to_numpy())
+
+
+# %%
+#| export
+PIXEL_FINGERPRINT = "pixel-baselines-v1"
+PIXEL_SCORERS = ("pixel_l2", "ssim")
+
+
+class PairPixels(torch.utils.data.Dataset):
+    "Item i: [pixel_l2, ssim distance] of pair i, rendered and compared in the worker."
+    def __init__(self, pairs: pd.DataFrame):
+        self.rows = list(pairs[["context_path", "context_recipe", "target_path", "target_recipe"]].itertuples(index=False))
+    def __len__(self): return len(self.rows)
+    def __getitem__(self, i):
+        cp, cr, tp, tr = self.rows[i]
+        a, b = pixel_array(render(load_rgb(cp), cr)), pixel_array(render(load_rgb(tp), tr))
+        return torch.tensor([pixel_l2(a, b), ssim_distance(a, b)], dtype=torch.float64)
+
+
+def pixel_scores(pairs: pd.DataFrame, workers: int | None = None, cache_root=None, progress=False) -> pd.DataFrame:
+    "pixel_l2 and ssim for every pair (columns context/target _path, _recipe, _sha256), via the cache."
+    keys = side_keys(PIXEL_FINGERPRINT, "f32", pairs.context_sha256 + "|" + pairs.target_sha256,
+                     pairs.context_recipe + "|" + pairs.target_recipe)
+    out, _ = cached_compute(EmbeddingCache(PIXEL_FINGERPRINT, "f32", cache_root), keys, 2,
+                            lambda todo: PairPixels(pairs.iloc[todo]), lambda x: x.numpy(), batch_size=16,
+                            workers=default_workers() if workers is None else workers, progress=progress,
+                            desc="pixel baselines")
+    return pd.DataFrame(out.astype(np.float64), columns=list(PIXEL_SCORERS), index=pairs.index)
+
+
+# %% [markdown]
+# ## Orientation and the strongest baseline
+
+# %%
+#| export
+def choose_baseline(auroc: dict[str, dict[str, float]], protocol: str) -> dict:
+    """`auroc[split][baseline]` → signs and the strongest baseline. `reference`: no orientation, chosen on
+    test. `symmetric`: sign flipped where val AUROC < 0.5, chosen on oriented val AUROC."""
+    names = list(auroc["test"])
+    if protocol == "reference":
+        signs = dict.fromkeys(names, 1)
+        best = max(names, key=lambda n: auroc["test"][n])
+        return {"signs": signs, "strongest": best, "chosen_on": "test"}
+    signs = {n: 1 if auroc["val"][n] >= 0.5 else -1 for n in names}
+    oriented = {n: auroc["val"][n] if signs[n] == 1 else 1 - auroc["val"][n] for n in names}
+    return {"signs": signs, "strongest": max(names, key=lambda n: oriented[n]), "chosen_on": "val"}
+
+
+def verdict(delta: float, collapsed: bool) -> str:
+    "The release's interpretation thresholds: collapse overrides all."
+    if collapsed: return "collapsed"
+    return "improved" if delta >= 0.05 else "matched" if delta >= 0 else "did not beat"
+
+
+# %%
+_au = {"val": {"pixel_l2": 0.45, "ssim": 0.52}, "test": {"pixel_l2": 0.58, "ssim": 0.51}}
+test_eq(choose_baseline(_au, "reference")["strongest"], "pixel_l2")
+test_eq(choose_baseline(_au, "symmetric"), {"signs": {"pixel_l2": -1, "ssim": 1}, "strongest": "pixel_l2", "chosen_on": "val"})
+test_eq([verdict(d, False) for d in (0.06, 0.01, -0.01)] + [verdict(0.2, True)], ["improved", "matched", "did not beat", "collapsed"])
+
+# %% [markdown]
+# ## On fixture pairs
+#
+# Pixel scores of a small manifest: cached (a second call computes nothing and gives the same
+# values), identical whether or not worker processes compute them.
+
+# %%
+import tempfile
+from derma_jepa.data import load_records
+from derma_jepa.fixture import fixture_dir
+from derma_jepa.pairs import build_manifest
+from derma_jepa.split import split_records
+
+# %%
+_recs = load_records(fixture_dir(n_lesions=300, seed=0))
+_m = with_paths(build_manifest(split_records(_recs, 3), "reference", pairs_per_split=6, seed=3)[0], _recs)
+_root = tempfile.mkdtemp()
+_p0 = pixel_scores(_m, workers=0, cache_root=_root)
+_p1 = pixel_scores(_m, workers=0, cache_root=_root)
+_p2 = pixel_scores(_m, workers=2, cache_root=tempfile.mkdtemp())
+test_eq(_p0.values.tobytes(), _p1.values.tobytes())
+test_eq(_p0.values.tobytes(), _p2.values.tobytes())
+assert (_p0.values >= 0).all() and _p0.shape == (len(_m), 2)
