@@ -24,7 +24,7 @@ from .backbones import backbone_spec, get_backbone
 from .data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
 from .baselines import choose_baseline, pixel_scores, verdict, with_paths
 from .embed import embed_sides, sides_table
-from .metrics import bootstrap_counts, bootstrap_metrics, representation_health
+from .metrics import bootstrap_counts, bootstrap_many, representation_health
 from .predictors import Predictor, control_scores, cosine_distance
 from .fixture import fixture_dir
 from .nuisance import HELD_OUT_FAMILIES
@@ -263,13 +263,16 @@ def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: l
              for sp in SPLITS}
     choice = choose_baseline(auroc, protocol)
     scores = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
-    names, counts, metrics = list(scores), {}, {sp: {} for sp in SPLITS}
+    names, counts, jobs = list(scores), {}, []
     for sp in SPLITS:
         m = main & (split == sp)
         for name in names:
             bs = _boot_seed(seed, name, sp, names)
             if (bs, m.sum()) not in counts: counts[(bs, m.sum())] = bootstrap_counts(int(m.sum()), n_boot, bs)
-            metrics[sp][name] = bootstrap_metrics(y[m], scores[name][m], n_boot, counts=counts[(bs, m.sum())])
+            jobs.append((sp, name, (y[m], scores[name][m], counts[(bs, m.sum())])))
+    metrics = {sp: {} for sp in SPLITS}
+    for (sp, name, _), res in zip(jobs, bootstrap_many([j[2] for j in jobs], n_boot)):
+        metrics[sp][name] = res
     best = choice["strongest"]
     delta = metrics["test"]["predictor"]["auroc"]["value"] - metrics["test"][best]["auroc"]["value"]
     out = {"metrics": metrics, "baselines": {"names": baselines, **choice}, "strongest_baseline": best,

@@ -9,8 +9,8 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 # %% auto #0
-__all__ = ['METRICS', 'eer', 'fpr_at_tpr', 'point_metrics', 'resample_metrics', 'bootstrap_counts', 'bootstrap_metrics',
-           'representation_health']
+__all__ = ['METRICS', 'eer', 'fpr_at_tpr', 'point_metrics', 'resample_metrics', 'bootstrap_counts', 'bootstrap_many',
+           'bootstrap_metrics', 'representation_health']
 
 # %% ../nbs/08_metrics.ipynb #feaff67b
 METRICS = ("auroc", "auprc", "eer", "fpr_at_tpr")
@@ -56,18 +56,17 @@ def resample_metrics(y, s, counts: np.ndarray, tpr_min: float = 0.8) -> dict[str
     "The four metrics for every row of `counts` (multiplicities of the pairs); NaN where a class is absent."
     y, s = np.asarray(y), np.asarray(s, float)
     order, starts = _groups(s)
-    C = counts[:, order].astype(np.int64)
-    P = np.add.reduceat(C * (y[order] == 1), starts, axis=1)
-    N = np.add.reduceat(C * (y[order] == 0), starts, axis=1)
+    C = counts[:, order]
+    P = np.add.reduceat(C * (y[order] == 1).astype(C.dtype), starts, axis=1)
+    T = np.add.reduceat(C, starts, axis=1)
+    N = T - P
     tp, fp = P.sum(1), N.sum(1)
     valid = (tp > 0) & (fp > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        n_below = fp[:, None] - np.cumsum(N, axis=1)                    # negatives with a lower score
-        auroc = (P * (n_below + N / 2)).sum(1) / (tp * fp)
         ctp, cfp = np.cumsum(P, axis=1), np.cumsum(N, axis=1)
-        present = (P + N) > 0
-        prec = np.where(present, ctp / np.maximum(ctp + cfp, 1), 0.0)
-        auprc = (P * prec).sum(1) / tp
+        auroc = (P * (fp[:, None] - cfp + N / 2)).sum(1) / (tp * fp)      # negatives below + half the tied ones
+        present = T > 0
+        auprc = (P * (ctp / np.maximum(ctp + cfp, 1))).sum(1) / tp
         fpr, tpr = cfp / fp[:, None], ctp / tp[:, None]
         # roc_curve's drop_intermediate: keep a present point unless its in-step equals its out-step
         B, G = P.shape
@@ -83,8 +82,8 @@ def resample_metrics(y, s, counts: np.ndarray, tpr_min: float = 0.8) -> dict[str
         i = gap.argmin(1)
         g_min = gap[np.arange(B), i]
         eer_v = np.where(g_min < 1, (fpr[np.arange(B), i] + 1 - tpr[np.arange(B), i]) / 2, 0.5)   # (0,0) point: |0-1| = 1
-        ok = keep & (tpr >= tpr_min)
-        fpr_tpr = np.where(ok.any(1), np.where(ok, fpr, np.inf).min(1), 1.0)
+        ok = keep & (tpr >= tpr_min)                                    # fpr never decreases along a row:
+        fpr_tpr = np.where(ok.any(1), fpr[np.arange(B), ok.argmax(1)], 1.0)  # the first such point has the lowest
     out = {"auroc": auroc, "auprc": auprc, "eer": eer_v, "fpr_at_tpr": fpr_tpr}
     return {k: np.where(valid, v, np.nan) for k, v in out.items()}
 
@@ -92,9 +91,15 @@ def resample_metrics(y, s, counts: np.ndarray, tpr_min: float = 0.8) -> dict[str
 def bootstrap_counts(n: int, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     "Multiplicities of `n_boot` resamples of `n` items with replacement, from `default_rng(seed)`."
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    counts = np.zeros((n_boot, n), np.int32)
-    np.add.at(counts, (np.arange(n_boot)[:, None], idx), 1)
-    return counts
+    flat = (idx + np.arange(n_boot)[:, None] * n).ravel()
+    return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n).astype(np.int32)
+
+
+def bootstrap_many(tasks, n_boot: int = 1000, workers: int = 2) -> list[dict]:
+    "`bootstrap_metrics` for many (y, s, counts) tasks on a thread pool (numpy releases the GIL in the heavy steps)."
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(workers) as ex:
+        return list(ex.map(lambda t: bootstrap_metrics(t[0], t[1], n_boot, counts=t[2]), tasks))
 
 
 def bootstrap_metrics(y, s, n_boot: int = 1000, seed: int = 0, level: float = 0.95, counts=None) -> dict:

@@ -81,3 +81,19 @@ def test_determinism(ham_dir, sym4, tmp_path):
         ctx, tgt = pair_recipes(cfg.seed, r.split, r.kind, int(r.pair_id[-4:]), r.family, cfg.resolved_preset)
         assert (recipe_json(ctx), recipe_json(tgt)) == (r.context_recipe, r.target_recipe)
         assert np.array_equal(np.asarray(render(img, tgt)), np.asarray(render(img, r.target_recipe)))
+
+
+@pytest.fixture(scope="module")
+def probe_runs(ham_dir, tmp_path_factory):
+    "EXP-004 data parameters with color_texture at 200 pairs per label and split (the full-size run is in the note)."
+    out = tmp_path_factory.mktemp("probes")
+    return {p: run(Config.from_yaml(EXP / "exp004.yaml", data=str(ham_dir), protocol=p, backbone="color_texture",
+                                    pairs_per_split=200, n_boot=200, run_dir=str(out / p))).evaluation
+            for p in ("reference", "symmetric")}
+
+
+def test_single_side_probes_on_the_real_copy(probe_runs):
+    auroc = lambda p, s: probe_runs[p]["metrics"]["test"][s]["auroc"]["value"]
+    assert abs(auroc("reference", "target_only_probe") - 0.5) > 0.3
+    for probe in ("target_only_probe", "context_only_probe"):
+        assert abs(auroc("symmetric", probe) - 0.5) < 0.1, (probe, auroc("symmetric", probe))
