@@ -97,8 +97,8 @@ def test_bad_configuration(dataset, tmp_path, kw, match):
 
 def test_a_failed_rerun_keeps_the_previous_run(dataset, tmp_path):
     first = _run(dataset, tmp_path).run_dir
-    before = {p.name: p.read_bytes() for p in first.iterdir()}
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     with pytest.raises(DataError):
         _run(dataset, tmp_path, pairs_per_split=500)
-    assert {p.name: p.read_bytes() for p in first.iterdir()} == before
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
