@@ -5,8 +5,6 @@
 # %% ../nbs/09_baselines.ipynb #62fc95bf
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import torch

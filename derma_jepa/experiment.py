@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from .backbones import backbone_spec, get_backbone
-from .data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
+from .data import DataError, load_records, require_readable, summarise_audit
 from .baselines import choose_baseline, pixel_scores, verdict, with_paths
 from .embed import embed_sides, sides_table
 from .metrics import bootstrap_counts, bootstrap_many, representation_health

@@ -33,8 +33,6 @@
 #| export
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pandas as pd
 import torch

@@ -19,10 +19,10 @@
 # when it is complete, so a failed or interrupted run leaves no half-written run directory. Bad
 # configuration stops before any work with one line naming the parameter.
 #
-# Stages so far: `manifest` (audit, split, pair manifest) and `embed` (every side of the manifest
-# through the backbone, via the shared embedding cache). Fitting and scoring are added by the
-# notebooks that build them; asking for a stage that does not exist yet is an error, not a silent
-# no-op. A run that needs a backbone loads it *first*, so missing weights stop it before any work.
+# Stages: `manifest` (audit, split, pair manifest), `embed` (every side of the manifest through
+# the backbone, via the shared embedding cache) and `all` (fit, score, baselines, metrics,
+# figures). Asking for a stage that does not exist is an error, not a silent no-op. A run that
+# needs a backbone loads it *first*, so missing weights stop it before any work.
 
 # %%
 #| export
@@ -35,7 +35,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from derma_jepa.backbones import backbone_spec, get_backbone
-from derma_jepa.data import DataError, Dataset, atomic_write_bytes, load_records, require_readable, summarise_audit
+from derma_jepa.data import DataError, load_records, require_readable, summarise_audit
 from derma_jepa.baselines import choose_baseline, pixel_scores, verdict, with_paths
 from derma_jepa.embed import embed_sides, sides_table
 from derma_jepa.metrics import bootstrap_counts, bootstrap_many, representation_health
