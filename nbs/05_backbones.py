@@ -14,7 +14,8 @@
 #
 # > `get_backbone(name, weights=None)`: a frozen image encoder, its preprocessing, and a
 # > fingerprint that identifies it in the embedding cache.
-#
+
+# %% [markdown]
 # The backbone is the study's independent variable, so three things must be beyond doubt: which
 # weights were used, which preprocessing, and that nothing else stands in for them. Hence:
 #

@@ -14,7 +14,8 @@
 #
 # > `g(z_c)` predicts the target embedding from the context embedding; a pair's score is
 # > `1 − cos(normalise(g(z_c)), z_t)`, high for a *changing* pair. Trained on train stable pairs only.
-#
+
+# %% [markdown]
 # Two predictors (PROTOCOL A6): **linear** `g(z) = zW + b`, W = I + N(0, 0.005²), b = 0; and the
 # **residual MLP** `g(z) = z + ReLU(zW1 + b1)W2 + b2`, hidden 512, W1 Kaiming-uniform × 0.1 (fan-in
 # 512, as the release's layout gives), W2 = 0, so both start at (nearly) the identity.

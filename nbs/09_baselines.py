@@ -13,7 +13,8 @@
 # # Baselines: pixel L2, SSIM and raw embedding cosine, oriented and chosen honestly
 #
 # > The cheap scorers a latent predictor must beat, each a distance with *changing* as positive.
-#
+
+# %% [markdown]
 # PROTOCOL A5, with its own preprocessing path (separate from the backbones'): RGB, shorter side
 # resized to 224 (bicubic, rounded), centre crop 224×224, scaled to [0, 1]; no mean/std, no EXIF.
 #

@@ -23,7 +23,7 @@ import json
 
 import pandas as pd
 
-from derma_jepa.experiment import Config, run
+from derma_jepa.experiment import Config, pair_embeddings, run
 from derma_jepa.pairs import pair_gallery
 
 _names_before = set(globals())
@@ -113,12 +113,8 @@ pair_gallery(result.manifest[result.manifest.split == "test"], result.records, n
 # %%
 if result.embeddings is not None:
     print(json.dumps(result.timings, indent=1))
-    _sides, _z = result.embeddings["sides"], result.embeddings["z"]
-    _row = pd.Series(range(len(_sides)), index=pd.MultiIndex.from_frame(_sides[["image_id", "recipe"]]))
-    _m = result.manifest
-    _zc = _z[_row.loc[list(zip(_m.context_image_id, _m.context_recipe))].to_numpy()]
-    _zt = _z[_row.loc[list(zip(_m.target_image_id, _m.target_recipe))].to_numpy()]
-    _dist = _m[["split", "kind"]].assign(cosine_distance=1 - (_zc * _zt).sum(1))
+    _zc, _zt = pair_embeddings(result.manifest, result.embeddings["sides"], result.embeddings["z"])
+    _dist = result.manifest[["split", "kind"]].assign(cosine_distance=1 - (_zc * _zt).sum(1))
     sns.displot(data=_dist, x="cosine_distance", hue="kind", col="split", kind="hist", stat="density",
                 common_norm=False, element="step", height=2.6, aspect=1.2)
 
