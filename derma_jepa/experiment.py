@@ -297,7 +297,8 @@ def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict
     long = pd.concat([manifest.loc[main, ["split", "kind"]].assign(scorer=n, score=scores[n][main]) for n in ("predictor", best)],
                      ignore_index=True)
     g = sns.displot(data=long, x="score", hue="kind", row="scorer", col="split", kind="hist", stat="density",
-                    common_norm=False, element="step", height=2.4, aspect=1.3, facet_kws={"sharex": False, "sharey": False})
+                    common_norm=False, common_bins=False, element="step", height=2.4, aspect=1.3,
+                    facet_kws={"sharex": False, "sharey": False})
     figs["score_histograms"] = g.figure
     fig, ax = plt.subplots(figsize=(5, 5))
     t = main & (manifest.split == "test").to_numpy()
