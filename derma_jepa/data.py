@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tempfile
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path

@@ -287,7 +287,6 @@ def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: l
 # %% ../nbs/10_experiment.ipynb #5cdfa758
 def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict) -> dict:
     "name -> matplotlib Figure."
-    import matplotlib
     import matplotlib.pyplot as plt
     import seaborn as sns
     from sklearn.metrics import roc_curve

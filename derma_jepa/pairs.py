@@ -55,10 +55,9 @@ class Partners:
         self.lesion = recs.lesion_id.to_numpy()
         self.patient = recs.patient_id.to_numpy()
         self.dx, self.site = recs.dx.to_numpy(), recs.site.to_numpy()
-        self._pos = {key: np.array(sorted(ix)) for key, ix in
-                     recs.reset_index(drop=True).groupby(["dx", "site"]).indices.items()}
-        self._dx = {k: np.array(sorted(v)) for k, v in recs.reset_index(drop=True).groupby("dx").indices.items()}
-        self._site = {k: np.array(sorted(v)) for k, v in recs.reset_index(drop=True).groupby("site").indices.items()}
+        recs = recs.reset_index(drop=True)
+        by = lambda key: {k: np.sort(v) for k, v in recs.groupby(key).indices.items()}
+        self._pos, self._dx, self._site = by(["dx", "site"]), by("dx"), by("site")
         self._all = np.arange(len(recs))
 
     def pool(self, a: int, tier: str) -> np.ndarray:

@@ -92,14 +92,14 @@ class Predictor:
             rng = np.random.default_rng(self.seed + 307)
             W = torch.tensor(np.eye(D) + rng.normal(0.0, 0.005, (D, D)), dtype=torch.float32, requires_grad=True)
             b = torch.zeros(D, requires_grad=True)
-            params, decayed = [W, b], []
+            params = [W, b]
             fwd = lambda z: z @ W + b
             reg = lambda: self.weight_decay * ((W - torch.eye(D)) ** 2).sum()
         else:
             torch.manual_seed(self.seed + 401)
             W1 = torch.empty(D, self.hidden); torch.nn.init.kaiming_uniform_(W1, a=0); W1 = (W1 * 0.1).requires_grad_()
             b1, W2, b2 = torch.zeros(self.hidden, requires_grad=True), torch.zeros(self.hidden, D, requires_grad=True), torch.zeros(D, requires_grad=True)
-            params = decayed = [W1, b1, W2, b2]
+            params = [W1, b1, W2, b2]
             fwd = lambda z: z + torch.relu(z @ W1 + b1) @ W2 + b2
             reg = lambda: 0.0
         wd = self.weight_decay if self.kind == "mlp" else 0.0      # the linear predictor's λ is in the loss

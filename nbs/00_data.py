@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import tempfile
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,6 +386,7 @@ test_eq(load_records(_d, cache=_cache).loc[2, ["width", "height"]].tolist(), [10
 # and the duplicate checksums the release also reports.
 
 # %%
+import json
 _ham = os.environ.get("HAM10000_DIR")
 if _ham:
     ham_records = load_records(_ham)

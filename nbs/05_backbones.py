@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -457,8 +456,9 @@ test_fail(lambda: load_state_dict(_bad), contains="Weights only load failed")
 # do vary with the image. The mean pairwise cosine between the embeddings of 32 different images:
 
 # %%
-from derma_jepa.embed import embed_sides
+import os
 import pandas as pd
+from derma_jepa.embed import embed_sides
 from derma_jepa.data import load_records
 from derma_jepa.fixture import fixture_dir
 _src = load_records(os.environ["HAM10000_DIR"] if os.environ.get("HAM10000_DIR") else fixture_dir(300, 0)).head(32)

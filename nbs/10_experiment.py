@@ -397,7 +397,6 @@ def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: l
 #| export
 def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict) -> dict:
     "name -> matplotlib Figure."
-    import matplotlib
     import matplotlib.pyplot as plt
     import seaborn as sns
     from sklearn.metrics import roc_curve

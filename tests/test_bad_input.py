@@ -1,11 +1,7 @@
 "Bad input: one clear line naming the culprit, and no run directory left behind."
-import dataclasses
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from derma_jepa.data import DataError
 from derma_jepa.experiment import Config, ConfigError, run

@@ -1,17 +1,13 @@
 "The embedding stage as a user meets it: missing weights, a local checkpoint, a killed run resumed."
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
-from conftest import ROOT
 from test_run_notebook import papermill
 
 TINY = ["-p", "fixture_lesions", "250", "-p", "pairs_per_split", "3"]

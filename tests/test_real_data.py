@@ -1,7 +1,4 @@
 "The acceptance numbers of PROTOCOL A2/A3 and B2 on the real HAM10000 copy, through the experiment YAMLs."
-import io
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
