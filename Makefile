@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test check-clean nbtest pytest sync bench-data bench-embed bench-fit clean-venv
+.PHONY: venv demo paper test check-clean nbtest pytest sync bench-data bench-embed bench-fit clean-venv
 
-$(STAMP): settings.ini setup.py
+$(STAMP): settings.ini setup.py pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -26,7 +26,19 @@ demo: $(STAMP)
 	  -f nbs/experiments/demo.yaml -p run_dir $(DEMO_DIR)
 	@mv $(DEMO_DIR).ipynb $(DEMO_DIR)/run.ipynb
 	@echo "executed notebook: $(DEMO_DIR)/run.ipynb"
-	@echo "run directory:     $(DEMO_DIR)/ (metrics.json, scores.parquet, figures/, manifest.parquet, audit.json, ...)"
+	@echo "metrics:           $(DEMO_DIR)/metrics.json (test AUROC with 95% CIs: predictor, controls, baselines)"
+	@echo "run directory:     $(DEMO_DIR)/ (model_card.md, scores.parquet, figures/, manifest.parquet, audit.json, ...)"
+
+## The arc and seed sweep whose backbones load here, then paper/ from the run directories.
+## BACKBONES=offline adds the offline stand-ins (random_vitb16, color_texture), labelled as such;
+## BACKBONES=color_texture (a comma list) picks among them. SWEEP=0 leaves out the seed sweep.
+## Needs HAM10000_DIR (the experiment YAMLs read `data: $$HAM10000_DIR`). PAPER_ARGS passes more options.
+BACKBONES ?= hub
+SWEEP ?= 1
+RUNS_DIR ?= runs
+paper: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/derma_jepa_paper --backbones $(BACKBONES) --runs $(RUNS_DIR) --paper paper \
+	  $(if $(filter 0,$(SWEEP)),--no-sweep) $(PAPER_ARGS)
 
 ## The test command: notebooks and package in sync, then nbdev_test, then pytest.
 test: check-clean nbtest pytest

@@ -10,6 +10,7 @@ import difflib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, fields
@@ -20,7 +21,7 @@ import pandas as pd
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from .backbones import backbone_spec, get_backbone
+from .backbones import ALIASES, backbone_spec, get_backbone
 from .data import DataError, load_records, require_readable, summarise_audit
 from .baselines import choose_baseline, pixel_scores, verdict, with_paths
 from .embed import embed_sides, sides_table
@@ -33,7 +34,7 @@ from .split import SPLITS, check_fractions, check_protocol, split_counts, split_
 
 # %% auto #0
 __all__ = ['STAGES', 'ConfigError', 'Config', 'resolve_data', 'run_id', 'run_path', 'write_run_dir', 'RunResult', 'data_stage',
-           'environment', 'pair_embeddings', 'evaluate', 'make_figures', 'run']
+           'environment', 'pair_embeddings', 'evaluate', 'make_figures', 'model_card', 'run']
 
 # %% ../nbs/10_experiment.ipynb #6b520124
 class ConfigError(ValueError):
@@ -45,6 +46,7 @@ STAGES = ("manifest", "embed", "all")
 
 @dataclass(frozen=True)
 class Config:
+    experiment: str = ""
     data: str = "fixture"
     fixture_lesions: int = 600
     protocol: str = "symmetric"
@@ -158,7 +160,9 @@ def resolve_data(config: Config) -> Path:
 def run_id(config: Config) -> str:
     import hashlib
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{config.protocol}-{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}-seed{config.seed}-{h}"
+    what = (re.sub(r"[^a-z0-9]+", "", config.experiment.lower()) if config.experiment else
+            f"{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}")
+    return f"{what}-{config.protocol}-{ALIASES.get(config.backbone, config.backbone)}-seed{config.seed}-{h}"
 
 
 def run_path(config: Config) -> Path:
@@ -316,6 +320,33 @@ def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict
     return figs
 
 
+def model_card(config: Config, ev: dict, env: dict) -> str:
+    "A short human-readable summary of one run: what ran, on what, and what it found."
+    m = ev["metrics"]["test"]
+    def ci(n): a = m[n]["auroc"]; return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    rows = "\n".join(f"| {n} | {ci(n)} |" for n in m)
+    stand_in = backbone_spec(config.backbone).hub_id == ""
+    return f"""# Model card: {config.experiment or run_id(config)}
+
+- protocol: **{config.protocol}**; families: train `{config.train_families}`, val/test `{config.eval_family or config.train_families}`
+- backbone: `{ev['backbone']}` (frozen; fingerprint `{env.get('backbone_fingerprint', '')}`)\
+{' an offline backbone, not a pretrained hub model.' if stand_in else ''}
+- predictor: {config.predictor}, trainer {ev['training']['trainer']}, optimiser {config.optimizer}, \
+{config.epochs} epochs, fitted on {ev['training']['train_stable_pairs']} train stable pairs only
+- data: {config.data}, seed {config.seed}, {config.pairs_per_split} stable + {config.pairs_per_split} changing pairs per split
+
+Verdict: **{ev['verdict']}** (predictor minus the strongest baseline, {ev['strongest_baseline']}, \
+chosen on {ev['baselines']['chosen_on']}: {ev['delta']:+.3f} test AUROC).
+
+| test scorer | AUROC [95% bootstrap CI] |
+|---|---|
+{rows}
+
+Intended use: research on acquisition-nuisance invariance of frozen embeddings. Not a diagnostic
+device; stable/changing labels are synthetic (PROTOCOL B2) except the re-photography pairs.
+"""
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
@@ -325,7 +356,7 @@ def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory."
     import time
     t, stage = {}, STAGES.index(config.stop_after)
-    t0 = time.perf_counter()
+    start = t0 = time.perf_counter()
     backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
     t["backbone_load"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
     t0 = time.perf_counter()
@@ -341,8 +372,9 @@ def run(config: Config) -> RunResult:
         embeddings = {"sides": sides, "z": z}
         t["embed"] = round(st.seconds, 3)
         t["embed_detail"] = {k: v for k, v in st.to_dict().items() if k not in ("seconds", "dtype", "device")}
-        files["environment.json"] = json.dumps(environment(backbone, st.dtype), indent=1).encode()
-    else: files["environment.json"] = json.dumps(environment(), indent=1).encode()
+        env = environment(backbone, st.dtype)
+    else: env = environment()
+    files["environment.json"] = json.dumps(env, indent=1).encode()
     if stage >= STAGES.index("all"):
         zc, zt = pair_embeddings(manifest, embeddings["sides"], embeddings["z"])
         sp, kind, y = manifest.split.to_numpy(), manifest.kind.to_numpy(), manifest.label.to_numpy()
@@ -374,8 +406,10 @@ def run(config: Config) -> RunResult:
         figs = make_figures(manifest, scores, ev)
         buf = io.BytesIO(); np.savez(buf, **predictor.params())
         files.update({"scores.parquet": _parquet_bytes(long), "metrics.json": json.dumps(ev, indent=1).encode(),
-                      "predictor.npz": buf.getvalue(), **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
+                      "predictor.npz": buf.getvalue(), "model_card.md": model_card(config, ev, env).encode(),
+                      **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
         extra = {"scores": long, "evaluation": ev, "figures": figs, "predictor": predictor}
+    t["total"] = round(time.perf_counter() - start, 3)
     files["timings.json"] = json.dumps(t, indent=1).encode()
     dest = write_run_dir(run_path(config), files)
     return RunResult(config, dest, records, split, manifest, audit, t, embeddings, **extra)

@@ -33,6 +33,7 @@ import difflib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, fields
@@ -43,7 +44,7 @@ import pandas as pd
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from derma_jepa.backbones import backbone_spec, get_backbone
+from derma_jepa.backbones import ALIASES, backbone_spec, get_backbone
 from derma_jepa.data import DataError, load_records, require_readable, summarise_audit
 from derma_jepa.baselines import choose_baseline, pixel_scores, verdict, with_paths
 from derma_jepa.embed import embed_sides, sides_table
@@ -67,6 +68,7 @@ from fastcore.test import test_eq, test_fail
 # `random_vits14` is nearly constant: see 05_backbones.) The experiment
 # YAMLs in `nbs/experiments/` override what each experiment of the arc changes. `data` is
 # `"fixture"` or a path; `$VARS` in it are expanded, so a YAML can say `data: $HAM10000_DIR`.
+# `experiment` is a label (`EXP-004`) that names the run and its rows in the paper's tables.
 # `preset: auto` means the protocol's own preset (`reference` → reference, `symmetric` → paper).
 # `lofo_fold` = 0, 1 or 2 runs one fold of the leave-one-family-out rotation (PROTOCOL B2.9): the
 # fold's family is held out for val/test and the other two rotate in train, whatever
@@ -83,6 +85,7 @@ STAGES = ("manifest", "embed", "all")
 
 @dataclass(frozen=True)
 class Config:
+    experiment: str = ""
     data: str = "fixture"
     fixture_lesions: int = 600
     protocol: str = "symmetric"
@@ -225,7 +228,7 @@ def resolve_data(config: Config) -> Path:
 # ## The run directory
 #
 # `runs/<run_id>/` by default, where the run id is readable and unique to the configuration:
-# protocol, families, seed and a short hash of the whole config. Files are written into a
+# the experiment label (or the families), protocol, backbone, seed and a short hash of the whole config. Files are written into a
 # temporary sibling folder that replaces the destination in one rename.
 
 # %%
@@ -233,7 +236,9 @@ def resolve_data(config: Config) -> Path:
 def run_id(config: Config) -> str:
     import hashlib
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    return f"{config.protocol}-{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}-seed{config.seed}-{h}"
+    what = (re.sub(r"[^a-z0-9]+", "", config.experiment.lower()) if config.experiment else
+            f"{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}")
+    return f"{what}-{config.protocol}-{ALIASES.get(config.backbone, config.backbone)}-seed{config.seed}-{h}"
 
 
 def run_path(config: Config) -> Path:
@@ -426,6 +431,33 @@ def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict
     return figs
 
 
+def model_card(config: Config, ev: dict, env: dict) -> str:
+    "A short human-readable summary of one run: what ran, on what, and what it found."
+    m = ev["metrics"]["test"]
+    def ci(n): a = m[n]["auroc"]; return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    rows = "\n".join(f"| {n} | {ci(n)} |" for n in m)
+    stand_in = backbone_spec(config.backbone).hub_id == ""
+    return f"""# Model card: {config.experiment or run_id(config)}
+
+- protocol: **{config.protocol}**; families: train `{config.train_families}`, val/test `{config.eval_family or config.train_families}`
+- backbone: `{ev['backbone']}` (frozen; fingerprint `{env.get('backbone_fingerprint', '')}`)\
+{' an offline backbone, not a pretrained hub model.' if stand_in else ''}
+- predictor: {config.predictor}, trainer {ev['training']['trainer']}, optimiser {config.optimizer}, \
+{config.epochs} epochs, fitted on {ev['training']['train_stable_pairs']} train stable pairs only
+- data: {config.data}, seed {config.seed}, {config.pairs_per_split} stable + {config.pairs_per_split} changing pairs per split
+
+Verdict: **{ev['verdict']}** (predictor minus the strongest baseline, {ev['strongest_baseline']}, \
+chosen on {ev['baselines']['chosen_on']}: {ev['delta']:+.3f} test AUROC).
+
+| test scorer | AUROC [95% bootstrap CI] |
+|---|---|
+{rows}
+
+Intended use: research on acquisition-nuisance invariance of frozen embeddings. Not a diagnostic
+device; stable/changing labels are synthetic (PROTOCOL B2) except the re-photography pairs.
+"""
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
@@ -440,7 +472,7 @@ def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory."
     import time
     t, stage = {}, STAGES.index(config.stop_after)
-    t0 = time.perf_counter()
+    start = t0 = time.perf_counter()
     backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
     t["backbone_load"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
     t0 = time.perf_counter()
@@ -456,8 +488,9 @@ def run(config: Config) -> RunResult:
         embeddings = {"sides": sides, "z": z}
         t["embed"] = round(st.seconds, 3)
         t["embed_detail"] = {k: v for k, v in st.to_dict().items() if k not in ("seconds", "dtype", "device")}
-        files["environment.json"] = json.dumps(environment(backbone, st.dtype), indent=1).encode()
-    else: files["environment.json"] = json.dumps(environment(), indent=1).encode()
+        env = environment(backbone, st.dtype)
+    else: env = environment()
+    files["environment.json"] = json.dumps(env, indent=1).encode()
     if stage >= STAGES.index("all"):
         zc, zt = pair_embeddings(manifest, embeddings["sides"], embeddings["z"])
         sp, kind, y = manifest.split.to_numpy(), manifest.kind.to_numpy(), manifest.label.to_numpy()
@@ -489,8 +522,10 @@ def run(config: Config) -> RunResult:
         figs = make_figures(manifest, scores, ev)
         buf = io.BytesIO(); np.savez(buf, **predictor.params())
         files.update({"scores.parquet": _parquet_bytes(long), "metrics.json": json.dumps(ev, indent=1).encode(),
-                      "predictor.npz": buf.getvalue(), **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
+                      "predictor.npz": buf.getvalue(), "model_card.md": model_card(config, ev, env).encode(),
+                      **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
         extra = {"scores": long, "evaluation": ev, "figures": figs, "predictor": predictor}
+    t["total"] = round(time.perf_counter() - start, 3)
     files["timings.json"] = json.dumps(t, indent=1).encode()
     dest = write_run_dir(run_path(config), files)
     return RunResult(config, dest, records, split, manifest, audit, t, embeddings, **extra)
@@ -543,7 +578,10 @@ for _sp in ("train", "val", "test"):
         for _mt in ("auroc", "auprc", "eer", "fpr_at_tpr"):
             assert set(_mj["metrics"][_sp][_sc][_mt]) == {"value", "ci_low", "ci_high"}
 assert {"health", "strongest_baseline", "delta", "verdict"} <= set(_mj)
-test_eq(set(json.loads((_full.run_dir / "timings.json").read_text())) >= {"manifest", "embed", "baselines", "fit", "metrics"}, True)
+_tj = json.loads((_full.run_dir / "timings.json").read_text())
+test_eq(set(_tj) >= {"manifest", "embed", "baselines", "fit", "metrics", "total"}, True)
+assert _tj["total"] >= _tj["embed"] + _tj["fit"]
+assert "| predictor |" in (_full.run_dir / "model_card.md").read_text()
 _sc = pd.read_parquet(_full.run_dir / "scores.parquet")
 test_eq(len(_sc), len(_full.manifest) * len(_mj["metrics"]["test"]))
 test_eq(sorted(p.name for p in (_full.run_dir / "figures").iterdir()), ["roc_test.png", "score_histograms.png", "train_vs_test_auroc.png"])

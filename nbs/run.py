@@ -15,8 +15,12 @@
 # `derma_jepa.experiment.Config`; a parameter that is not a field stops the run before any work.
 #
 # ```
-# papermill nbs/run.ipynb out.ipynb -p protocol reference -f nbs/experiments/exp004.yaml -p data $HAM10000_DIR
+# papermill nbs/run.ipynb out.ipynb -f nbs/experiments/exp004.yaml -p protocol reference -p backbone color_texture
+# papermill nbs/run.ipynb out.ipynb -p backbone dinov2      # short names: dinov2, clip, dermlip, biomedclip
 # ```
+#
+# `make paper` runs the whole arc this way and files each executed notebook into its run
+# directory as `run.ipynb`, beside `metrics.json`; `make demo` does the same for one run.
 
 # %%
 import json
@@ -29,6 +33,7 @@ from derma_jepa.pairs import pair_gallery
 _names_before = set(globals())
 
 # %% tags=["parameters"]
+experiment = ""
 data = "fixture"
 fixture_lesions = 600
 protocol = "symmetric"
@@ -117,6 +122,26 @@ if result.embeddings is not None:
     _dist = result.manifest[["split", "kind"]].assign(cosine_distance=1 - (_zc * _zt).sum(1))
     sns.displot(data=_dist, x="cosine_distance", hue="kind", col="split", kind="hist", stat="density",
                 common_norm=False, element="step", height=2.6, aspect=1.2)
+
+# %% [markdown]
+# ## The fit
+#
+# The training loss of the predictor on the train stable pairs at the logged epochs (the quantity
+# the trainer logs: per element for the `reference` trainer, per pair for `autograd`), and the
+# final per-pair squared error on train and val stable pairs, which selects nothing (PROTOCOL A6).
+# A curve that drops in a few epochs and then stays flat is the signature of a learned
+# translation (compare the `bias_only` control below).
+
+# %%
+if result.predictor is not None:
+    import matplotlib.pyplot as plt
+    _h = pd.Series(result.predictor.history_, name="loss").rename_axis("epoch")
+    _ax = _h.plot(marker="o", figsize=(5, 3), logy=True, ylabel="training loss")
+    _ax.set_title(f"{config.predictor} predictor, {result.predictor.trainer} trainer, {config.optimizer}"); plt.show()
+    _zc, _zt = pair_embeddings(result.manifest, result.embeddings["sides"], result.embeddings["z"])
+    _stable = result.manifest.kind.eq("stable").to_numpy()
+    print({sp: round(float(((result.predictor.predict(_zc[m]) - _zt[m]) ** 2).sum(1).mean()), 5)
+           for sp in ("train", "val") for m in [_stable & result.manifest.split.eq(sp).to_numpy()]})
 
 # %% [markdown]
 # ## Fit, scores and metrics

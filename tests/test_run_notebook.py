@@ -42,6 +42,8 @@ def test_manifest_stage(tmp_path, protocol):
     (["-p", "seeed", "3"], "'seeed' is not a configuration field"),
     (["-p", "train_families", "strong,fog"], "unknown nuisance family 'fog'"),
     (["-p", "preset", "appendix"], "unknown nuisance preset 'appendix'"),
+    (["-p", "backbone", "resnet50"], "unknown backbone 'resnet50'"),
+    (["-p", "protocol", "leaky"], "unknown protocol 'leaky'"),
 ])
 def test_bad_parameters_stop_before_any_work(tmp_path, args, message):
     run_dir = tmp_path / "run"

@@ -1,0 +1,678 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp report
+
+# %% [markdown]
+# # Report: the arc, the seed sweep and the paper's tables
+#
+# > Plan the experiment arc, run it through the papermill notebook, and turn run directories into tables and figures.
+
+# %% [markdown]
+# The published arc (PROTOCOL B4) is nine runs and a seed sweep. Here an arc is *data*: a YAML
+# naming the experiment files, the protocols and the sweep (`nbs/experiments/arc.yaml`). Three
+# steps turn it into a paper:
+#
+# 1. **plan** (`plan_arc`): every (experiment, protocol, seed, backbone) becomes one `Config`,
+#    validated before anything runs, with its run directory and whether it can run here. A hub
+#    backbone without weights becomes a row that says so ("not run: weights for … not found"); it
+#    is never replaced silently. Offline backbones can be asked for *beside* the paper's
+#    backbone, and are then labelled as stand-ins everywhere.
+# 2. **execute** (`execute_run`): each runnable config goes through `nbs/run.ipynb` with papermill;
+#    the executed notebook is filed in its run directory as `run.ipynb`, so every number in the
+#    paper leads back to an executed notebook. A run whose directory is complete is not re-run,
+#    and every embedding and pixel score comes from the shared cache.
+# 3. **aggregate** (`collect`, the `*_table` functions, the figures): run directories → one long
+#    table of metrics → the cross-run table (both protocols side by side), predictor × optimiser,
+#    and the seed sweep (mean ± SD and CI[mean] = mean ± 1.96·SD/√n, PROTOCOL A7, with the
+#    per-seed baselines the release left out).
+#
+# `nbs/paper.ipynb` renders these into `paper/`; `make paper` (the `derma_jepa_paper` command)
+# does all three.
+
+# %%
+#| export
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from derma_jepa.backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolve_weights
+from derma_jepa.data import DataError, atomic_write_bytes
+from derma_jepa.experiment import Config, ConfigError, resolve_data, run_id, write_run_dir
+
+# %%
+from fastcore.test import test_eq, test_fail, test_close
+
+
+# %% [markdown]
+# ## Where things are
+#
+# The arc files and `run.ipynb` live in the repository, found by walking up from the working
+# directory to `settings.ini` (so notebooks, tests and `make` agree).
+
+# %%
+#| export
+def repo_root(start=None) -> Path:
+    "The folder holding settings.ini, searched upwards from `start` (default: the working directory)."
+    p = Path(start or Path.cwd()).resolve()
+    for q in [p, *p.parents]:
+        if (q / "settings.ini").exists() and (q / "nbs").is_dir(): return q
+    raise DataError(f"no derma-jepa checkout (settings.ini + nbs/) above {p}")
+
+
+def experiments_dir() -> Path: return repo_root() / "nbs" / "experiments"
+
+
+# %%
+assert (experiments_dir() / "arc.yaml").exists()
+
+# %% [markdown]
+# ## The arc as data
+#
+# `arc.yaml` lists experiment files (their stems), the protocols and the sweep. Any other key is
+# an error that names the file, as is an experiment whose YAML is missing.
+
+# %%
+#| export
+ARC_KEYS = {"experiments", "protocols", "sweep"}
+SWEEP_KEYS = {"experiments", "seeds"}
+
+# The paper's names for the hub backbones; offline ones keep their registry names.
+BACKBONE_LABELS = {"dinov2_vitb14": "DINOv2 ViT-B/14", "dinov2_vits14": "DINOv2 ViT-S/14",
+                   "clip_vitb16": "OpenAI CLIP ViT-B/16", "dermlip_vitb16": "DermLIP ViT-B/16",
+                   "biomedclip_vitb16": "BiomedCLIP ViT-B/16"}
+
+
+def load_arc(path) -> dict:
+    "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}}."
+    path = Path(path)
+    if not path.exists(): raise ConfigError(f"arc file {path} not found")
+    arc = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(arc, dict): raise ConfigError(f"{path}: expected a mapping")
+    if set(arc) - ARC_KEYS: raise ConfigError(f"{path}: unknown key {sorted(set(arc) - ARC_KEYS)[0]!r}; keys: {', '.join(sorted(ARC_KEYS))}")
+    sweep = arc.get("sweep") or {}
+    if set(sweep) - SWEEP_KEYS: raise ConfigError(f"{path}: unknown sweep key {sorted(set(sweep) - SWEEP_KEYS)[0]!r}")
+    out = {"experiments": list(arc.get("experiments") or []), "protocols": list(arc.get("protocols") or ["symmetric"]),
+           "sweep": {"experiments": list(sweep.get("experiments") or []), "seeds": [int(s) for s in sweep.get("seeds") or []]}}
+    for e in out["experiments"] + out["sweep"]["experiments"]:
+        if not (path.parent / f"{e}.yaml").exists(): raise ConfigError(f"{path}: experiment {e!r} has no file {path.parent / (e + '.yaml')}")
+    return out
+
+
+# %%
+_arc = load_arc(experiments_dir() / "arc.yaml")
+test_eq(_arc["experiments"], ["exp001", "exp002", "exp003", "exp004", "exp005", "exp006a", "exp006b", "exp007", "exp008"])
+test_eq(_arc["sweep"], {"experiments": ["exp007", "exp008"], "seeds": [20260422, 1, 2, 3, 4]})
+_tmp = Path(tempfile.mkdtemp())
+(_tmp / "bad.yaml").write_text("experiments: [exp004]\nprotocol: [reference]\n")
+test_fail(lambda: load_arc(_tmp / "bad.yaml"), contains="unknown key 'protocol'")
+(_tmp / "gone.yaml").write_text("experiments: [exp404]\n")
+test_fail(lambda: load_arc(_tmp / "gone.yaml"), contains="experiment 'exp404' has no file")
+
+
+# %% [markdown]
+# ## Can a backbone run here?
+#
+# Offline backbones always can. A hub backbone can when its weights are in the Hugging Face cache
+# (or at the config's `weights` path); otherwise its rows carry the reason, in the words the
+# tables print.
+
+# %%
+#| export
+def weights_status(backbone: str, weights: str = "", hub_cache=None) -> str:
+    "'' when the backbone's weights are available here, else 'not run: weights for <hub id> not found'."
+    spec = backbone_spec(backbone)
+    if not spec.hub_id and not weights: return ""
+    try: resolve_weights(spec, weights or None, hub_cache)
+    except WeightsNotFound: return f"not run: weights for {spec.hub_id or weights} not found"
+    return ""
+
+
+def parse_backbones(backbones: str) -> list[str]:
+    "`hub` → no stand-ins; `offline` → every offline backbone of the arc; else a comma list of offline names."
+    if backbones in ("", "hub"): return []
+    names = list(STAND_INS) if backbones == "offline" else [b.strip() for b in backbones.split(",") if b.strip()]
+    for b in names:
+        if backbone_spec(b).hub_id: raise ConfigError(f"BACKBONES={backbones}: {b!r} is a hub backbone; stand-ins must be offline ({', '.join(OFFLINE_BACKBONES)})")
+    return [backbone_spec(b).name for b in names]
+
+
+STAND_INS = ("random_vitb16", "color_texture")
+
+# %%
+test_eq(weights_status("color_texture"), "")
+test_eq(weights_status("dinov2", hub_cache=_tmp / "empty-hub"), "not run: weights for timm/vit_base_patch14_dinov2.lvd142m not found")
+test_eq(parse_backbones("offline"), ["random_vitb16", "color_texture"])
+test_eq(parse_backbones("hub"), [])
+test_fail(lambda: parse_backbones("color_texture,clip"), contains="'clip' is a hub backbone")
+test_fail(lambda: parse_backbones("resnet"), contains="unknown backbone 'resnet'")
+
+
+# %% [markdown]
+# ## The plan
+#
+# One row per run: the experiment's label, protocol, seed, whether it belongs to the sweep, the
+# backbone the paper used and the one this row runs, `stand_in`, the run directory and its
+# status (`run` or the reason it cannot). Configs are built (and so validated) here, before any
+# work; `overrides` apply to every experiment (e.g. `data=fixture` for a dry run). The sweep's
+# seed-20260422 runs are the arc's own, so they share run directories and run once.
+
+# %%
+#| export
+def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = None, sweep: bool = True,
+             runs_dir="runs") -> pd.DataFrame:
+    "Every run of the arc (and sweep) as a validated config with its run directory and status."
+    arc_file = Path(arc_file or experiments_dir() / "arc.yaml")
+    arc, stand_ins, overrides = load_arc(arc_file), parse_backbones(backbones), dict(overrides or {})
+    if "run_dir" in overrides: raise ConfigError("run_dir cannot be overridden for a whole arc: use the runs folder")
+    jobs = [(e, None, False) for e in arc["experiments"]]
+    if sweep: jobs += [(e, s, True) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
+    rows = []
+    for stem, seed, in_sweep in jobs:
+        for protocol in arc["protocols"]:
+            extra = {"protocol": protocol, **({"seed": seed} if seed is not None else {})}
+            base = Config.from_yaml(arc_file.parent / f"{stem}.yaml", **{**overrides, **extra})
+            for bb in [backbone_spec(base.backbone).name, *stand_ins]:
+                cfg = dataclasses.replace(base, backbone=bb)
+                stand_in = bb != backbone_spec(base.backbone).name
+                cfg = dataclasses.replace(cfg, run_dir=str(Path(runs_dir) / run_id(cfg)))
+                rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
+                             "sweep": in_sweep, "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
+                             "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
+    return pd.DataFrame(rows)
+
+
+# %%
+_plan = plan_arc(backbones="offline", overrides={"data": "fixture"}, runs_dir=_tmp / "runs")
+test_eq(len(_plan), (9 + 2 * 5) * 2 * 3)
+test_eq(_plan[~_plan.stand_in].status.str.startswith("not run: weights for").all(), True)
+test_eq(set(_plan[_plan.stand_in].status), {"run"})
+test_eq(_plan[_plan.stand_in].run_dir.nunique(), (9 + 2 * 4) * 2 * 2)         # seed 20260422 of the sweep = the arc's runs
+_plan[["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status"]].head(6)
+
+# %% [markdown]
+# Bad input stops the plan, and so the arc, before anything runs: a typo in an override, an
+# unknown backbone among the stand-ins, an unknown key in an experiment YAML.
+
+# %%
+test_fail(lambda: plan_arc(overrides={"pairs_per_splt": 3}), contains="did you mean 'pairs_per_split'")
+test_fail(lambda: plan_arc(backbones="resnet"), contains="unknown backbone 'resnet'")
+(_tmp / "exp404.yaml").write_text("experiment: EXP-404\nbackbone: color_texture\nlearning_rate: 3\n")
+(_tmp / "arc404.yaml").write_text("experiments: [exp404]\n")
+test_fail(lambda: plan_arc(_tmp / "arc404.yaml"), contains="exp404.yaml: 'learning_rate' is not a configuration field")
+
+
+# %% [markdown]
+# ## Executing one run
+#
+# papermill executes `nbs/run.ipynb` with the config's fields as parameters, into a temporary
+# file that is moved into the run directory once the run has finished (`run()` itself wrote the
+# directory atomically). A run is *complete* when its directory holds `run.ipynb`, `metrics.json`
+# and the same `config.yaml`; complete runs are skipped. A failed notebook is kept beside the runs
+# (`<runs>/failed/`) for inspection, and the error is returned, not raised, so one bad run does
+# not lose the rest of an arc.
+
+# %%
+#| export
+def is_complete(config: Config) -> bool:
+    d = Path(config.run_dir)
+    if not ((d / "run.ipynb").exists() and (d / "metrics.json").exists() and (d / "config.yaml").exists()): return False
+    return yaml.safe_load((d / "config.yaml").read_text()) == config.to_dict()
+
+
+def execute_run(config: Config, notebook=None, kernel: str = "python3") -> str:
+    "Run `config` through run.ipynb with papermill; '' on success, else the error in one line."
+    import papermill as pm
+    notebook = Path(notebook or repo_root() / "nbs" / "run.ipynb")
+    dest = Path(config.run_dir)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".nb-") as tmp:
+        out = Path(tmp) / "run.ipynb"
+        try:
+            pm.execute_notebook(str(notebook), str(out), parameters=config.to_dict(), kernel_name=kernel,
+                                progress_bar=False, log_output=False, cwd=str(Path.cwd()))
+        except pm.PapermillExecutionError as e:
+            failed = dest.parent / "failed"; failed.mkdir(exist_ok=True)
+            shutil.copyfile(out, failed / f"{dest.name}.ipynb")
+            return f"{e.ename}: {e.evalue}".splitlines()[0]
+        atomic_write_bytes(dest / "run.ipynb", out.read_bytes())
+    return ""
+
+
+# %% [markdown]
+# ## Running a plan
+#
+# Rows that can run are executed in plan order (so EXP-004's embeddings are cached before
+# EXP-005 needs them), each distinct run directory once; complete ones are skipped. One line per
+# run reports what happened. The plan, without the config objects, is written as JSON beside the
+# runs: it is what `paper.ipynb` reads.
+
+# %%
+#| export
+def plan_records(plan: pd.DataFrame) -> list[dict]:
+    "The plan as JSON-ready records (the config as its dict)."
+    return [{**{k: v for k, v in r.items() if k != "config"}, "config": r["config"].to_dict()}
+            for r in plan.to_dict("records")]
+
+
+def run_plan(plan: pd.DataFrame, plan_file=None, log=print) -> pd.DataFrame:
+    "Execute every runnable row of `plan`; returns the plan with `status` updated for failures."
+    plan = plan.copy()
+    todo = plan[plan.status == "run"].drop_duplicates("run_dir")
+    for k, (_, row) in enumerate(todo.iterrows(), 1):
+        what = f"[{k}/{len(todo)}] {row.experiment} {row.protocol} seed {row.seed} {row.backbone}"
+        if is_complete(row.config):
+            log(f"{what}: complete, skipped ({row.run_dir})"); continue
+        t0 = time.perf_counter()
+        err = execute_run(row.config)
+        if err: plan.loc[plan.run_dir == row.run_dir, "status"] = f"failed: {err}"
+        log(f"{what}: {'FAILED ' + err if err else 'done'} in {time.perf_counter() - t0:.0f} s ({row.run_dir})")
+    if plan_file: atomic_write_bytes(Path(plan_file), json.dumps(plan_records(plan), indent=1).encode())
+    return plan
+
+
+def read_plan(path) -> pd.DataFrame:
+    "A plan written by `run_plan`, with its configs rebuilt."
+    rows = json.loads(Path(path).read_text())
+    return pd.DataFrame([{**r, "config": Config.from_params(r["config"])} for r in rows])
+
+
+# %% [markdown]
+# ## From run directories to one table
+#
+# `collect` reads `metrics.json` and `timings.json` of every run row and returns one long table:
+# a row per (run, split, scorer) with the four metrics and the AUROC's CI, plus the run's
+# verdict. Rows that did not run keep one row carrying their status, so no table can forget them.
+
+# %%
+#| export
+METRICS = ("auroc", "auprc", "eer", "fpr_at_tpr")
+
+
+def collect(plan: pd.DataFrame) -> pd.DataFrame:
+    "One row per (plan row, split, scorer), metrics and CIs flattened; un-run rows keep their status."
+    keys = ["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status", "run_dir"]
+    out = []
+    for r in plan[keys].to_dict("records"):
+        mfile = Path(r["run_dir"]) / "metrics.json"
+        if r["status"] != "run" or not mfile.exists():
+            out.append({**r, "status": r["status"] if r["status"] != "run" else "not run: no metrics.json"}); continue
+        ev = json.loads(mfile.read_text())
+        tim = json.loads((Path(r["run_dir"]) / "timings.json").read_text())
+        for split, scorers in ev["metrics"].items():
+            for scorer, m in scorers.items():
+                row = {**r, "split": split, "scorer": scorer, "strongest_baseline": ev["strongest_baseline"],
+                       "delta": ev["delta"], "verdict": ev["verdict"], "predictor": ev["training"]["predictor"],
+                       "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan)}
+                for name in METRICS: row[name] = m[name]["value"]
+                row["auroc_lo"], row["auroc_hi"] = m["auroc"]["ci_low"], m["auroc"]["ci_high"]
+                out.append(row)
+    return pd.DataFrame(out)
+
+
+def backbone_label(backbone: str, stand_in: bool, paper_backbone: str = "") -> str:
+    "How a backbone is named in a table: the paper's name, or the offline name marked as a stand-in."
+    if not stand_in: return BACKBONE_LABELS.get(backbone, backbone)
+    return f"{backbone} (offline stand-in)"
+
+
+# %% [markdown]
+# ## Tables
+#
+# A cell reads `0.644 [0.620, 0.668]`: the test AUROC and its 95% bootstrap CI. Rows are the
+# arc's experiments with the backbone each ran on; the two protocols sit side by side, so a
+# result that exists only under `reference` is visible at a glance.
+
+# %%
+#| export
+def fmt_ci(v, lo, hi) -> str: return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _test(long: pd.DataFrame) -> pd.DataFrame:
+    return long[long.split.eq("test")] if "split" in long else long.iloc[:0]
+
+
+def arc_table(long: pd.DataFrame) -> pd.DataFrame:
+    "Cross-run table (seed-20260422 arc runs): per protocol, predictor AUROC [CI], the strongest baseline, Δ and verdict."
+    arc = long[~long.sweep]
+    rows = {}
+    for (exp, bb, si, prot), g in arc.groupby(["experiment", "backbone", "stand_in", "protocol"], sort=False):
+        key = (exp, backbone_label(bb, si))
+        t = _test(g)
+        if t.empty:
+            cells = {"predictor AUROC [95% CI]": g.status.iloc[0], "strongest baseline": "–", "Δ": "–", "verdict": "–"}
+        else:
+            p = t[t.scorer.eq("predictor")].iloc[0]
+            b = t[t.scorer.eq(p.strongest_baseline)].iloc[0]
+            cells = {"predictor AUROC [95% CI]": fmt_ci(p.auroc, p.auroc_lo, p.auroc_hi),
+                     "strongest baseline": f"{b.scorer} {b.auroc:.3f}", "Δ": f"{p.delta:+.3f}", "verdict": p.verdict}
+        rows.setdefault(key, {}).update({(prot, k): v for k, v in cells.items()})
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["experiment", "backbone"])
+    df.columns = pd.MultiIndex.from_tuples(df.columns, names=["protocol", ""])
+    return df.fillna("–")
+
+
+def optimiser_table(long: pd.DataFrame, experiments=("EXP-004", "EXP-005", "EXP-006a")) -> pd.DataFrame:
+    "Predictor × optimiser on the EXP-004 data: train and test AUROC, the bias-only control and the fit time."
+    t = long[~long.sweep & long.experiment.isin(experiments) & long.split.isin(["train", "test"])] if "split" in long else long.iloc[:0]
+    rows = []
+    for (exp, bb, si, prot), g in t.groupby(["experiment", "backbone", "stand_in", "protocol"], sort=False):
+        p = g[g.scorer.eq("predictor")].set_index("split")
+        bias = g[g.scorer.eq("bias_only") & g.split.eq("test")].auroc.iloc[0]
+        rows.append({"experiment": exp, "backbone": backbone_label(bb, si), "predictor / optimiser":
+                     f"{p.predictor.iloc[0]} / {p.optimizer.iloc[0]}", "protocol": prot,
+                     "train AUROC": f"{p.loc['train', 'auroc']:.3f}",
+                     "test AUROC [95% CI]": fmt_ci(p.loc["test", "auroc"], p.loc["test", "auroc_lo"], p.loc["test", "auroc_hi"]),
+                     "bias-only test AUROC": f"{bias:.3f}", "fit s": f"{p.fit_seconds.iloc[0]:.1f}"})
+    if not rows: return pd.DataFrame()
+    return (pd.DataFrame(rows).set_index(["experiment", "backbone", "predictor / optimiser", "protocol"])
+            .unstack("protocol").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False))
+
+
+# %% [markdown]
+# ### The seed sweep
+#
+# Over the seeds of one (experiment, backbone, protocol): mean ± unbiased SD, and the release's
+# "95% CI[mean]" = mean ± 1.96·SD/√n (PROTOCOL A7, normal approximation, as the paper did). The
+# release reported the predictor only; here every scorer is aggregated per seed, because the seed
+# changes the split and the pairs, so the baselines move with it too.
+
+# %%
+#| export
+def mean_sd_ci(values) -> dict:
+    "n, mean, unbiased SD and the normal-approximation CI of the mean (mean ± 1.96·SD/√n)."
+    v = np.asarray(values, float)
+    n, m = len(v), float(v.mean())
+    sd = float(v.std(ddof=1)) if n > 1 else float("nan")
+    half = 1.96 * sd / math.sqrt(n) if n > 1 else float("nan")
+    return {"n": n, "mean": m, "sd": sd, "ci_low": m - half, "ci_high": m + half}
+
+
+def sweep_summary(long: pd.DataFrame, scorers=("predictor", "identity", "bias_only", "pixel_l2", "ssim")) -> pd.DataFrame:
+    "Per (experiment, backbone, protocol, scorer): the test AUROC over the sweep's seeds."
+    t = _test(long[long.sweep])
+    t = t[t.scorer.isin(scorers)]
+    rows = []
+    for (exp, bb, si, prot, sc), g in t.groupby(["experiment", "backbone", "stand_in", "protocol", "scorer"], sort=False):
+        rows.append({"experiment": exp, "backbone": backbone_label(bb, si), "protocol": prot, "scorer": sc,
+                     "seeds": ",".join(map(str, sorted(g.seed))), **mean_sd_ci(g.auroc)})
+    return pd.DataFrame(rows)
+
+
+def sweep_table(long: pd.DataFrame) -> pd.DataFrame:
+    "The sweep as printed: 'mean ± SD [CI]' per scorer, a row per (experiment, backbone, protocol); un-run rows say why."
+    s = sweep_summary(long)
+    cols = ["predictor", "identity", "bias_only", "pixel_l2", "ssim"]
+    if not s.empty: s["cell"] = [f"{r.mean:.3f} ± {r.sd:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in s.itertuples()]
+    idle = long[long.sweep & ~long.status.eq("run")].drop_duplicates(["experiment", "backbone", "protocol"])
+    s = pd.concat([s, pd.DataFrame({"experiment": idle.experiment, "protocol": idle.protocol, "n": 0, "scorer": "predictor",
+                                    "backbone": [backbone_label(b, si) for b, si in zip(idle.backbone, idle.stand_in)],
+                                    "cell": idle.status})], ignore_index=True)
+    if s.empty: return s
+    t = s.pivot_table(index=["experiment", "backbone", "protocol", "n"], columns="scorer", values="cell", aggfunc="first", sort=False)
+    order = {e: k for k, e in enumerate(dict.fromkeys(long.experiment))}
+    t = t.sort_index(key=lambda ix: ix.map(order) if ix.name == "experiment" else ix, sort_remaining=False)
+    return t[[c for c in cols if c in t.columns]].fillna("–")
+
+
+# %%
+_v = [0.61, 0.66, 0.64, 0.70, 0.63]
+_s = mean_sd_ci(_v)
+test_close(_s["sd"], np.std(_v, ddof=1)); test_close(_s["ci_high"] - _s["mean"], 1.96 * np.std(_v, ddof=1) / np.sqrt(5))
+
+
+# %% [markdown]
+# A synthetic long table checks the shapes: two experiments, two protocols, one not run; the
+# sweep over three seeds.
+
+# %%
+def _fake(exp, prot, seed, sweep, auroc, status="run", bb="color_texture", si=True):
+    if status != "run": return [dict(experiment=exp, protocol=prot, seed=seed, sweep=sweep, backbone=bb, stand_in=si, status=status)]
+    return [dict(experiment=exp, protocol=prot, seed=seed, sweep=sweep, backbone=bb, stand_in=si, status=status, split=sp,
+                 scorer=sc, auroc=auroc + d, auroc_lo=auroc + d - 0.02, auroc_hi=auroc + d + 0.02, strongest_baseline="pixel_l2",
+                 delta=-d, verdict="matched", predictor="linear", optimizer="sgd", fit_seconds=1.0)
+            for sp in ("train", "test") for sc, d in (("predictor", 0.0), ("pixel_l2", 0.05), ("bias_only", -0.01),
+                                                      ("identity", 0.0), ("ssim", 0.0))]
+
+_long = pd.DataFrame([r for a in [_fake("EXP-004", "reference", 20260422, False, 0.64), _fake("EXP-004", "symmetric", 20260422, False, 0.70),
+                                  _fake("EXP-007", "reference", 20260422, False, 0, "not run: weights for x not found", "dermlip_vitb16", False),
+                                  *[_fake("EXP-007", "symmetric", s, True, 0.6 + 0.01 * s) for s in (1, 2, 3)]] for r in a])
+_at = arc_table(_long)
+test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", "predictor AUROC [95% CI]")], "0.700 [0.680, 0.720]")
+test_eq(_at.loc[("EXP-007", "DermLIP ViT-B/16"), ("reference", "predictor AUROC [95% CI]")], "not run: weights for x not found")
+_long = pd.concat([_long, pd.DataFrame(_fake("EXP-007", "symmetric", 1, True, 0, "not run: weights for x not found", "dermlip_vitb16", False))])
+_st = sweep_table(_long)
+test_eq(_st.loc[("EXP-007", "color_texture (offline stand-in)", "symmetric", 3), "predictor"], "0.620 ± 0.010 [0.609, 0.631]")
+test_eq(_st.loc[("EXP-007", "DermLIP ViT-B/16", "symmetric", 0), "predictor"], "not run: weights for x not found")
+_at
+
+
+# %%
+#| export
+def to_markdown(df: pd.DataFrame) -> str:
+    "A table as GitHub Markdown (multi-level headers joined with ' · ')."
+    d = df.copy()
+    if isinstance(d.columns, pd.MultiIndex): d.columns = [" · ".join(str(x) for x in c if str(x)) for c in d.columns]
+    return d.reset_index().to_markdown(index=False) + "\n"
+
+
+def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    "A table as a booktabs LaTeX table."
+    return df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp") \
+             .replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
+
+
+# %%
+assert "| EXP-004" in to_markdown(_at) and "reference · verdict" in to_markdown(_at)
+assert "\\toprule" in to_latex(_at, "x", "tab:x") and "color\\_texture" in to_latex(_at, "x", "tab:x")
+
+
+# %% [markdown]
+# ## Figures
+#
+# - **AUROC by backbone**: on the EXP-004 data (the experiments that vary only the backbone), the
+#   predictor's test AUROC with its CI beside the raw cosine (`identity`) and pixel L2, one panel
+#   per protocol.
+# - **train vs test**: every run's predictor, train AUROC against test AUROC. Under `reference`,
+#   train changing pairs were never trained on, so the gap shows what the fit memorised.
+# - **score histograms by class**: the predictor's test scores of stable and changing pairs for each
+#   EXP-004-data run, read from `scores.parquet`.
+
+# %%
+#| export
+def fig_auroc_by_backbone(long: pd.DataFrame, experiments=("EXP-004", "EXP-006b", "EXP-007", "EXP-008"),
+                          scorers=("predictor", "identity", "pixel_l2")):
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    t = _test(long[~long.sweep & long.experiment.isin(experiments)])
+    t = t[t.scorer.isin(scorers)].assign(backbone_label=lambda d: [
+        f"{e} · {backbone_label(b, s)}" for e, b, s in zip(d.experiment, d.backbone, d.stand_in)])
+    prots = sorted(long.protocol.unique())
+    fig, axes = plt.subplots(1, len(prots), figsize=(5.5 * len(prots), 0.5 + 0.45 * max(1, t.backbone_label.nunique()) * len(scorers)),
+                             squeeze=False, sharex=True)
+    colours = dict(zip(scorers, sns.color_palette("colorblind", len(scorers))))
+    for ax, prot in zip(axes[0], prots):
+        g = t[t.protocol.eq(prot)]
+        labels = list(dict.fromkeys(g.backbone_label))
+        for k, sc in enumerate(scorers):
+            s = g[g.scorer.eq(sc)].set_index("backbone_label").reindex(labels)
+            y = np.arange(len(labels)) + (k - (len(scorers) - 1) / 2) * 0.22
+            ax.errorbar(s.auroc, y, xerr=[s.auroc - s.auroc_lo, s.auroc_hi - s.auroc], fmt="o", capsize=2,
+                        color=colours[sc], label=sc)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.axvline(0.5, color="k", ls=":", lw=0.8)
+        ax.set_title(f"{prot}: test AUROC (95% CI)"); ax.invert_yaxis()
+    axes[0][0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def fig_train_vs_test(long: pd.DataFrame):
+    import seaborn as sns
+    p = long[long.scorer.eq("predictor") & long.split.isin(["train", "test"])] if "scorer" in long else long.iloc[:0]
+    w = p.pivot_table(index=["experiment", "protocol", "seed", "backbone", "stand_in"], columns="split", values="auroc").reset_index()
+    w["backbone"] = [backbone_label(b, s) for b, s in zip(w.backbone, w.stand_in)]
+    g = sns.relplot(data=w, x="train", y="test", hue="experiment", style="backbone", col="protocol", height=3.6,
+                    s=60, facet_kws={"xlim": (0, 1), "ylim": (0, 1)})
+    for ax in g.axes.flat: ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.axhline(0.5, color="grey", lw=0.5)
+    g.set_axis_labels("predictor train AUROC", "predictor test AUROC")
+    return g.figure
+
+
+def fig_score_histograms(plan: pd.DataFrame, experiment: str = "EXP-004"):
+    import seaborn as sns
+    rows = plan[(plan.experiment == experiment) & ~plan.sweep & (plan.status == "run")].drop_duplicates("run_dir")
+    parts = []
+    for r in rows.itertuples():
+        s = pd.read_parquet(Path(r.run_dir) / "scores.parquet")
+        s = s[s.split.eq("test") & s.scorer.eq("predictor") & s.kind.isin(["stable", "changing"])]
+        parts.append(s.assign(protocol=r.protocol, backbone=backbone_label(r.backbone, r.stand_in)))
+    if not parts: return None
+    g = sns.displot(data=pd.concat(parts, ignore_index=True), x="score", hue="kind", row="backbone", col="protocol",
+                    kind="hist", stat="density", common_norm=False, element="step", height=2.4, aspect=1.5,
+                    facet_kws={"sharex": False, "sharey": False})
+    g.set_titles("{row_name} · {col_name}"); g.set_xlabels(f"{experiment} predictor score (test)")
+    return g.figure
+
+
+# %%
+fig_auroc_by_backbone(_long);
+
+# %% [markdown]
+# ## Rendering the paper
+#
+# `render_paper` writes `tables/*.{tex,md}`, `figures/*.png`, `runs.md` (every row of the plan
+# with its run directory, so each number can be traced to its executed notebook) and `main.tex`,
+# which inputs the tables and includes the figures. Everything is written to a temporary folder
+# and moved into place, and nothing in it depends on the time of rendering, so an unchanged set of
+# runs renders byte-identical files.
+
+# %%
+#| export
+MAIN_TEX = r"""\documentclass[11pt]{article}
+\usepackage[margin=1.5cm,landscape]{geometry}
+\usepackage{booktabs,multirow,graphicx,caption}
+\title{DermaJEPA, re-run: the experiment arc under the reference and symmetric protocols}
+\author{derma-jepa}
+\date{}
+\begin{document}
+\maketitle
+\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% bootstrap CIs (1000 resamples of pairs). Rows marked ``not run'' had no weights on the machine that rendered this paper.
+
+\section{The arc}
+\input{tables/arc.tex}
+
+\section{Predictor and optimiser}
+\input{tables/optimisers.tex}
+
+\section{Seed sweep}
+Mean $\pm$ SD over seeds, and the normal-approximation CI of the mean (mean $\pm$ 1.96 SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed.
+\input{tables/sweep.tex}
+
+\section{Figures}
+%(figures)s
+\end{document}
+"""
+
+
+def _fig_bytes(fig) -> bytes:
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") -> dict:
+    "Tables, figures, runs.md and main.tex from the runs of `plan`, written atomically into `paper_dir`."
+    long = collect(plan)
+    tables = {"arc": (arc_table(long), "The arc: test AUROC of the predictor, the strongest baseline, $\\Delta$ and verdict."),
+              "optimisers": (optimiser_table(long), "Predictor $\\times$ optimiser on the EXP-004 data."),
+              "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [95\\% CI of the mean].")}
+    files = {}
+    for name, (df, cap) in tables.items():
+        if df.empty: df = pd.DataFrame({"": ["no runs"]})
+        files[f"tables/{name}.md"] = to_markdown(df).encode()
+        files[f"tables/{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
+    figs = {"auroc_by_backbone": fig_auroc_by_backbone(long) if "scorer" in long else None,
+            "train_vs_test": fig_train_vs_test(long) if "scorer" in long else None,
+            "score_histograms": fig_score_histograms(plan)}
+    figs = {k: v for k, v in figs.items() if v is not None}
+    files.update({f"figures/{k}.png": _fig_bytes(f) for k, f in figs.items()})
+    runs = plan.drop(columns="config").drop_duplicates(["experiment", "protocol", "seed", "backbone"])
+    runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
+    runs = runs.drop(columns="run_dir")
+    files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
+    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth]{{figures/{k}.png}}"
+                        f"\\caption{{{k.replace('_', ' ')}}}\\end{{figure}}" for k in figs)
+    label = {"hub": "the paper's hub backbones only", "offline": "the paper's hub backbones and the offline stand-ins random\\_vitb16 and color\\_texture"}
+    files["main.tex"] = (MAIN_TEX % {"backbones": label.get(backbones, "the paper's hub backbones and the offline stand-ins "
+                                                       + backbones.replace("_", "\\_")), "figures": fig_tex}).encode()
+    out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
+    for sub in ("tables", "figures"):
+        write_run_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")})
+    for k in ("runs.md", "main.tex"): atomic_write_bytes(out / k, files[k])
+    return {"long": long, "tables": {k: v[0] for k, v in tables.items()}, "figures": figs, "files": sorted(files)}
+
+
+
+
+# %% [markdown]
+# ## The command: `derma_jepa_paper` (`make paper`)
+#
+# Plan (stopping on the first bad parameter with one line), execute, write the plan beside the
+# runs, then render the paper through `nbs/paper.ipynb`, whose executed copy is kept as
+# `<runs>/paper.ipynb`.
+
+# %%
+#| export
+def paper_main(argv=None):
+    "Run the arc (and sweep) whose backbones load here, then render paper/."
+    ap = argparse.ArgumentParser(prog="derma_jepa_paper", description=paper_main.__doc__)
+    ap.add_argument("--arc", default=None, help="arc file (default nbs/experiments/arc.yaml)")
+    ap.add_argument("--backbones", default="hub", help="hub | offline | comma list of offline backbones run beside the paper's")
+    ap.add_argument("--runs", default="runs", help="folder of run directories")
+    ap.add_argument("--paper", default="paper", help="where the paper is rendered")
+    ap.add_argument("--no-sweep", action="store_true", help="leave out the seed sweep")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter in every experiment")
+    a = ap.parse_args(argv)
+    try:
+        overrides = {}
+        for kv in a.set:
+            if "=" not in kv: raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
+            k, v = kv.split("=", 1); overrides[k] = yaml.safe_load(v)
+        plan = plan_arc(a.arc, a.backbones, overrides, not a.no_sweep, a.runs)
+        for cfg in plan[plan.status == "run"].drop_duplicates("run_dir").config:
+            if cfg.data != "fixture": resolve_data(cfg)
+    except (ConfigError, DataError) as e:
+        print(f"derma_jepa_paper: {e}", file=sys.stderr); sys.exit(2)
+    n_run = plan[plan.status == "run"].run_dir.nunique()
+    print(f"plan: {len(plan)} rows, {n_run} runs to execute or reuse, {int((plan.status != 'run').sum())} not runnable here")
+    plan_file = Path(a.runs) / f"plan-{a.backbones.replace(',', '+')}.json"
+    plan = run_plan(plan, plan_file)
+    import papermill as pm
+    pm.execute_notebook(str(repo_root() / "nbs" / "paper.ipynb"), str(Path(a.runs) / "paper.ipynb"),
+                        parameters={"plan_file": str(plan_file), "paper_dir": a.paper, "backbones": a.backbones},
+                        kernel_name="python3", progress_bar=False, cwd=str(Path.cwd()))
+    failed = plan[plan.status.str.startswith("failed")]
+    print(f"paper rendered into {a.paper}/ (main.tex, tables/, figures/); executed notebook: {Path(a.runs) / 'paper.ipynb'}")
+    if len(failed): print(f"{failed.run_dir.nunique()} run(s) failed: see {Path(a.runs) / 'failed'}", file=sys.stderr); sys.exit(1)

@@ -1,0 +1,88 @@
+# ---
+# skip_exec: true
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # The paper, rendered from run directories
+#
+# This notebook turns a plan of runs (written by `make paper`, i.e. `derma_jepa_paper`) into
+# `paper/`: the cross-run table with both protocols side by side, predictor × optimiser, the seed
+# sweep, and the figures, as LaTeX and Markdown, with a `main.tex` that inputs them. It reads
+# only what the runs wrote (`metrics.json`, `timings.json`, `scores.parquet`); every row names its
+# run directory in `runs.md`, where the executed `run.ipynb` behind it lies.
+#
+# ```
+# make paper BACKBONES=offline                 # runs the arc, then executes this notebook
+# papermill nbs/paper.ipynb out.ipynb -p plan_file runs/plan-offline.json -p paper_dir paper
+# ```
+
+# %%
+from pathlib import Path
+
+import pandas as pd
+
+from derma_jepa.report import read_plan, render_paper, sweep_summary
+
+# %% tags=["parameters"]
+plan_file = "runs/plan-hub.json"
+paper_dir = "paper"
+backbones = "hub"
+
+# %% [markdown]
+# ## The plan
+#
+# Every row the arc asked for, including those that could not run here and why.
+
+# %%
+plan = read_plan(plan_file)
+plan[["experiment", "protocol", "seed", "sweep", "backbone", "stand_in", "status"]].drop_duplicates()
+
+# %%
+paper = render_paper(plan, paper_dir, backbones)
+print("\n".join(f"{paper_dir}/{f}" for f in paper["files"]))
+
+# %% [markdown]
+# ## The arc
+#
+# Test AUROC of the predictor with its 95% bootstrap CI, the strongest baseline (chosen on test
+# under `reference`, on val and oriented under `symmetric`), Δ and the release's verdict.
+
+# %%
+paper["tables"]["arc"]
+
+# %% [markdown]
+# ## Predictor × optimiser
+#
+# The EXP-004 data with the linear predictor (SGD), the residual MLP with SGD and with Adam. The
+# bias-only control is the predictor reduced to the mean training displacement: when it matches
+# the predictor, the fit learned a translation.
+
+# %%
+paper["tables"]["optimisers"]
+
+# %% [markdown]
+# ## Seed sweep
+#
+# Mean ± SD over seeds [95% CI of the mean], for the predictor and, unlike the release, for the
+# controls and baselines at each seed: the seed changes the split and the pairs, so a baseline
+# moves with it.
+
+# %%
+paper["tables"]["sweep"]
+
+# %%
+_s = sweep_summary(paper["long"])
+if not _s.empty:
+    display(_s.round(4))
+
+# %% [markdown]
+# ## Figures
+
+# %%
+for _name, _fig in paper["figures"].items():
+    print(_name); display(_fig)

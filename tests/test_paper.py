@@ -1,0 +1,92 @@
+"`derma_jepa_paper` (what `make paper` runs) on a tiny fixture arc: runs through papermill, paper/ rendered, reruns idle."
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+EXP = ROOT / "nbs" / "experiments"
+TINY = ["--set", "data=fixture", "--set", "fixture_lesions=250", "--set", "pairs_per_split=20", "--set", "epochs=20",
+        "--set", "n_boot=100"]
+
+
+def paper_cmd(tmp: Path, arc: Path, *extra):
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp / "empty-hub"), "MPLBACKEND": "Agg"}
+    cmd = [str(Path(sys.executable).parent / "derma_jepa_paper"), "--arc", str(arc), "--backbones", "color_texture",
+           "--runs", str(tmp / "runs"), "--paper", str(tmp / "paper"), *TINY, *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def tiny_arc(tmp: Path) -> Path:
+    for stem in ("exp004", "exp005"): (tmp / f"{stem}.yaml").write_text((EXP / f"{stem}.yaml").read_text())
+    arc = tmp / "arc.yaml"
+    arc.write_text("experiments: [exp004, exp005]\nprotocols: [reference, symmetric]\n"
+                   "sweep:\n  experiments: [exp005]\n  seeds: [20260422, 1]\n")
+    return arc
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("paper")
+    p = paper_cmd(tmp, tiny_arc(tmp))
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tmp, p
+
+
+def test_paper_rendered_from_executed_runs(rendered):
+    tmp, p = rendered
+    paper = tmp / "paper"
+    for name in ("arc", "optimisers", "sweep"):
+        assert (paper / "tables" / f"{name}.md").stat().st_size > 0 and (paper / "tables" / f"{name}.tex").stat().st_size > 0
+        assert f"\\input{{tables/{name}.tex}}" in (paper / "main.tex").read_text()
+    assert {f.name for f in (paper / "figures").iterdir()} == {"auroc_by_backbone.png", "train_vs_test.png", "score_histograms.png"}
+    arc = (paper / "tables" / "arc.md").read_text()
+    assert "not run: weights for timm/vit_base_patch14_dinov2.lvd142m not found" in arc
+    assert "color_texture (offline stand-in)" in arc and "DINOv2 ViT-B/14" in arc
+    sweep = (paper / "tables" / "sweep.md").read_text()
+    assert "±" in sweep and "|   2 |" in sweep                    # two seeds aggregated
+    plan = json.loads((tmp / "runs" / "plan-color_texture.json").read_text())
+    ran = {r["run_dir"] for r in plan if r["status"] == "run"}
+    assert len(ran) == 6                                           # 2 experiments x 2 protocols + seed 1 of the sweep x 2
+    for d in ran:
+        assert (Path(d) / "run.ipynb").exists() and (Path(d) / "metrics.json").exists()
+    assert (tmp / "runs" / "paper.ipynb").exists()
+    # EXP-005 found every embedding of EXP-004 in the cache
+    exp005 = [d for d in ran if Path(d).name.startswith("exp005") and "seed20260422" in d]
+    for d in exp005:
+        assert json.loads((Path(d) / "timings.json").read_text())["embed_detail"]["computed"] == 0
+
+
+def test_rerun_reuses_everything_and_rewrites_identical_tables(rendered):
+    tmp, _ = rendered
+    paper = tmp / "paper"
+    before = {f: f.read_bytes() for f in paper.rglob("*") if f.is_file()}
+    stamps = {f: f.stat().st_mtime_ns for f in (tmp / "runs").glob("*/metrics.json")}
+    p = paper_cmd(tmp, tmp / "arc.yaml")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("complete, skipped") == 6 and " done in " not in p.stdout
+    assert {f.stat().st_mtime_ns for f in stamps} == set(stamps.values())
+    assert {f: f.read_bytes() for f in paper.rglob("*") if f.is_file()} == before
+
+
+@pytest.mark.parametrize("arc_text, exp_extra, message", [
+    ("experiments: [exp004]\nprotocol: [reference]\n", "", "unknown key 'protocol'"),
+    ("experiments: [exp004]\n", "learning_rate: 0.1\n", "'learning_rate' is not a configuration field"),
+    ("experiments: [exp004]\nprotocols: [leaky]\n", "", "unknown protocol 'leaky'"),
+])
+def test_bad_arc_stops_before_any_work(tmp_path, arc_text, exp_extra, message):
+    (tmp_path / "exp004.yaml").write_text((EXP / "exp004.yaml").read_text() + exp_extra)
+    (tmp_path / "arc.yaml").write_text(arc_text)
+    p = paper_cmd(tmp_path, tmp_path / "arc.yaml")
+    assert p.returncode == 2
+    assert message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "paper").exists()
+
+
+def test_typo_in_override_is_one_line(tmp_path):
+    p = paper_cmd(tmp_path, EXP / "arc.yaml", "--set", "pairs_per_splt=3")
+    assert p.returncode == 2 and "did you mean 'pairs_per_split'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
