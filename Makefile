@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper test check-clean nbtest pytest sync bench-data bench-embed bench-fit clean-venv
+.PHONY: venv demo paper test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc clean-venv
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -72,6 +72,10 @@ bench-embed: $(STAMP)
 
 bench-fit: $(STAMP)
 	$(PY) benchmarks/bench_fit.py
+
+# BENCH_ARC_ARGS e.g. "--backbones color_texture --phases warm,idle --runs runs"
+bench-arc: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(PY) benchmarks/bench_arc.py $(BENCH_ARC_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

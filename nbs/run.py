@@ -98,14 +98,25 @@ _mix = pd.DataFrame([{"split": s, "label": lab, "dx": dx, "share": v}
 sns.catplot(data=_mix, x="dx", y="share", hue="label", col="split", kind="bar", height=2.6, aspect=1.2);
 
 # %% [markdown]
-# ## What the pairs look like
+# ## What the pairs look like, under both protocols
 #
-# Rendered sides of a few stable and changing pairs of the test split. In the `reference`
-# protocol the contexts and both sides of changing pairs are untouched originals and only stable
-# targets are processed; in `symmetric` every side carries a draw of the family.
+# Rendered sides of a few stable and changing pairs of the test split, for this run's protocol
+# and, beside it, for the other protocol on the same data and seed (its manifest is built here for
+# the picture only). In `reference` the contexts and both sides of changing pairs are untouched
+# originals and only stable targets are processed: whether the target *looks processed* gives the
+# label away, before any lesion identity is involved. In `symmetric` every side of both labels
+# carries an independent draw of the family, so the only difference left between the labels is
+# whether the two sides show the same lesion.
 
 # %%
-pair_gallery(result.manifest[result.manifest.split == "test"], result.records, n=3);
+import dataclasses
+import matplotlib.pyplot as plt
+from derma_jepa.experiment import data_stage
+_other = "symmetric" if config.protocol == "reference" else "reference"
+_other_manifest = data_stage(dataclasses.replace(config, protocol=_other, preset="auto", rephoto=False))[2]
+for _prot, _m in [(config.protocol, result.manifest), (_other, _other_manifest)]:
+    _fig = pair_gallery(_m[_m.split.eq("test") & _m.kind.isin(["stable", "changing"])], result.records, n=2)
+    _fig.suptitle(f"{_prot} protocol" + (" (this run)" if _prot == config.protocol else ""), y=1.01); plt.show()
 
 # %% [markdown]
 # ## Embeddings
@@ -140,7 +151,8 @@ if result.predictor is not None:
     _ax.set_title(f"{config.predictor} predictor, {result.predictor.trainer} trainer, {config.optimizer}"); plt.show()
     _zc, _zt = pair_embeddings(result.manifest, result.embeddings["sides"], result.embeddings["z"])
     _stable = result.manifest.kind.eq("stable").to_numpy()
-    print({sp: round(float(((result.predictor.predict(_zc[m]) - _zt[m]) ** 2).sum(1).mean()), 5)
+    print("final per-pair squared error on stable pairs:",
+          {sp: round(float(((result.predictor.predict(_zc[m]) - _zt[m]) ** 2).sum(1).mean()), 5)
            for sp in ("train", "val") for m in [_stable & result.manifest.split.eq(sp).to_numpy()]})
 
 # %% [markdown]
