@@ -270,7 +270,7 @@ test_eq(_zc.shape, (5, _ctb.dim))
 # %% [markdown]
 # ## bf16 against fp32, and what each costs here
 #
-# On 64 real images (the fixture when `HAM10000_DIR` is unset), every ViT architecture of the
+# On 32 real images (the fixture when `HAM10000_DIR` is unset), every ViT architecture of the
 # registry that can be built here (the DINOv2 ViT-S/14, the timm ViT-B/16, open_clip's ViT-B/16
 # image tower from a random checkpoint; hub weights are not on this machine), in bf16 autocast and
 # in fp32: the mean cosine between the two embeddings of each image must be at least 0.999, and the
@@ -279,8 +279,8 @@ test_eq(_zc.shape, (5, _ctb.dim))
 
 # %%
 import json
-_src = (load_records(os.environ["HAM10000_DIR"]) if os.environ.get("HAM10000_DIR") else _recs).head(64)
-_s64 = pd.DataFrame({"path": _src.path, "sha256": _src.sha256, "recipe": '{"family":"none","ops":[]}'})
+_src = (load_records(os.environ["HAM10000_DIR"]) if os.environ.get("HAM10000_DIR") else _recs).head(32)
+_s32 = pd.DataFrame({"path": _src.path, "sha256": _src.sha256, "recipe": '{"family":"none","ops":[]}'})
 # the open_clip ViT-B/16 image tower, from a random checkpoint in the hub's layout (05_backbones)
 import open_clip
 from open_clip.model import _build_vision_tower
@@ -295,7 +295,7 @@ for _name, _b in [("random_vits14", get_backbone("random_vits14")), ("random_vit
                   ("clip_vitb16 (random checkpoint)", get_backbone("clip_vitb16", weights=_clip_ckpt))]:
     _r = {}
     for _dt in ["fp32", "bf16"]:
-        _zz, _ss = embed_sides(_b, _s64, dtype=_dt, cache_root=tempfile.mkdtemp(), batch_size=32, workers=0)
+        _zz, _ss = embed_sides(_b, _s32, dtype=_dt, cache_root=tempfile.mkdtemp(), batch_size=32, workers=0)
         _r[_dt] = (_zz, _ss.sides_per_s)
     _cos = (_r["fp32"][0] * _r["bf16"][0]).sum(1)
     _agree[_name] = {"mean_cosine": round(float(_cos.mean()), 6), "min_cosine": round(float(_cos.min()), 6),
