@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc clean-venv
+.PHONY: venv demo paper audit test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc clean-venv
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,13 @@ RUNS_DIR ?= runs
 paper: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/derma_jepa_paper --backbones $(BACKBONES) --runs $(RUNS_DIR) --paper paper \
 	  $(if $(filter 0,$(SWEEP)),--no-sweep) $(PAPER_ARGS)
+
+## EXP-009's certificate: HAM10000 against the pretraining corpus, recorded in paper/audit/.
+ISIC_NONHAM_DIR ?= ../shared/data/isic-nonham
+audit: $(STAMP)
+	$(PY) -c "import os, json; from derma_jepa.audit import run_overlap_audit as a; \
+	r = a(os.environ['HAM10000_DIR'], '$(ISIC_NONHAM_DIR)', 'paper/audit'); \
+	print(json.dumps({k: v for k, v in r.items() if k not in ('report', 'near_pair_list')}, indent=1))"
 
 ## The test command: notebooks and package in sync, then nbdev_test, then pytest.
 test: check-clean nbtest pytest

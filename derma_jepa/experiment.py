@@ -162,7 +162,8 @@ def run_id(config: Config) -> str:
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
     what = (re.sub(r"[^a-z0-9]+", "", config.experiment.lower()) if config.experiment else
             f"{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}")
-    return f"{what}-{config.protocol}-{ALIASES.get(config.backbone, config.backbone)}-seed{config.seed}-{h}"
+    bb = re.sub(r"[^A-Za-z0-9_.-]+", "_", ALIASES.get(config.backbone, config.backbone))
+    return f"{what}-{config.protocol}-{bb}-seed{config.seed}-{h}"
 
 
 def run_path(config: Config) -> Path:

@@ -36,6 +36,7 @@
 #| export
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -100,7 +101,10 @@ OFFLINE_BACKBONES = tuple(n for n, s in REGISTRY.items() if not s.hub_id)
 
 
 def backbone_spec(name: str) -> BackboneSpec:
-    "The registry row for a backbone name or alias."
+    "The registry row for a backbone name or alias; `ssl:<path>` is a checkpoint of 13_pretrain."
+    if name.startswith("ssl:"):
+        if not name[4:]: raise DataError("backbone 'ssl:' needs a checkpoint path: ssl:<path to encoder.pt>")
+        return BackboneSpec(name, "ssl", name[4:], note="self-supervised checkpoint (13_pretrain)")
     key = ALIASES.get(name, name)
     if key not in REGISTRY:
         raise DataError(f"unknown backbone {name!r}: choose one of {', '.join(list(REGISTRY) + list(ALIASES))}")
@@ -320,9 +324,13 @@ def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None) 
         model = ColorTexture()
         return Backbone(spec.name, spec, model, model.transform, model.dim,
                         {"size": model.size, "lbp": [list(x) for x in model.lbp]}, "none (handcrafted)", "handcrafted-v1", device)
-    paths = resolve_weights(spec, weights, hub_cache) if spec.hub_id or weights else None
-    if spec.library == "timm": model, tf, pre = _timm_model(spec, paths)
-    else: model, tf, pre = _open_clip_model(spec, paths)
+    if spec.library == "ssl":
+        from derma_jepa.pretrain import load_ssl
+        (model, tf, pre), paths = load_ssl(spec.arch), {"weights": Path(spec.arch)}
+        spec = dataclasses.replace(spec, image_size=pre["image_size"])
+    else:
+        paths = resolve_weights(spec, weights, hub_cache) if spec.hub_id or weights else None
+        model, tf, pre = (_timm_model if spec.library == "timm" else _open_clip_model)(spec, paths)
     model = model.eval().requires_grad_(False).to(device)
     digest = tensor_digest(model.state_dict())
     with torch.inference_mode():
