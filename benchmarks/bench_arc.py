@@ -10,6 +10,8 @@ Phases (run in the order given, results merged into benchmarks/results.json unde
   project  distinct sides the arc embeds (from its manifests) and the backbone's sides/s on 128 real sides, giving
            the projected embedding time of a cold arc.
 Usage: HAM10000_DIR=... python benchmarks/bench_arc.py --backbones random_vitb16 --phases cold,warm,idle
+       HAM10000_DIR=... python benchmarks/bench_arc.py --backbones color_texture --phases cold,warm \
+         --arc nbs/experiments/arc_exp004_to_006a.yaml --name -exp004-006a   (their cost ratio from an empty cache)
 """
 import argparse
 import json
@@ -27,10 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+ARC = None      # --arc: another arc file (e.g. EXP-004/005/006a only, to time them cold)
+
+
 def paper(runs: Path, backbones: str, *extra, env=None) -> float:
     t0 = time.perf_counter()
     subprocess.run([str(BIN / "derma_jepa_paper"), "--backbones", backbones, "--runs", str(runs), "--paper",
-                    str(runs / "paper"), *extra], cwd=ROOT, env=env, check=True)
+                    str(runs / "paper"), *(["--arc", ARC] if ARC else []), *extra], cwd=ROOT, env=env, check=True)
     return round(time.perf_counter() - t0, 1)
 
 
@@ -89,14 +94,18 @@ def main():
     ap.add_argument("--phases", default="cold,warm,idle")
     ap.add_argument("--runs", default=None, help="runs folder of the cold/summary/idle phases (default: a fresh one)")
     ap.add_argument("--cache", default=None, help="embedding cache (default: a fresh one, i.e. cold)")
+    ap.add_argument("--arc", default=None, help="arc file (default nbs/experiments/arc.yaml)")
+    ap.add_argument("--name", default="", help="suffix of the results key (bench_arc/<backbones><name>)")
     a = ap.parse_args()
+    global ARC
+    ARC = a.arc
     data = os.environ.get("HAM10000_DIR")
     if not data: sys.exit("bench_arc: set HAM10000_DIR to the HAM10000 copy")
     work = Path(tempfile.mkdtemp(prefix="bench_arc-"))
     runs = Path(a.runs) if a.runs else work / "runs"
     env = {**os.environ, "MPLBACKEND": "Agg"}
     if a.cache or "cold" in a.phases: env["DERMA_JEPA_CACHE"] = a.cache or str(work / "cache")
-    out = {"backbones": a.backbones, "runs": str(runs), "cold_cache": "cold" in a.phases}
+    out = {"backbones": a.backbones, "arc": a.arc or "nbs/experiments/arc.yaml", "cold_cache": "cold" in a.phases}
     for phase in a.phases.split(","):
         if phase == "cold":
             out["cold_arc_wall_s"] = paper(runs, a.backbones, "--no-sweep", env=env)
@@ -113,7 +122,7 @@ def main():
         elif phase == "project": out["projection"] = project(a.backbones.split(",")[0], data)
         else: sys.exit(f"bench_arc: unknown phase {phase!r}")
         print(json.dumps(out, indent=1))
-    record(f"bench_arc/{a.backbones}", out)
+    record(f"bench_arc/{a.backbones}{a.name}", out)
 
 
 if __name__ == "__main__":
