@@ -326,7 +326,9 @@ def collect(plan: pd.DataFrame) -> pd.DataFrame:
                 for name in METRICS: row[name] = m[name]["value"]
                 row["auroc_lo"], row["auroc_hi"] = m["auroc"]["ci_low"], m["auroc"]["ci_high"]
                 out.append(row)
-    return pd.DataFrame(out)
+    cols = [*keys, "split", "scorer", "strongest_baseline", "delta", "verdict", "predictor", "optimizer", "seconds",
+            "fit_seconds", *METRICS, "auroc_lo", "auroc_hi"]
+    return pd.DataFrame(out, columns=cols)         # the same columns when nothing ran
 
 
 def backbone_label(backbone: str, stand_in: bool, paper_backbone: str = "") -> str:
@@ -467,13 +469,23 @@ test_eq(_st.loc[("EXP-007", "DermLIP ViT-B/16", "symmetric", 0), "predictor"], "
 _at
 
 
+# %% [markdown]
+# Where nothing could run (the paper's hub backbones on a machine without their weights), every
+# table still lists every row, with its reason.
+
+# %%
+_none = collect(plan_arc(overrides={"data": "fixture"}, runs_dir=_tmp / "runs"))
+assert arc_table(_none).map(lambda v: v.startswith("not run") or v == "–").all().all()
+test_eq(len(sweep_table(_none)), 2 * 2)                  # EXP-007 and EXP-008 x 2 protocols, each "not run"
+test_eq(optimiser_table(_none).empty, True)
+
 # %%
 #| export
 def to_markdown(df: pd.DataFrame) -> str:
     "A table as GitHub Markdown (multi-level headers joined with ' · ')."
     d = df.copy()
     if isinstance(d.columns, pd.MultiIndex): d.columns = [" · ".join(str(x) for x in c if str(x)) for c in d.columns]
-    return d.reset_index().to_markdown(index=False) + "\n"
+    return (d.reset_index() if any(d.index.names) else d).to_markdown(index=False) + "\n"
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
@@ -610,11 +622,12 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
               "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [95\\% CI of the mean].")}
     files = {}
     for name, (df, cap) in tables.items():
-        if df.empty: df = pd.DataFrame({"": ["no runs"]})
+        if df.empty: df = pd.DataFrame({"status": ["none of these runs could be made on this machine"]})
         files[f"tables/{name}.md"] = to_markdown(df).encode()
         files[f"tables/{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
-    figs = {"auroc_by_backbone": fig_auroc_by_backbone(long) if "scorer" in long else None,
-            "train_vs_test": fig_train_vs_test(long) if "scorer" in long else None,
+    ran = long.scorer.notna().any()
+    figs = {"auroc_by_backbone": fig_auroc_by_backbone(long) if ran else None,
+            "train_vs_test": fig_train_vs_test(long) if ran else None,
             "score_histograms": fig_score_histograms(plan)}
     figs = {k: v for k, v in figs.items() if v is not None}
     files.update({f"figures/{k}.png": _fig_bytes(f) for k, f in figs.items()})
