@@ -105,7 +105,14 @@ class EmbedStats:
 def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_for, compute, batch_size: int = 32,
                    workers: int = 0, shard_size: int = 256, progress: bool = False, desc: str = "compute"):
     """Rows for `keys` from `cache`; the missing ones computed in order, in batches of `dataset_for(todo)` items
-    through `compute(batch) -> np.ndarray`, and stored a shard of whole batches at a time. Returns (rows, hits)."""
+    through `compute(batch) -> np.ndarray`, and stored a shard of whole batches at a time. Returns (rows, hits).
+    Repeated keys (two files with the same bytes and recipe) are computed once; the repeats count as hits."""
+    codes, uniq = pd.factorize(np.asarray(keys))
+    if len(uniq) < len(keys):
+        first = np.unique(codes, return_index=True)[1]           # first occurrence of each key, in order
+        rows, hits = cached_compute(cache, np.asarray(keys)[first], dim, lambda todo: dataset_for(first[todo]), compute,
+                                    batch_size, workers, shard_size, progress, desc)
+        return rows[codes], hits + len(keys) - len(uniq)
     found, out = cache.lookup(keys, dim)
     todo = np.flatnonzero(~found)
     if len(todo):

@@ -165,7 +165,14 @@ class EmbedStats:
 def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_for, compute, batch_size: int = 32,
                    workers: int = 0, shard_size: int = 256, progress: bool = False, desc: str = "compute"):
     """Rows for `keys` from `cache`; the missing ones computed in order, in batches of `dataset_for(todo)` items
-    through `compute(batch) -> np.ndarray`, and stored a shard of whole batches at a time. Returns (rows, hits)."""
+    through `compute(batch) -> np.ndarray`, and stored a shard of whole batches at a time. Returns (rows, hits).
+    Repeated keys (two files with the same bytes and recipe) are computed once; the repeats count as hits."""
+    codes, uniq = pd.factorize(np.asarray(keys))
+    if len(uniq) < len(keys):
+        first = np.unique(codes, return_index=True)[1]           # first occurrence of each key, in order
+        rows, hits = cached_compute(cache, np.asarray(keys)[first], dim, lambda todo: dataset_for(first[todo]), compute,
+                                    batch_size, workers, shard_size, progress, desc)
+        return rows[codes], hits + len(keys) - len(uniq)
     found, out = cache.lookup(keys, dim)
     todo = np.flatnonzero(~found)
     if len(todo):
@@ -266,6 +273,16 @@ test_eq((_st3.cache_hits, _z3.tobytes() == _z.tobytes()), (16, True))
 _ctb = get_backbone("color_texture")
 _zc, _ = embed_sides(_ctb, _sides.head(5), cache_root=_root)
 test_eq(_zc.shape, (5, _ctb.dim))
+
+# %% [markdown]
+# Two files with identical bytes and the same recipe (HAM10000 has two such pairs; the `reference`
+# protocol does not merge them, so both can be sides of one manifest) share one cache key: it is
+# computed once and both rows get it.
+
+# %%
+_dup = pd.concat([_sides.head(3), _sides.head(1).assign(image_id="a_copy")], ignore_index=True)
+_zd, _std = embed_sides(_ctb, _dup, cache_root=tempfile.mkdtemp())
+test_eq((_std.computed, _std.cache_hits, _zd[3].tobytes() == _zd[0].tobytes()), (3, 1, True))
 
 # %% [markdown]
 # ## bf16 against fp32, and what each costs here

@@ -468,7 +468,6 @@ test_eq(_st.loc[("EXP-007", "color_texture (offline stand-in)", "symmetric", 3),
 test_eq(_st.loc[("EXP-007", "DermLIP ViT-B/16", "symmetric", 0), "predictor"], "not run: weights for x not found")
 _at
 
-
 # %% [markdown]
 # Where nothing could run (the paper's hub backbones on a machine without their weights), every
 # table still lists every row, with its reason.
@@ -478,6 +477,7 @@ _none = collect(plan_arc(overrides={"data": "fixture"}, runs_dir=_tmp / "runs"))
 assert arc_table(_none).map(lambda v: v.startswith("not run") or v == "–").all().all()
 test_eq(len(sweep_table(_none)), 2 * 2)                  # EXP-007 and EXP-008 x 2 protocols, each "not run"
 test_eq(optimiser_table(_none).empty, True)
+
 
 # %%
 #| export

@@ -94,3 +94,21 @@ def test_single_side_probes_on_the_real_copy(probe_runs):
     assert abs(auroc("reference", "target_only_probe") - 0.5) > 0.3
     for probe in ("target_only_probe", "context_only_probe"):
         assert abs(auroc("symmetric", probe) - 0.5) < 0.1, (probe, auroc("symmetric", probe))
+
+
+def test_identical_files_in_one_reference_manifest_embed_once(ham_dir, tmp_path):
+    "Seed 4's reference EXP-004 manifest holds both files of a duplicate-checksum pair as untouched sides."
+    from derma_jepa.backbones import get_backbone
+    from derma_jepa.embed import embed_sides, side_keys, sides_table
+    records, _, manifest, _ = data_stage(Config.from_yaml(ROOT / "nbs/experiments/exp004.yaml", data=str(ham_dir),
+                                                          protocol="reference", seed=4, backbone="color_texture"))
+    sides = sides_table(manifest, records)
+    keys = side_keys("x", "fp32", sides.sha256, sides.recipe)
+    dup = pd.Series(keys).duplicated(keep=False).to_numpy()
+    assert dup.sum() >= 2                                  # the case the engine must handle
+    z, st = embed_sides(get_backbone("color_texture"), sides[dup], cache_root=tmp_path, workers=0)
+    k = keys[dup]
+    assert st.computed == len(set(k)) and st.cache_hits == len(k) - len(set(k))
+    for key in set(k):
+        rows = z[k == key]
+        assert (rows == rows[0]).all()
