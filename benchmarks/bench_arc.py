@@ -11,7 +11,7 @@ Phases (run in the order given, results merged into benchmarks/results.json unde
            the projected embedding time of a cold arc.
 Usage: HAM10000_DIR=... python benchmarks/bench_arc.py --backbones random_vitb16 --phases cold,warm,idle
        HAM10000_DIR=... python benchmarks/bench_arc.py --backbones color_texture --phases cold,warm \
-         --arc nbs/experiments/arc_exp004_to_006a.yaml --name -exp004-006a   (their cost ratio from an empty cache)
+         --arc nbs/experiments/arc_exp004_to_006a.yaml --name=-exp004-006a   (their cost ratio from an empty cache)
 """
 import argparse
 import json
