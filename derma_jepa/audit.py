@@ -5,7 +5,6 @@
 # %% ../nbs/12_audit.ipynb #7fc4703c
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os

@@ -44,7 +44,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -331,7 +330,7 @@ def collect(plan: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)         # the same columns when nothing ran
 
 
-def backbone_label(backbone: str, stand_in: bool, paper_backbone: str = "") -> str:
+def backbone_label(backbone: str, stand_in: bool) -> str:
     "How a backbone is named in a table: the paper's name, or the offline name marked as a stand-in."
     if not stand_in: return BACKBONE_LABELS.get(backbone, backbone)
     return f"{backbone} (offline stand-in)"

@@ -39,7 +39,6 @@
 #| export
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os

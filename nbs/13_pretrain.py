@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
