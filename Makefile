@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper audit test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc clean-venv
+.PHONY: venv demo paper audit exp009 test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc clean-venv
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -46,6 +46,15 @@ audit: $(STAMP)
 	$(PY) -c "import os, json; from derma_jepa.audit import run_overlap_audit as a; \
 	r = a(os.environ['HAM10000_DIR'], '$(ISIC_NONHAM_DIR)', 'paper/audit'); \
 	print(json.dumps({k: v for k, v in r.items() if k not in ('report', 'near_pair_list')}, indent=1))"
+
+## EXP-009 end to end (nbs/exp009.ipynb): audit -> pretrain each objective on the certified corpus -> diagnosis
+## probe -> the EXP-004 recipe under both protocols -> paper/exp009/. Needs HAM10000_DIR; EXP009_ARGS passes papermill
+## options (e.g. -p objectives mae,ijepa). Resumes: finished pretraining and complete runs are reused.
+exp009: $(STAMP)
+	@mkdir -p $(RUNS_DIR)/exp009
+	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING \
+	  nbs/exp009.ipynb $(RUNS_DIR)/exp009/exp009.ipynb -p runs_dir $(RUNS_DIR) $(EXP009_ARGS)
+	@echo "executed notebook: $(RUNS_DIR)/exp009/exp009.ipynb; tables and figures: paper/exp009/"
 
 ## The test command: notebooks and package in sync, then nbdev_test, then pytest.
 test: check-clean nbtest pytest

@@ -23,7 +23,8 @@ from .embed import autocast, resolve_dtype
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'MEAN', 'STD', 'MODELS', 'PretrainConfig', 'load_images', 'augment', 'make_vit', 'pooled', 'MAE', 'VAE',
-           'SimCLR', 'IJEPA', 'collapse_std', 'pretrain', 'export_encoder', 'encoder_digest', 'SSLFeature', 'load_ssl']
+           'SimCLR', 'IJEPA', 'collapse_std', 'pretrain', 'export_encoder', 'encoder_digest', 'random_encoder',
+           'SSLFeature', 'load_ssl']
 
 # %% ../nbs/13_pretrain.ipynb #cf2ddeb7
 OBJECTIVES = ("mae", "vae", "simclr", "ijepa")
@@ -114,8 +115,8 @@ class MAE(nn.Module):
         from lightly.models import utils
         idx_keep, idx_mask = utils.random_token_mask((len(x), self.n), self.ratio, mask_class_token=True)
         z = self.encoder.encode(x, idx_keep=idx_keep)
-        full = torch.zeros(len(x), self.n, 128, dtype=z.dtype)
-        full = utils.set_at_index(full, idx_keep, self.dec_embed(z))
+        e = self.dec_embed(z)                          # bf16 under autocast, while the encoder's norm gives fp32
+        full = utils.set_at_index(torch.zeros(len(x), self.n, 128, dtype=e.dtype), idx_keep, e)
         out = self.pred(utils.get_at_index(self.decoder(full, idx_mask=idx_mask), idx_mask))
         target = utils.get_at_index(utils.patchify(x, self.patch), idx_mask)
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
@@ -257,14 +258,15 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
                         "history": history}, buf)
             atomic_write_bytes(last, buf.getvalue())
     bar.close()
-    if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.pt", history)
+    if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.pt", history, step)
     return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * (2 if getattr(model, "two_views", False) else 1)
             / max(1e-9, time.perf_counter() - t0), "dtype": dtype}
 
 
-def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None):
+def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, steps_trained: int | None = None):
     "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it."
-    state = {"config": asdict(cfg), "encoder": model.encoder.vit.state_dict(),
+    state = {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
+             "encoder": model.encoder.vit.state_dict(),
              "head": model.head.state_dict() if cfg.objective == "vae" else None,
              "mean": MEAN, "std": STD, "history": history or []}
     buf = io.BytesIO(); torch.save(state, buf); atomic_write_bytes(Path(path), buf.getvalue())
@@ -273,6 +275,13 @@ def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None):
 def encoder_digest(path) -> str:
     from derma_jepa.backbones import tensor_digest
     return tensor_digest(torch.load(path, weights_only=False)["encoder"])
+
+# %% ../nbs/13_pretrain.ipynb #88dac914
+def random_encoder(cfg: PretrainConfig, path):
+    "Export the encoder a run of `cfg` starts from, untrained (the random-init control of the same architecture)."
+    torch.manual_seed(cfg.seed)
+    export_encoder(MODELS[cfg.objective](cfg), cfg, path, history=[], steps_trained=0)
+    return Path(path)
 
 # %% ../nbs/13_pretrain.ipynb #e99dd43c
 class SSLFeature(nn.Module):
@@ -299,6 +308,7 @@ def load_ssl(path):
         head = nn.Linear(vit.embed_dim, st["head"]["weight"].shape[0]); head.load_state_dict(st["head"])
     tf = T.Compose([T.Resize((cfg.image_size, cfg.image_size), interpolation=T.InterpolationMode.BICUBIC),
                     T.ToTensor(), T.Normalize(st["mean"], st["std"])])
+    trained = st.get("steps_trained", cfg.steps)
     pre = {"image_size": cfg.image_size, "resize": "squash", "mean": list(st["mean"]), "std": list(st["std"]),
-           "objective": cfg.objective, "arch": cfg.arch, "feature": "vae_mu" if head is not None else "mean_patch_tokens"}
+           "objective": cfg.objective if trained else "none (random init)", "steps_trained": trained, "arch": cfg.arch, "feature": "vae_mu" if head is not None else "mean_patch_tokens"}
     return SSLFeature(vit, head), tf, pre

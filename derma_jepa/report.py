@@ -364,6 +364,8 @@ MAIN_TEX = r"""\documentclass[11pt]{article}
 Mean $\pm$ SD over seeds, and the normal-approximation CI of the mean (mean $\pm$ 1.96 SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed.
 \input{tables/sweep.tex}
 
+\IfFileExists{exp009/exp009.tex}{\input{exp009/exp009.tex}}{}
+
 \section{Figures}
 %(figures)s
 \end{document}

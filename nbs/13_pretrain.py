@@ -177,8 +177,8 @@ class MAE(nn.Module):
         from lightly.models import utils
         idx_keep, idx_mask = utils.random_token_mask((len(x), self.n), self.ratio, mask_class_token=True)
         z = self.encoder.encode(x, idx_keep=idx_keep)
-        full = torch.zeros(len(x), self.n, 128, dtype=z.dtype)
-        full = utils.set_at_index(full, idx_keep, self.dec_embed(z))
+        e = self.dec_embed(z)                          # bf16 under autocast, while the encoder's norm gives fp32
+        full = utils.set_at_index(torch.zeros(len(x), self.n, 128, dtype=e.dtype), idx_keep, e)
         out = self.pred(utils.get_at_index(self.decoder(full, idx_mask=idx_mask), idx_mask))
         target = utils.get_at_index(utils.patchify(x, self.patch), idx_mask)
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
@@ -332,14 +332,15 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
                         "history": history}, buf)
             atomic_write_bytes(last, buf.getvalue())
     bar.close()
-    if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.pt", history)
+    if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.pt", history, step)
     return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * (2 if getattr(model, "two_views", False) else 1)
             / max(1e-9, time.perf_counter() - t0), "dtype": dtype}
 
 
-def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None):
+def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, steps_trained: int | None = None):
     "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it."
-    state = {"config": asdict(cfg), "encoder": model.encoder.vit.state_dict(),
+    state = {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
+             "encoder": model.encoder.vit.state_dict(),
              "head": model.head.state_dict() if cfg.objective == "vae" else None,
              "mean": MEAN, "std": STD, "history": history or []}
     buf = io.BytesIO(); torch.save(state, buf); atomic_write_bytes(Path(path), buf.getvalue())
@@ -362,6 +363,15 @@ for _obj in OBJECTIVES:
     _runs[_obj] = pretrain(_cfg, _imgs, tempfile.mkdtemp())
     assert all(np.isfinite(h["loss"]) and h["feature_std"] > 0 for h in _runs[_obj]["history"]), _runs[_obj]
 {k: v["history"][-1] for k, v in _runs.items()}
+
+# %% [markdown]
+# The same steps under bf16 autocast (what `auto` picks on CUDA and AMX CPUs), where modules return
+# bf16 while layer norms return fp32:
+
+# %%
+for _obj in OBJECTIVES:
+    _h = pretrain(PretrainConfig(objective=_obj, steps=1, dtype="bf16", **_tiny), _imgs, tempfile.mkdtemp())
+    assert _h["dtype"] == "bf16" and np.isfinite(_h["history"][-1]["loss"]), (_obj, _h)
 
 
 # %% [markdown]
@@ -387,6 +397,29 @@ for _obj in ("mae", "ijepa"):
 test_fail(lambda: pretrain(PretrainConfig(objective="ijepa", steps=3, **_tiny), _imgs, _b),
           contains="a checkpoint of another configuration")
 test_fail(lambda: PretrainConfig(objective="byol"), contains="unknown objective 'byol'")
+
+
+# %% [markdown]
+# ## The random-init control
+#
+# "Did pretraining learn anything?" is asked against the same architecture untrained. Every
+# objective seeds torch and builds its ViT first, so all four start from *one* encoder;
+# `random_encoder` exports that starting point (0 steps trained) as a checkpoint of its own.
+
+# %%
+#| export
+def random_encoder(cfg: PretrainConfig, path):
+    "Export the encoder a run of `cfg` starts from, untrained (the random-init control of the same architecture)."
+    torch.manual_seed(cfg.seed)
+    export_encoder(MODELS[cfg.objective](cfg), cfg, path, history=[], steps_trained=0)
+    return Path(path)
+
+
+# %%
+_r0 = Path(tempfile.mkdtemp())
+test_eq(encoder_digest(random_encoder(PretrainConfig(objective="mae", **_tiny), _r0 / "mae.pt")),
+        encoder_digest(random_encoder(PretrainConfig(objective="ijepa", **_tiny), _r0 / "ijepa.pt")))
+assert encoder_digest(_r0 / "mae.pt") != encoder_digest(_a / "encoder.pt")      # training moved the weights
 
 
 # %% [markdown]
@@ -423,8 +456,9 @@ def load_ssl(path):
         head = nn.Linear(vit.embed_dim, st["head"]["weight"].shape[0]); head.load_state_dict(st["head"])
     tf = T.Compose([T.Resize((cfg.image_size, cfg.image_size), interpolation=T.InterpolationMode.BICUBIC),
                     T.ToTensor(), T.Normalize(st["mean"], st["std"])])
+    trained = st.get("steps_trained", cfg.steps)
     pre = {"image_size": cfg.image_size, "resize": "squash", "mean": list(st["mean"]), "std": list(st["std"]),
-           "objective": cfg.objective, "arch": cfg.arch, "feature": "vae_mu" if head is not None else "mean_patch_tokens"}
+           "objective": cfg.objective if trained else "none (random init)", "steps_trained": trained, "arch": cfg.arch, "feature": "vae_mu" if head is not None else "mean_patch_tokens"}
     return SSLFeature(vit, head), tf, pre
 
 
@@ -433,6 +467,7 @@ from derma_jepa.backbones import get_backbone
 from derma_jepa.embed import embed_sides
 _bb = get_backbone(f"ssl:{_a / 'encoder.pt'}")
 test_eq((_bb.dim, _bb.preprocess["objective"]), (192, "ijepa"))
+test_eq(get_backbone(f"ssl:{_r0 / 'mae.pt'}").preprocess["objective"], "none (random init)")
 _fxr = load_records(fixture_dir(n_lesions=300, seed=0)).head(6)
 _z, _ = embed_sides(_bb, _fxr.assign(recipe='{"family":"none","ops":[]}'), cache_root=tempfile.mkdtemp(), workers=0)
 test_eq(_z.shape, (6, 192)); test_close(np.linalg.norm(_z, axis=1), np.ones(6), eps=1e-4)

@@ -1,0 +1,128 @@
+# ---
+# skip_exec: true
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # EXP-009: dermoscopy pretraining that never sees HAM10000
+#
+# The experiment end to end, as papermill runs it (`make exp009`):
+#
+# ```
+# HAM10000_DIR=../shared/data/ham10000-200x150 ISIC_NONHAM_DIR=../shared/data/isic-nonham make exp009
+# papermill nbs/exp009.ipynb runs/exp009/exp009.ipynb -p objectives mae,ijepa -p protocols symmetric
+# ```
+#
+# 1. audit HAM10000 against the pretraining corpus and leave out every flagged corpus image;
+# 2. pretrain each objective on what is left (resumes from checkpoints; finished ones are reused);
+# 3. probe the seven diagnoses on frozen embeddings, against the random-init control;
+# 4. run the EXP-004 recipe (`nbs/experiments/exp009.yaml`) under each protocol through
+#    `nbs/run.ipynb`, each executed notebook filed in its run directory;
+# 5. render `paper/exp009/` (the section `paper/main.tex` inputs).
+#
+# The settings are `nbs/experiments/exp009_pretrain.yaml`; the parameters below override them
+# (empty = the file's value). `pretrain_set`, `recipe_set` and `audit_set` take YAML mappings.
+
+# %%
+import json
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from derma_jepa.data import atomic_write_bytes
+from derma_jepa.audit import audit_figure, image_paths, run_overlap_audit
+from derma_jepa.exp009 import (certified_corpus, fig_pretraining, load_exp009, plan_exp009, pretrain_all, probe_all,
+                               render_exp009)
+from derma_jepa.experiment import Config, resolve_data
+from derma_jepa.report import run_plan
+
+# %% tags=["parameters"]
+settings_file = ""
+corpus = ""
+objectives = ""
+protocols = ""
+compare = ""
+steps = ""
+pretrain_set = ""
+recipe_set = ""
+audit_set = ""
+runs_dir = "runs"
+paper_dir = "paper"
+
+# %%
+_split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
+_yaml = lambda v: yaml.safe_load(v) if v else None
+settings = load_exp009(settings_file or None, corpus=corpus or None, objectives=_split(objectives),
+                       protocols=_split(protocols), steps=_yaml(steps), pretrain=_yaml(pretrain_set),
+                       audit=_yaml(audit_set), **({"compare": [] if compare == "none" else _split(compare)} if compare else {}))
+recipe_overrides = _yaml(recipe_set) or {}
+recipe = Config.from_yaml(settings["recipe"], **recipe_overrides)
+ham_dir = resolve_data(recipe)
+out = Path(runs_dir) / "exp009"
+{k: (v if k != "pretrain" else {o: c.steps for o, c in v.items()}) for k, v in settings.items()}
+
+# %% [markdown]
+# ## 1. The overlap audit, and the certified corpus
+#
+# Calibrated on HAM10000 itself (synthetic near-duplicates vs distinct lesions), then every
+# HAM10000 image against every corpus image. The record goes to `paper/audit/`.
+
+# %%
+audit = run_overlap_audit(ham_dir, settings["corpus"], Path(paper_dir) / "audit", **settings["audit"])
+print(audit["verdict"])
+print(json.dumps({k: audit["calibration"][k] for k in ("thresholds", "votes", "recall", "fpr") if k in audit["calibration"]}))
+audit_figure(audit["report"]);
+
+# %%
+corpus_paths = image_paths(settings["corpus"])
+kept, excluded = certified_corpus(corpus_paths, audit["report"])
+print(f"corpus: {len(corpus_paths)} images, {len(excluded)} left out, {len(kept)} certified for pretraining")
+excluded
+
+# %% [markdown]
+# ## 2. Pretraining
+#
+# One folder per objective under `runs/exp009/pretrain/`; an interrupted run resumes from its last
+# checkpoint when this notebook is run again.
+
+# %%
+encoders = pretrain_all(settings, kept, runs_dir, progress=True)
+encoders
+
+# %%
+fig_pretraining(encoders);
+
+# %% [markdown]
+# ## 3 and 4. The plan: the diagnosis probe and the EXP-004 recipe for every encoder
+
+# %%
+plan = plan_exp009(settings, encoders, runs_dir, recipe_overrides)
+plan[["label", "protocol", "backbone", "run_dir"]]
+
+# %%
+probes = probe_all(plan, settings, recipe.data, recipe.seed)
+atomic_write_bytes(out / "probes.csv", probes.to_csv(index=False).encode())
+probes.round(3)
+
+# %%
+plan = run_plan(plan, out / "plan.json")
+plan[["label", "protocol", "status"]]
+
+# %% [markdown]
+# ## 5. The result, rendered into `paper/exp009/`
+
+# %%
+paper = render_exp009(plan, probes, encoders, audit, excluded, len(kept), paper_dir)
+print("\n".join(f"{paper_dir}/exp009/{f}" for f in paper["files"]))
+paper["tables"]["exp009_table"]
+
+# %%
+paper["tables"]["probe_table"]
+
+# %%
+paper["figures"]["by_encoder"]
