@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper audit exp009 test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc clean-venv
+.PHONY: venv demo paper audit exp009 test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-pretrain clean-venv
 
 $(STAMP): settings.ini setup.py pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -92,6 +92,9 @@ bench-fit: $(STAMP)
 # BENCH_ARC_ARGS e.g. "--backbones color_texture --phases warm,idle --runs runs"
 bench-arc: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(PY) benchmarks/bench_arc.py $(BENCH_ARC_ARGS)
+
+bench-pretrain: $(STAMP)
+	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) $(PY) benchmarks/bench_pretrain.py
 
 clean-venv:
 	rm -rf $(VENV)
