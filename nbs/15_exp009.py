@@ -411,7 +411,8 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
         ax.errorbar(g.balanced_accuracy, np.arange(len(labels)) + (k - 1) * 0.2, xerr=[g.balanced_accuracy - g.ba_ci_low,
                     g.ba_ci_high - g.balanced_accuracy], fmt="o", capsize=2, label=f"{f:.0%} labels")
     ax.axvline(1 / 7, color="k", ls=":", lw=0.8); ax.set_title("diagnosis probe (logistic): balanced acc.", fontsize=9)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis(); ax.legend(fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis()
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     t = long[long.split.eq("test") & long.scorer.isin(scorers)].assign(label=lambda d: d.backbone.map(dict(zip(plan.backbone, plan.label))))
     colours = dict(zip(scorers, sns.color_palette("colorblind", len(scorers))))
     for ax, prot in zip(axes[0][1:], prots):
@@ -421,7 +422,7 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
                         fmt="o", capsize=2, color=colours[sc], label=sc)
         ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(f"EXP-009 {prot}: test AUROC", fontsize=9)
         ax.set_yticks(range(len(labels)), [] if ax is not axes[0][1] else labels, fontsize=8); ax.invert_yaxis()
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     fig.tight_layout()
     return fig
 
