@@ -152,6 +152,11 @@ def probe_all(plan: pd.DataFrame, settings: dict, data, seed: int, log=print) ->
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/15_exp009.ipynb #4f131b59
+def _scorer_name(scorer: str) -> str:
+    "Scorer names for the table: the raw-embedding cosine of an `ssl:<path>` backbone would print the whole path."
+    return "raw cosine" if scorer.startswith("cosine_") else scorer
+
+
 def _probe_cell(p: pd.DataFrame, label: str, clf: str = "logistic", fraction: float = 1.0):
     q = p[(p.label == label) & (p.classifier == clf) & np.isclose(p.fraction, fraction)]
     return None if q.empty else q.iloc[0]
@@ -179,7 +184,7 @@ def exp009_table(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, e
         p = g[g.scorer.eq("predictor")].iloc[0]
         b = g[g.scorer.eq(p.strongest_baseline)].iloc[0]
         rows[by_bb[bb]].update({(prot, "predictor AUROC [95% CI]"): fmt_ci(p.auroc, p.auroc_lo, p.auroc_hi),
-                                (prot, "strongest baseline"): f"{b.scorer} {b.auroc:.3f}", (prot, "Δ"): f"{p.delta:+.3f}",
+                                (prot, "strongest baseline"): f"{_scorer_name(b.scorer)} {b.auroc:.3f}", (prot, "Δ"): f"{p.delta:+.3f}",
                                 (prot, "verdict"): p.verdict})
     for (bb, prot), g in long[long.status.ne("run")].groupby(["backbone", "protocol"], sort=False) if len(long) else []:
         rows[by_bb[bb]][(prot, "predictor AUROC [95% CI]")] = g.status.iloc[0]
@@ -208,10 +213,14 @@ def fig_pretraining(encoders: pd.DataFrame):
     if trained.empty: return None
     fig, axes = plt.subplots(2, len(trained), figsize=(3.2 * len(trained), 5), squeeze=False)
     for k, r in enumerate(trained.itertuples()):
-        h = pd.DataFrame(torch.load(r.path, weights_only=False)["history"])
+        ck = torch.load(r.path, weights_only=False)
+        h = pd.DataFrame(ck["history"])
+        dim = ck["head"]["weight"].shape[0] // 2 if ck["head"] else ck["encoder"]["pos_embed"].shape[-1]  # the monitored feature
         axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=9)
-        axes[1][k].plot(h.step, h.feature_std, color="C1"); axes[1][k].set_ylim(0, None)
-        axes[1][k].axhline(1 / np.sqrt(192), color="grey", ls=":", lw=0.8)
+        axes[1][k].plot(h.step, h.feature_std, color="C1")
+        axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
+        axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
+        axes[1][k].legend(fontsize=7, loc="lower right")
         axes[1][k].set_title("feature std (collapse monitor)", fontsize=9); axes[1][k].set_xlabel("step")
     fig.tight_layout()
     return fig
@@ -250,12 +259,16 @@ EXP009_TEX = r"""\section{EXP-009: self-supervised dermoscopy pretraining withou
 \noindent Corpus: %(n_corpus)d dermoscopy images not in HAM10000 (%(excluded)d left out by the overlap audit). Audit: %(verdict)s
 Each objective trains the same %(arch)s from the same initial weights; ``random init'' is that initial encoder, untrained.
 The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$).
-The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third.
+The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third.%(compare)s
 \input{exp009/exp009_table.tex}
 \input{exp009/probe_table.tex}
 \begin{figure}[htbp]\centering\includegraphics[width=\linewidth]{exp009/by_encoder.png}\caption{EXP-009 by encoder.}\end{figure}
 %(pretraining_fig)s
 """
+
+
+def _tex(text: str) -> str:
+    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
 
 
 def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
@@ -275,8 +288,10 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     files.update({f"{k}.png": _fig_bytes(f) for k, f in figs.items()})
     cfg0 = plan_config0(encoders)
     files["exp009.tex"] = (EXP009_TEX % {
-        "n_corpus": n_corpus, "excluded": len(excluded), "verdict": audit["verdict"].replace("_", "\\_").replace("%", "\\%"),
+        "n_corpus": n_corpus, "excluded": len(excluded), "verdict": _tex(audit["verdict"]),
         "arch": f"{ARCH_LABEL.get(cfg0.arch, cfg0.arch)} at {cfg0.image_size} px",
+        "compare": "".join(f"\n\\texttt{{{_tex(b)}}}: {_tex(backbone_spec(b).note)}." for b in
+                           dict.fromkeys(plan.backbone) if not b.startswith("ssl:")),
         "pretraining_fig": "\\begin{figure}[htbp]\\centering\\includegraphics[width=\\linewidth]{exp009/pretraining.png}"
                            "\\caption{Pretraining: loss and collapse monitor.}\\end{figure}" if "pretraining" in figs else ""}).encode()
     runs = plan[["label", "protocol", "backbone", "status", "run_dir"]].assign(

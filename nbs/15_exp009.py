@@ -293,6 +293,11 @@ def probe_all(plan: pd.DataFrame, settings: dict, data, seed: int, log=print) ->
 
 # %%
 #| export
+def _scorer_name(scorer: str) -> str:
+    "Scorer names for the table: the raw-embedding cosine of an `ssl:<path>` backbone would print the whole path."
+    return "raw cosine" if scorer.startswith("cosine_") else scorer
+
+
 def _probe_cell(p: pd.DataFrame, label: str, clf: str = "logistic", fraction: float = 1.0):
     q = p[(p.label == label) & (p.classifier == clf) & np.isclose(p.fraction, fraction)]
     return None if q.empty else q.iloc[0]
@@ -320,7 +325,7 @@ def exp009_table(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, e
         p = g[g.scorer.eq("predictor")].iloc[0]
         b = g[g.scorer.eq(p.strongest_baseline)].iloc[0]
         rows[by_bb[bb]].update({(prot, "predictor AUROC [95% CI]"): fmt_ci(p.auroc, p.auroc_lo, p.auroc_hi),
-                                (prot, "strongest baseline"): f"{b.scorer} {b.auroc:.3f}", (prot, "Δ"): f"{p.delta:+.3f}",
+                                (prot, "strongest baseline"): f"{_scorer_name(b.scorer)} {b.auroc:.3f}", (prot, "Δ"): f"{p.delta:+.3f}",
                                 (prot, "verdict"): p.verdict})
     for (bb, prot), g in long[long.status.ne("run")].groupby(["backbone", "protocol"], sort=False) if len(long) else []:
         rows[by_bb[bb]][(prot, "predictor AUROC [95% CI]")] = g.status.iloc[0]
@@ -367,6 +372,8 @@ test_eq(_t.loc["ViT-Ti/16 @ 48 px, random init", ("diagnosis probe", "Δ vs rand
 test_eq(_t.loc["ViT-Ti/16 @ 48 px, random init", ("symmetric", "predictor AUROC [95% CI]")], "0.600 [0.580, 0.620]")
 test_eq(_t.loc["color_texture (offline)", ("", "pretraining")], "–")
 test_eq(probe_table(_probes).shape, (8, 6))
+test_eq([_scorer_name(s) for s in ("cosine_ssl:runs/exp009/pretrain/mae-1/encoder.pt", "cosine_color_texture", "ssim")],
+        ["raw cosine", "raw cosine", "ssim"])
 _none = exp009_table(collect(_plan), _probes.iloc[:0], _plan, _enc)          # nothing ran yet: every row still listed
 test_eq(_none.loc["ViT-Ti/16 @ 48 px, MAE (2 steps)", ("symmetric", "predictor AUROC [95% CI]")], "not run: no metrics.json")
 _t
@@ -376,7 +383,8 @@ _t
 # ## The figures
 #
 # - **pretraining**: each objective's loss and the collapse monitor (batch std of the normalised
-#   features; ≈ 1/√192 ≈ 0.072 when spread, → 0 when collapsed) against steps.
+#   features; ≈ 1/√d when spread, d = 192 for ViT-Ti's tokens and 64 for the VAE's μ; → 0 when
+#   collapsed) against steps.
 # - **by encoder**: the diagnosis probe's balanced accuracy at each label fraction, and the EXP-004
 #   recipe's test AUROC with CI per protocol, next to the raw cosine and pixel L2.
 
@@ -389,10 +397,14 @@ def fig_pretraining(encoders: pd.DataFrame):
     if trained.empty: return None
     fig, axes = plt.subplots(2, len(trained), figsize=(3.2 * len(trained), 5), squeeze=False)
     for k, r in enumerate(trained.itertuples()):
-        h = pd.DataFrame(torch.load(r.path, weights_only=False)["history"])
+        ck = torch.load(r.path, weights_only=False)
+        h = pd.DataFrame(ck["history"])
+        dim = ck["head"]["weight"].shape[0] // 2 if ck["head"] else ck["encoder"]["pos_embed"].shape[-1]  # the monitored feature
         axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=9)
-        axes[1][k].plot(h.step, h.feature_std, color="C1"); axes[1][k].set_ylim(0, None)
-        axes[1][k].axhline(1 / np.sqrt(192), color="grey", ls=":", lw=0.8)
+        axes[1][k].plot(h.step, h.feature_std, color="C1")
+        axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
+        axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
+        axes[1][k].legend(fontsize=7, loc="lower right")
         axes[1][k].set_title("feature std (collapse monitor)", fontsize=9); axes[1][k].set_xlabel("step")
     fig.tight_layout()
     return fig
@@ -447,12 +459,16 @@ EXP009_TEX = r"""\section{EXP-009: self-supervised dermoscopy pretraining withou
 \noindent Corpus: %(n_corpus)d dermoscopy images not in HAM10000 (%(excluded)d left out by the overlap audit). Audit: %(verdict)s
 Each objective trains the same %(arch)s from the same initial weights; ``random init'' is that initial encoder, untrained.
 The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$).
-The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third.
+The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third.%(compare)s
 \input{exp009/exp009_table.tex}
 \input{exp009/probe_table.tex}
 \begin{figure}[htbp]\centering\includegraphics[width=\linewidth]{exp009/by_encoder.png}\caption{EXP-009 by encoder.}\end{figure}
 %(pretraining_fig)s
 """
+
+
+def _tex(text: str) -> str:
+    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
 
 
 def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
@@ -472,8 +488,10 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     files.update({f"{k}.png": _fig_bytes(f) for k, f in figs.items()})
     cfg0 = plan_config0(encoders)
     files["exp009.tex"] = (EXP009_TEX % {
-        "n_corpus": n_corpus, "excluded": len(excluded), "verdict": audit["verdict"].replace("_", "\\_").replace("%", "\\%"),
+        "n_corpus": n_corpus, "excluded": len(excluded), "verdict": _tex(audit["verdict"]),
         "arch": f"{ARCH_LABEL.get(cfg0.arch, cfg0.arch)} at {cfg0.image_size} px",
+        "compare": "".join(f"\n\\texttt{{{_tex(b)}}}: {_tex(backbone_spec(b).note)}." for b in
+                           dict.fromkeys(plan.backbone) if not b.startswith("ssl:")),
         "pretraining_fig": "\\begin{figure}[htbp]\\centering\\includegraphics[width=\\linewidth]{exp009/pretraining.png}"
                            "\\caption{Pretraining: loss and collapse monitor.}\\end{figure}" if "pretraining" in figs else ""}).encode()
     runs = plan[["label", "protocol", "backbone", "status", "run_dir"]].assign(
@@ -507,3 +525,4 @@ test_eq({f: (_paper / "exp009" / f).read_bytes() for f in _r1["files"]}, _bytes)
 test_eq(sorted(_r1["files"]), ["by_encoder.png", "exp009.tex", "exp009_table.md", "exp009_table.tex", "pretraining.png",
                                "probe_table.md", "probe_table.tex", "runs.md"])
 assert "not run: no metrics.json" in _bytes["exp009_table.md"].decode()
+assert "\\texttt{color\\_texture}: HSV colour histograms" in _bytes["exp009.tex"].decode()   # comparisons described
