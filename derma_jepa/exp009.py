@@ -267,15 +267,11 @@ The EXP-004 recipe trains the predictor on two nuisance families and tests it on
 """
 
 
-def _tex(text: str) -> str:
-    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
-
-
 def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
                   n_corpus: int, paper_dir="paper") -> dict:
     "Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`."
     from derma_jepa.experiment import write_run_dir
-    from derma_jepa.report import _fig_bytes, collect, to_latex, to_markdown
+    from derma_jepa.report import _fig_bytes, collect, tex_text, to_latex, to_markdown
     long = collect(plan)
     tables = {"exp009_table": (exp009_table(long, probes, plan, encoders), "EXP-009: pretraining, diagnosis probe and the EXP-004 recipe by encoder (test AUROC, 95\\% CI)."),
               "probe_table": (probe_table(probes), "Diagnosis probe by label fraction: balanced accuracy and macro AUROC [95\\% CI].")}
@@ -288,9 +284,9 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     files.update({f"{k}.png": _fig_bytes(f) for k, f in figs.items()})
     cfg0 = plan_config0(encoders)
     files["exp009.tex"] = (EXP009_TEX % {
-        "n_corpus": n_corpus, "excluded": len(excluded), "verdict": _tex(audit["verdict"]),
+        "n_corpus": n_corpus, "excluded": len(excluded), "verdict": tex_text(audit["verdict"]),
         "arch": f"{ARCH_LABEL.get(cfg0.arch, cfg0.arch)} at {cfg0.image_size} px",
-        "compare": "".join(f"\n\\texttt{{{_tex(b)}}}: {_tex(backbone_spec(b).note)}." for b in
+        "compare": "".join(f"\n\\texttt{{{tex_text(b)}}}: {tex_text(backbone_spec(b).note)}." for b in
                            dict.fromkeys(plan.backbone) if not b.startswith("ssl:")),
         "pretraining_fig": "\\begin{figure}[htbp]\\centering\\includegraphics[width=\\linewidth]{exp009/pretraining.png}"
                            "\\caption{Pretraining: loss and collapse monitor.}\\end{figure}" if "pretraining" in figs else ""}).encode()

@@ -27,8 +27,8 @@ from .experiment import Config, ConfigError, resolve_data, run_id, write_run_dir
 __all__ = ['ARC_KEYS', 'SWEEP_KEYS', 'BACKBONE_LABELS', 'STAND_INS', 'METRICS', 'MAIN_TEX', 'repo_root', 'experiments_dir',
            'load_arc', 'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run', 'plan_records',
            'run_plan', 'read_plan', 'collect', 'backbone_label', 'fmt_ci', 'arc_table', 'optimiser_table', 'mean_sd_ci',
-           'sweep_summary', 'sweep_table', 'to_markdown', 'to_latex', 'fig_auroc_by_backbone', 'fig_train_vs_test',
-           'fig_score_histograms', 'render_paper', 'paper_main']
+           'sweep_summary', 'sweep_table', 'to_markdown', 'tex_text', 'to_latex', 'fig_auroc_by_backbone',
+           'fig_train_vs_test', 'fig_score_histograms', 'render_paper', 'paper_main']
 
 # %% ../nbs/11_report.ipynb #79ba482a
 def repo_root(start=None) -> Path:
@@ -284,6 +284,11 @@ def to_markdown(df: pd.DataFrame) -> str:
     return (d.reset_index() if any(d.index.names) else d).to_markdown(index=False) + "\n"
 
 
+def tex_text(text) -> str:
+    "Plain text (a backbone name, a verdict, a registry note) made safe for LaTeX prose."
+    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
+
+
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     "A table as a booktabs LaTeX table."
     return df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp") \
@@ -405,7 +410,7 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
                         f"\\caption{{{k.replace('_', ' ')}}}\\end{{figure}}" for k in figs)
     label = {"hub": "the paper's hub backbones only", "offline": "the paper's hub backbones and the offline stand-ins random\\_vitb16 and color\\_texture"}
     files["main.tex"] = (MAIN_TEX % {"backbones": label.get(backbones, "the paper's hub backbones and the offline stand-ins "
-                                                       + backbones.replace("_", "\\_")), "figures": fig_tex}).encode()
+                                                       + tex_text(backbones)), "figures": fig_tex}).encode()
     out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
     for sub in ("tables", "figures"):
         write_run_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")})

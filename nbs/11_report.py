@@ -487,6 +487,11 @@ def to_markdown(df: pd.DataFrame) -> str:
     return (d.reset_index() if any(d.index.names) else d).to_markdown(index=False) + "\n"
 
 
+def tex_text(text) -> str:
+    "Plain text (a backbone name, a verdict, a registry note) made safe for LaTeX prose."
+    return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
+
+
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     "A table as a booktabs LaTeX table."
     return df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp") \
@@ -495,6 +500,7 @@ def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
 
 # %%
 assert "| EXP-004" in to_markdown(_at) and "reference · verdict" in to_markdown(_at)
+test_eq(tex_text("random_vitb16: 5% & #1 \\"), "random\\_vitb16: 5\\% \\& \\#1 \\textbackslash{}")
 assert "\\toprule" in to_latex(_at, "x", "tab:x") and "color\\_texture" in to_latex(_at, "x", "tab:x")
 
 
@@ -640,7 +646,7 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
                         f"\\caption{{{k.replace('_', ' ')}}}\\end{{figure}}" for k in figs)
     label = {"hub": "the paper's hub backbones only", "offline": "the paper's hub backbones and the offline stand-ins random\\_vitb16 and color\\_texture"}
     files["main.tex"] = (MAIN_TEX % {"backbones": label.get(backbones, "the paper's hub backbones and the offline stand-ins "
-                                                       + backbones.replace("_", "\\_")), "figures": fig_tex}).encode()
+                                                       + tex_text(backbones)), "figures": fig_tex}).encode()
     out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
     for sub in ("tables", "figures"):
         write_run_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")})
