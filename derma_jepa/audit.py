@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .data import DataError, atomic_write_bytes, audit_files, cache_dir
+from .data import DataError, atomic_write_bytes, audit_files, cache_dir, open_rgb, read_cached_table
 
 # %% auto #0
 __all__ = ['HASHES', 'SIG', 'SCALES', 'image_hashes', 'hamming', 'hash_files', 'match', 'min_distances', 'signature',
@@ -40,7 +40,7 @@ def image_hashes(img: Image.Image) -> dict:
 
 
 def _hash_file(path: str) -> dict:
-    with Image.open(path) as im: return image_hashes(im)
+    return image_hashes(open_rgb(path))        # any Pillow mode as 8-bit RGB (00_data)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -56,8 +56,8 @@ def hash_files(paths, workers: int | None = None, cache: Path | None = None, pro
     if len(bad): raise DataError(f"{len(bad)} image(s) cannot be read, first {paths[bad.index[0]]}: {bad.error.iloc[0]}")
     out = pd.DataFrame({"path": paths, "sha256": aud.sha256.to_numpy()})
     cache = Path(cache) if cache else cache_dir("phash") / "hashes.parquet"
-    known = pd.read_parquet(cache) if cache.exists() else pd.DataFrame(
-        {c: pd.Series(dtype="int64" if c in HASHES else "str") for c in ["sha256", *HASHES]})
+    known = read_cached_table(cache, ["sha256", *HASHES])       # a damaged cache is moved aside and recomputed
+    if known is None: known = pd.DataFrame({c: pd.Series(dtype="int64" if c in HASHES else "str") for c in ["sha256", *HASHES]})
     todo = out[~out.sha256.isin(known.sha256)].drop_duplicates("sha256")
     if len(todo):
         from tqdm import tqdm
@@ -126,7 +126,7 @@ def similarity(a: np.ndarray, b: np.ndarray, shift: int = 4, scales=SCALES) -> f
 
 
 def _signature_file(path) -> np.ndarray:
-    with Image.open(path) as im: return signature(im)
+    return signature(open_rgb(path))
 
 # %% ../nbs/12_audit.ipynb #fff50108
 def near_duplicate(img: Image.Image, rng: np.random.Generator, crop: float = 0.05) -> Image.Image:
@@ -151,9 +151,9 @@ def calibration_sets(records: pd.DataFrame, n_pos: int = 500, n_neg: int = 200_0
 
     def pos(k):
         i = pick[k]
-        with Image.open(records.path.iloc[i]) as im:
-            dup = near_duplicate(im, np.random.default_rng([seed, int(i)]), crop)
-            return {**image_hashes(dup), "similarity": similarity(signature(im), signature(dup))}
+        im = open_rgb(records.path.iloc[i])
+        dup = near_duplicate(im, np.random.default_rng([seed, int(i)]), crop)
+        return {**image_hashes(dup), "similarity": similarity(signature(im), signature(dup))}
     with ThreadPoolExecutor(workers or min(8, 2 * (os.cpu_count() or 1))) as ex:
         dups = pd.DataFrame(list(ex.map(pos, range(len(pick)))))
     P = pd.DataFrame({h: hamming(hashed[h].to_numpy(np.int64)[pick], dups[h].to_numpy(np.int64)) for h in HASHES})

@@ -64,7 +64,7 @@ OFFLINE_BACKBONES = tuple(n for n, s in REGISTRY.items() if not s.hub_id)
 def backbone_spec(name: str) -> BackboneSpec:
     "The registry row for a backbone name or alias; `ssl:<path>` is a checkpoint of 13_pretrain."
     if name.startswith("ssl:"):
-        if not name[4:]: raise DataError("backbone 'ssl:' needs a checkpoint path: ssl:<path to encoder.pt>")
+        if not name[4:]: raise DataError("backbone 'ssl:' needs a checkpoint path: ssl:<path to encoder.safetensors>")
         return BackboneSpec(name, "ssl", name[4:], note="self-supervised checkpoint (13_pretrain)")
     key = ALIASES.get(name, name)
     if key not in REGISTRY:
@@ -117,7 +117,8 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    from derma_jepa.safety import torch_load_tensors
+    sd = torch_load_tensors(path)            # weights_only=True; a refusal is one line naming the file
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict): sd = sd[key]
     return sd

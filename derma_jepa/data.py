@@ -18,9 +18,11 @@ import pandas as pd
 from PIL import Image
 
 # %% auto #0
-__all__ = ['COLUMN_ALIASES', 'REQUIRED_COLUMNS', 'IMAGE_EXTENSIONS', 'METADATA_NAMES', 'IMAGE_FOLDERS', 'AUDIT_COLUMNS',
-           'DataError', 'cache_dir', 'atomic_write_bytes', 'resolve_columns', 'read_metadata', 'Dataset',
-           'index_images', 'inspect_image', 'audit_files', 'load_records', 'summarise_audit', 'require_readable']
+__all__ = ['COLUMN_ALIASES', 'REQUIRED_COLUMNS', 'IMAGE_EXTENSIONS', 'METADATA_NAMES', 'IMAGE_FOLDERS', 'MISSING_LESION',
+           'AUDIT_COLUMNS', 'AUDIT_CACHE', 'DataError', 'cache_dir', 'current_umask', 'follow_umask',
+           'atomic_write_bytes', 'resolve_columns', 'read_text_utf8', 'read_metadata', 'Dataset', 'index_images',
+           'to_rgb8', 'exif_orientation', 'open_rgb', 'inspect_image', 'CacheWarning', 'quarantine',
+           'read_cached_table', 'audit_files', 'load_records', 'summarise_audit', 'require_readable']
 
 # %% ../nbs/00_data.ipynb #d9f2b590
 class DataError(ValueError):
@@ -35,6 +37,23 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def current_umask() -> int:
+    "The process's umask, read without changing it where the OS says it (Linux), else set and restored."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except OSError: pass
+    old = os.umask(0o022); os.umask(old)
+    return old
+
+
+def follow_umask(path, is_dir: bool | None = None) -> None:
+    "Give `path` the mode a plain `open`/`mkdir` would have (0666/0777 less the umask): `tempfile` makes 0600/0700."
+    path = Path(path)
+    is_dir = path.is_dir() if is_dir is None else is_dir
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~current_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     "Write `data` to `path` through a temporary file and a rename, so readers never see half a file."
     path = Path(path)
@@ -42,6 +61,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f: f.write(data)
+        follow_umask(tmp, is_dir=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -63,12 +83,14 @@ IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "images")
 
 
 def resolve_columns(columns, source="metadata") -> dict[str, str]:
-    "Map each canonical column to the CSV column that holds it (case-insensitive alias match)."
-    lower = {str(c).strip().lower(): c for c in columns}
+    "Map each canonical column to the CSV column that holds it (case-insensitive alias match); refuse ambiguity."
     found = {}
     for canon, aliases in COLUMN_ALIASES.items():
-        hit = next((lower[a] for a in aliases if a in lower), None)
-        if hit is not None: found[canon] = hit
+        hits = [c for c in columns if str(c).strip().lower() in aliases]
+        if len(hits) > 1:
+            raise DataError(f"{source}: columns {', '.join(repr(str(h)) for h in hits)} all name the field {canon!r}; "
+                            f"keep one of them")
+        if hits: found[canon] = hits[0]
     missing = [c for c in REQUIRED_COLUMNS if c not in found]
     if missing:
         c = missing[0]
@@ -81,12 +103,30 @@ def _clean(s: pd.Series) -> pd.Series:
     return s.astype("string").str.strip().fillna("").astype(str)
 
 
-def read_metadata(csv_path) -> pd.DataFrame:
+MISSING_LESION = ("error", "fallback")
+
+
+def read_text_utf8(path) -> str:
+    "A text file's contents; a byte that is not UTF-8 is an error naming the file, line, column and byte."
+    data = Path(path).read_bytes()
+    try: return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}: line {line}, column {col}: byte 0x{data[e.start]:02x} is not UTF-8 "
+                        f"(save the file as UTF-8)") from None
+
+
+def read_metadata(csv_path, missing_lesion: str = "fallback") -> pd.DataFrame:
     "Read a HAM10000-style metadata CSV into canonical columns: image_id, lesion_id, patient_id, dx, site, group."
     csv_path = Path(csv_path)
+    if missing_lesion not in MISSING_LESION:
+        raise DataError(f"missing_lesion={missing_lesion!r}: choose one of {', '.join(MISSING_LESION)}")
     if not csv_path.is_file(): raise DataError(f"{csv_path}: metadata CSV not found")
-    try: raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    text = read_text_utf8(csv_path)
+    try: raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError: raise DataError(f"{csv_path}: metadata CSV is empty") from None
+    except pd.errors.ParserError as e: raise DataError(f"{csv_path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
     cols = resolve_columns(raw.columns, str(csv_path))
     if raw.empty: raise DataError(f"{csv_path}: metadata CSV has a header but no rows")
     df = pd.DataFrame({c: _clean(raw[src]) for c, src in cols.items()})
@@ -100,11 +140,23 @@ def read_metadata(csv_path) -> pd.DataFrame:
         rows = [int(i) + 2 for i in np.flatnonzero(df.image_id == first)]
         raise DataError(f"{csv_path}: duplicate image id {first!r} on rows {rows} "
                         f"({dup.nunique()} duplicated ids in all)")
+    no_lesion = np.flatnonzero((df.lesion_id == "").to_numpy())
+    rows = [int(i) + 2 for i in no_lesion]
+    if len(rows) and missing_lesion == "error":
+        raise DataError(f"{csv_path}: {len(rows)} row(s) have no lesion id (rows {_row_list(rows)}); a lesion id is "
+                        f"the leakage unit. Fill them in, or opt in to the release's one-image-lesion fallback "
+                        f"(missing_lesion='fallback')")
     df["lesion_id"] = df.lesion_id.where(df.lesion_id != "", "missing_lesion::" + df.image_id)
     df["dx"] = df.dx.where(df.dx != "", "unknown_diagnosis")
     df["site"] = df.site.where(df.site != "", "unknown_site")
     df["group"] = np.where(df.patient_id != "", "patient::" + df.patient_id, "lesion::" + df.lesion_id)
-    return df[["image_id", "lesion_id", "patient_id", "dx", "site", "group"]]
+    out = df[["image_id", "lesion_id", "patient_id", "dx", "site", "group"]].copy()
+    out.attrs["lesion_fallback_rows"] = rows
+    return out
+
+
+def _row_list(rows: list[int], n: int = 10) -> str:
+    return ", ".join(map(str, rows[:n])) + (f" and {len(rows) - n} more" if len(rows) > n else "")
 
 # %% ../nbs/00_data.ipynb #520f7643
 @dataclass(frozen=True)
@@ -143,19 +195,62 @@ def index_images(roots) -> dict[str, Path]:
     return found
 
 # %% ../nbs/00_data.ipynb #7cff57ed
-AUDIT_COLUMNS = ["status", "width", "height", "size", "sha256", "error"]
+def to_rgb8(img: Image.Image, source="image") -> Image.Image:
+    "An 8-bit RGB copy of any image Pillow reads: wide modes scaled, never clipped (see the table above)."
+    from PIL import ImageSequence
+    if getattr(img, "n_frames", 1) > 1: img = next(ImageSequence.Iterator(img)).copy()
+    mode = img.mode
+    if mode == "RGB": return img.copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 1 or np.isnan(a).any()):
+                raise DataError(f"{source}: float image (mode F) with values outside [0, 1] "
+                                f"({np.nanmin(a):g} to {np.nanmax(a):g}); cannot tell its scale")
+            g = np.rint(a * 255)
+        else:
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise DataError(f"{source}: integer image (mode {mode}) with values {a.min():g} to {a.max():g}, "
+                                f"outside the 16-bit range; cannot tell its scale")
+            g = np.rint(a / 257)
+        return Image.fromarray(np.repeat(g.astype(np.uint8)[..., None], 3, axis=2))
+    try: return img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise DataError(f"{source}: cannot convert image mode {mode} to RGB ({e})") from None
+
+
+def exif_orientation(img: Image.Image) -> int:
+    "The EXIF orientation tag (1 = as stored, also when there is none)."
+    try: return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception: return 1      # a damaged EXIF block is no orientation
+
+
+def open_rgb(path, exif: bool = False) -> Image.Image:
+    "Open an image file as 8-bit RGB; `exif=True` first turns it as its EXIF orientation tag says."
+    from PIL import ImageOps
+    try:
+        with Image.open(path) as im:
+            if exif: im = ImageOps.exif_transpose(im)
+            return to_rgb8(im, path)
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+# %% ../nbs/00_data.ipynb #34baac19
+AUDIT_COLUMNS = ["status", "width", "height", "size", "sha256", "error", "orientation"]
+AUDIT_CACHE = "files-v2.parquet"      # v2: + orientation
 
 
 def inspect_image(path) -> dict:
     "Status, size and SHA-256 of one image file; `unreadable` with the reason when PIL can't decode it."
     path = Path(path)
     try: data = path.read_bytes()
-    except FileNotFoundError: return dict(status="missing", width=0, height=0, size=0, sha256="", error="no such file")
-    out = dict(status="found", width=0, height=0, size=len(data), sha256=hashlib.sha256(data).hexdigest(), error="")
+    except FileNotFoundError: return dict(status="missing", width=0, height=0, size=0, sha256="", error="no such file", orientation=1)
+    out = dict(status="found", width=0, height=0, size=len(data), sha256=hashlib.sha256(data).hexdigest(), error="",
+               orientation=1)
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            out.update(width=im.width, height=im.height)
+            out.update(width=im.width, height=im.height, orientation=exif_orientation(im))
     except Exception as e:  # PIL raises several types for corrupt data
         out.update(status="unreadable", error=f"{type(e).__name__}: {e}".splitlines()[0])
     return out
@@ -169,15 +264,47 @@ def _file_keys(paths) -> list[tuple[str, int, int]]:
     return keys
 
 
+class CacheWarning(UserWarning):
+    "A cache file could not be used: it was moved aside and its entries are recomputed."
+
+
+def quarantine(path, reason: str) -> Path | None:
+    """Move a damaged cache file aside (`<name>.corrupt`, numbered if taken) and warn, naming it; its entries
+    are then recomputed. Returns where it went (None when another process moved it first)."""
+    import warnings
+    path = Path(path)
+    dest = path.with_name(path.name + ".corrupt")
+    k = 1
+    while dest.exists(): dest, k = path.with_name(f"{path.name}.corrupt-{k}"), k + 1
+    try: os.replace(path, dest)
+    except FileNotFoundError: return None
+    warnings.warn(f"cache file {path} is unusable ({reason}); moved aside to {dest.name}, its entries will be recomputed",
+                  CacheWarning, stacklevel=2)
+    return dest
+
+
+def read_cached_table(path, columns) -> pd.DataFrame | None:
+    "A cache parquet with at least `columns`, or None (missing; or damaged/foreign, then quarantined)."
+    path = Path(path)
+    if not path.exists(): return None
+    try: df = pd.read_parquet(path)
+    except Exception as e:       # pyarrow raises several types for a damaged file
+        quarantine(path, f"{type(e).__name__}: {e}".splitlines()[0][:200]); return None
+    if not set(columns) <= set(df.columns):
+        quarantine(path, f"columns {sorted(df.columns)[:8]} are not this cache's"); return None
+    return df
+
+
 def audit_files(paths, workers: int | None = None, cache: Path | None = None, progress=False) -> pd.DataFrame:
     "Inspect every file (in parallel), reusing cached results for files whose size and mtime are unchanged."
     keys = pd.DataFrame(_file_keys([None if p is None else str(p) for p in paths]), columns=["path", "size", "mtime_ns"])
-    cache = Path(cache) if cache else cache_dir("audit") / "files.parquet"
-    old = pd.read_parquet(cache) if cache.exists() else pd.DataFrame(columns=["path", "mtime_ns"] + AUDIT_COLUMNS)
+    cache = Path(cache) if cache else cache_dir("audit") / AUDIT_CACHE
+    old = read_cached_table(cache, ["path", "mtime_ns"] + AUDIT_COLUMNS)
+    if old is None: old = pd.DataFrame(columns=["path", "mtime_ns"] + AUDIT_COLUMNS)
     old = old.drop_duplicates("path").astype({"size": "int64", "mtime_ns": "int64"})
     out = keys.merge(old, on=["path", "size", "mtime_ns"], how="left")      # hits: size and mtime unchanged
     gone = keys["size"] < 0
-    out.loc[gone, AUDIT_COLUMNS] = ["missing", 0, 0, 0, "", "no such file"]
+    out.loc[gone, AUDIT_COLUMNS] = ["missing", 0, 0, 0, "", "no such file", 1]
     todo = np.flatnonzero(out.status.isna().to_numpy())
     if len(todo):
         from tqdm import tqdm
@@ -191,19 +318,20 @@ def audit_files(paths, workers: int | None = None, cache: Path | None = None, pr
         buf = io.BytesIO(); merged[["path", "mtime_ns"] + AUDIT_COLUMNS].to_parquet(buf, index=False)
         atomic_write_bytes(cache, buf.getvalue())
     out["size"] = keys["size"].clip(lower=0)
-    return out[AUDIT_COLUMNS].astype({"width": int, "height": int, "size": int, "status": str, "sha256": str, "error": str})
+    return out[AUDIT_COLUMNS].astype({"width": int, "height": int, "size": int, "status": str, "sha256": str, "error": str,
+                                      "orientation": int})
 
 # %% ../nbs/00_data.ipynb #4162cac6
-def load_records(data, progress=False, cache: Path | None = None) -> pd.DataFrame:
+def load_records(data, progress=False, cache: Path | None = None, missing_lesion: str = "fallback") -> pd.DataFrame:
     "Read a dataset folder (or `Dataset`) into audited records, one row per metadata row."
     ds = data if isinstance(data, Dataset) else Dataset.from_dir(data)
-    meta = read_metadata(ds.metadata_csv)
+    meta = read_metadata(ds.metadata_csv, missing_lesion)
     index = index_images(ds.image_roots)
     paths = [index.get(i) for i in meta.image_id]
     audit = audit_files(paths, cache=cache, progress=progress)
     rec = pd.concat([meta.reset_index(drop=True), audit], axis=1)
     rec.insert(6, "path", [str(p) if p else "" for p in paths])
-    rec.attrs["metadata_csv"] = str(ds.metadata_csv)
+    rec.attrs.update(metadata_csv=str(ds.metadata_csv), lesion_fallback_rows=meta.attrs["lesion_fallback_rows"])
     return rec
 
 
@@ -217,6 +345,9 @@ def summarise_audit(records: pd.DataFrame) -> dict:
         "n_rows": int(len(records)),
         "n_images": int(len(ok)),
         "n_lesions": int(records.lesion_id.nunique()),
+        "missing_lesion_ids": {"count": len(records.attrs.get("lesion_fallback_rows", [])),
+                               "rows": records.attrs.get("lesion_fallback_rows", [])[:50],
+                               "rule": "missing_lesion::<image_id> (the release's one-image-lesion fallback)"},
         "missing": sorted(records.image_id[records.status == "missing"]),
         "unreadable": sorted(records.image_id[records.status == "unreadable"]),
         "duplicate_ids": int(records.image_id.duplicated().sum()),

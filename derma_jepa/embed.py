@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from .backbones import Backbone
-from .data import atomic_write_bytes, cache_dir
-from .nuisance import load_rgb, render
+from .data import atomic_write_bytes, cache_dir, quarantine
+from .nuisance import exif_applies, load_rgb, render, side_key
 
 # %% auto #0
 __all__ = ['resolve_dtype', 'autocast', 'SideDataset', 'default_workers', 'side_keys', 'EmbeddingCache', 'EmbedStats',
@@ -40,11 +40,12 @@ def autocast(device: str, dtype: str):
 
 # %% ../nbs/06_embed.ipynb #44bf5618
 class SideDataset(torch.utils.data.Dataset):
-    "Rendered, preprocessed sides: item i = transform(render(load(paths[i]), recipes[i]))."
-    def __init__(self, paths, recipes, transform):
+    "Rendered, preprocessed sides: item i = transform(render(load(paths[i], exif[i]), recipes[i]))."
+    def __init__(self, paths, recipes, transform, exif=None):
         self.paths, self.recipes, self.transform = list(paths), list(recipes), transform
+        self.exif = [False] * len(self.paths) if exif is None else [bool(e) for e in exif]
     def __len__(self): return len(self.paths)
-    def __getitem__(self, i): return self.transform(render(load_rgb(self.paths[i]), self.recipes[i]))
+    def __getitem__(self, i): return self.transform(render(load_rgb(self.paths[i], self.exif[i]), self.recipes[i]))
 
 
 def default_workers() -> int:
@@ -71,11 +72,25 @@ class EmbeddingCache:
         out, found = np.zeros((len(keys), dim), np.float32), np.zeros(len(keys), bool)
         want = pd.Index(keys)
         for shard in self.shards():
-            with np.load(shard, allow_pickle=False) as z:
-                pos = want.get_indexer(z["keys"])
-                hit = pos >= 0
-                out[pos[hit]], found[pos[hit]] = z["vectors"][hit], True
+            got = self.read_shard(shard, dim)
+            if got is None: continue
+            pos = want.get_indexer(got[0])
+            hit = pos >= 0
+            out[pos[hit]], found[pos[hit]] = got[1][hit], True
         return found, out
+
+    @staticmethod
+    def read_shard(shard: Path, dim: int):
+        "(keys, vectors) of a shard, or None after quarantining a damaged or foreign one."
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                keys, vec = z["keys"], z["vectors"]
+        except Exception as e:      # BadZipFile, EOFError, zlib.error, ValueError (pickled), KeyError, OSError
+            quarantine(shard, f"{type(e).__name__}: {e}".splitlines()[0][:200]); return None
+        if not (keys.dtype == np.dtype("S64") and keys.ndim == 1 and vec.dtype == np.float32 and vec.shape == (len(keys), dim)):
+            quarantine(shard, f"arrays keys {keys.dtype}{keys.shape}, vectors {vec.dtype}{vec.shape} "
+                              f"are not this cache's (S64 keys, float32 n x {dim})"); return None
+        return keys, vec
 
     def put(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
         buf = io.BytesIO()
@@ -142,7 +157,9 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", ba
     device = backbone.device
     dtype = resolve_dtype(dtype, device)
     workers = default_workers() if workers is None else workers
-    keys = side_keys(backbone.fingerprint, dtype, sides.sha256, sides.recipe)
+    exif = sides["exif"].to_numpy(bool) if "exif" in sides else np.zeros(len(sides), bool)
+    orient = sides["orientation"].to_numpy() if "orientation" in sides else np.ones(len(sides), int)
+    keys = side_keys(backbone.fingerprint, dtype, sides.sha256, map(side_key, sides.recipe, exif, orient))
 
     def forward(x):
         with torch.inference_mode(), autocast(device, dtype):
@@ -150,15 +167,18 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", ba
         return torch.nn.functional.normalize(z, dim=-1, eps=1e-12).cpu().numpy()
 
     out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim,
-                               lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform),
+                               lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform, exif[todo]),
                                forward, batch_size, workers, shard_size, progress, f"embed {backbone.name}")
     stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers)
     return out, stats
 
 # %% ../nbs/06_embed.ipynb #688ecafc
 def sides_table(manifest: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
-    "The distinct sides of a manifest with each source file's path and SHA-256."
+    "The distinct sides of a manifest with each source file's path, SHA-256, orientation and EXIF rule."
     from derma_jepa.pairs import manifest_sides
     s = manifest_sides(manifest)
     rec = records.set_index("image_id")
-    return s.assign(path=rec.path.reindex(s.image_id).to_numpy(), sha256=rec.sha256.reindex(s.image_id).to_numpy())
+    protocol = manifest.protocol.iloc[0] if "protocol" in manifest and len(manifest) else "symmetric"
+    orient = rec.orientation.reindex(s.image_id).fillna(1).astype(int).to_numpy() if "orientation" in rec else 1
+    return s.assign(path=rec.path.reindex(s.image_id).to_numpy(), sha256=rec.sha256.reindex(s.image_id).to_numpy(),
+                    orientation=orient, exif=[exif_applies(protocol, r, "backbone") for r in s.recipe])

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -30,17 +29,14 @@ from .predictors import Predictor, control_scores, cosine_distance
 from .fixture import fixture_dir
 from .nuisance import HELD_OUT_FAMILIES
 from .pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
+from .safety import ConfigError, check_destination, coerce_fields, write_marked_dir
 from .split import SPLITS, check_fractions, check_protocol, split_counts, split_records
 
 # %% auto #0
-__all__ = ['STAGES', 'ConfigError', 'Config', 'resolve_data', 'run_id', 'run_path', 'write_run_dir', 'RunResult', 'data_stage',
-           'environment', 'pair_embeddings', 'evaluate', 'make_figures', 'model_card', 'run']
+__all__ = ['STAGES', 'Config', 'resolve_data', 'run_id', 'run_path', 'protected_paths', 'destination', 'write_run_dir',
+           'RunResult', 'data_stage', 'environment', 'pair_embeddings', 'evaluate', 'make_figures', 'model_card', 'run']
 
 # %% ../nbs/10_experiment.ipynb #6b520124
-class ConfigError(ValueError):
-    "A bad configuration value or an unknown parameter; the message names it."
-
-
 STAGES = ("manifest", "embed", "all")
 
 
@@ -70,19 +66,12 @@ class Config:
     epochs: int = 200
     stop_after: str = "all"
     n_boot: int = 1000
+    missing_lesion: str = "auto"
     run_dir: str = ""
 
     def __post_init__(self):
-        for f in fields(self):      # coerce what YAML and papermill hand over (lists, ints as floats, ...)
-            v = getattr(self, f.name)
-            try:
-                if f.type == "int" and not isinstance(v, bool): v = int(v)
-                elif f.type == "bool" and isinstance(v, str): v = v.strip().lower() in ("1", "true", "yes")
-                elif f.type == "tuple": v = tuple(float(x) for x in (v.split(",") if isinstance(v, str) else v))
-                elif f.type == "str": v = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else ("" if v is None else str(v))
-            except (TypeError, ValueError):
-                raise ConfigError(f"parameter {f.name}={v!r} is not a valid {f.type}") from None
-            object.__setattr__(self, f.name, v)
+        coerce_fields(self)         # what YAML and papermill hand over, converted only when nothing is lost
+        if self.lofo_fold < -1: raise ConfigError(f"parameter lofo_fold={self.lofo_fold}: -1 (off) or a fold 0-2")
         if self.lofo_fold >= 0:     # leave-one-family-out: the fold decides the families
             if self.lofo_fold >= len(HELD_OUT_FAMILIES):
                 raise ConfigError(f"lofo_fold={self.lofo_fold}: there are {len(HELD_OUT_FAMILIES)} folds (0-{len(HELD_OUT_FAMILIES) - 1})")
@@ -112,7 +101,10 @@ class Config:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
-        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1)]:
+        if self.missing_lesion not in ("auto", "error", "fallback"):
+            raise ConfigError(f"unknown missing_lesion {self.missing_lesion!r}: choose auto, error or fallback")
+        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1),
+                         ("seed", 0), ("n_boot", 1)]:
             if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
 
     @property
@@ -122,6 +114,12 @@ class Config:
 
     @property
     def resolved_preset(self) -> str: return default_preset(self.protocol, None if self.preset == "auto" else self.preset)
+
+    @property
+    def resolved_missing_lesion(self) -> str:
+        "`auto`: the release's fallback under `reference`, an error under `symmetric`."
+        if self.missing_lesion != "auto": return self.missing_lesion
+        return "fallback" if self.protocol == "reference" else "error"
 
     @classmethod
     def from_params(cls, params: dict, source: str = "parameters") -> "Config":
@@ -174,23 +172,20 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO(); df.to_parquet(buf, index=False); return buf.getvalue()
 
 
-def write_run_dir(dest: Path, files: dict[str, bytes]) -> Path:
-    "Write `files` (name -> bytes) into a temporary sibling of `dest`, then move it into place."
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        for name, data in files.items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_bytes(data)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old); os.replace(tmp, dest); shutil.rmtree(old)
-        else: os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+def protected_paths(config: Config) -> list[Path]:
+    "Folders a run directory may not be, be inside of, or contain: the data folder (the cache always is)."
+    if config.data == "fixture": return []        # the fixture lives in the cache
+    return [Path(os.path.expandvars(os.path.expanduser(config.data)))]
+
+
+def destination(config: Config) -> Path:
+    "The run directory this config writes, checked before any work (16_safety)."
+    return check_destination(run_path(config), "run", protected_paths(config))
+
+
+def write_run_dir(dest: Path, files: dict[str, bytes], protected=()) -> Path:
+    "Write `files` (name -> bytes) as the run directory `dest`, replacing only a run directory of this project's."
+    return write_marked_dir(dest, files, "run", protected)
 
 # %% ../nbs/10_experiment.ipynb #d9a9a779
 @dataclass
@@ -211,7 +206,7 @@ class RunResult:
 
 def data_stage(config: Config):
     "Audit, split and manifest for a config: (records, split records, manifest, audit dict)."
-    records = load_records(resolve_data(config))
+    records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion)
     audit = summarise_audit(records)
     require_readable(records)
     split = split_records(records, config.seed, config.split_fractions, config.protocol)
@@ -358,6 +353,7 @@ def run(config: Config) -> RunResult:
     import time
     t, stage = {}, STAGES.index(config.stop_after)
     start = t0 = time.perf_counter()
+    dest = destination(config)            # a destination the project may not write stops the run here
     backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
     t["backbone_load"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
     t0 = time.perf_counter()
@@ -405,12 +401,14 @@ def run(config: Config) -> RunResult:
         long = pd.concat([manifest[["pair_id", "split", "kind", "label"]].assign(scorer=n, score=v) for n, v in scores.items()],
                          ignore_index=True)
         figs = make_figures(manifest, scores, ev)
-        buf = io.BytesIO(); np.savez(buf, **predictor.params())
+        from safetensors.numpy import save as st_save
+        weights = st_save({k: np.ascontiguousarray(v) for k, v in predictor.params().items()},
+                          metadata={"derma_jepa": json.dumps({"predictor": config.predictor, "trainer": predictor.trainer})})
         files.update({"scores.parquet": _parquet_bytes(long), "metrics.json": json.dumps(ev, indent=1).encode(),
-                      "predictor.npz": buf.getvalue(), "model_card.md": model_card(config, ev, env).encode(),
+                      "predictor.safetensors": weights, "model_card.md": model_card(config, ev, env).encode(),
                       **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
         extra = {"scores": long, "evaluation": ev, "figures": figs, "predictor": predictor}
     t["total"] = round(time.perf_counter() - start, 3)
     files["timings.json"] = json.dumps(t, indent=1).encode()
-    dest = write_run_dir(run_path(config), files)
+    dest = write_run_dir(dest, files, protected_paths(config))
     return RunResult(config, dest, records, split, manifest, audit, t, embeddings, **extra)

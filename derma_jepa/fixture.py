@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from .data import DataError, cache_dir
+from .data import DataError, cache_dir, follow_umask
 
 # %% auto #0
 __all__ = ['FIXTURE_VERSION', 'DX_COUNTS', 'SITE_COUNTS', 'IMAGES_PER_LESION', 'DX_LOOK', 'SIZE', 'lesion_params',
@@ -153,7 +153,7 @@ def make_fixture(out_dir, n_lesions: int = 400, seed: int = 0, quality: int = 90
     meta = fixture_metadata(n_lesions, seed)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        (tmp / "images").mkdir()
+        follow_umask(tmp, is_dir=True); (tmp / "images").mkdir()
         for lesion_id, rows in meta.groupby("lesion_id", sort=False):
             lrng = np.random.default_rng([seed, 2, int(lesion_id[4:])])
             p = lesion_params(lrng, rows.dx.iloc[0])

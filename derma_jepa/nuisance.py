@@ -16,15 +16,15 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy.ndimage import uniform_filter1d
 
-from .data import DataError
+from .data import DataError, open_rgb
 
 # %% auto #0
 __all__ = ['OPS', 'REFERENCE_FAMILIES', 'PAPER_FAMILIES', 'PRESETS', 'HELD_OUT_FAMILIES', 'NONE_RECIPE', 'corner',
            'generator_from', 'noise_array', 'salt_pepper_arrays', 'fit', 'brightness', 'contrast', 'saturation',
            'rotate', 'hflip', 'gaussian_blur', 'posterize', 'unsharp', 'scale_translate', 'gaussian_noise', 'jpeg',
            'hue_shift', 'motion_blur', 'erase', 'gamma', 'temperature', 'vignette', 'salt_pepper', 'Draw', 'Step',
-           'Family', 'get_family', 'check_disjoint_families', 'draw_recipe', 'recipe_json', 'load_rgb', 'render',
-           'gallery']
+           'Family', 'get_family', 'check_disjoint_families', 'draw_recipe', 'recipe_json', 'load_rgb', 'exif_applies',
+           'side_key', 'render', 'gallery']
 
 # %% ../nbs/03_nuisance.ipynb #db757751
 def _arr(img): return np.asarray(img, dtype=np.float64)
@@ -322,9 +322,21 @@ def recipe_json(recipe: dict) -> str:
     return json.dumps(recipe, sort_keys=True, separators=(",", ":"))
 
 # %% ../nbs/03_nuisance.ipynb #3b17b76c
-def load_rgb(path) -> Image.Image:
-    "Open an image file as RGB (no EXIF transpose, as the release's variant path)."
-    with Image.open(path) as im: return im.convert("RGB")
+def load_rgb(path, exif: bool = False) -> Image.Image:
+    "Open an image file as 8-bit RGB; `exif=True` turns it by its EXIF orientation (see `exif_applies`)."
+    return open_rgb(path, exif)
+
+
+def exif_applies(protocol: str, recipe: dict | str, reader: str) -> bool:
+    "Is this side turned by its EXIF tag? `reader` is `backbone` or `pixels` (the pixel baselines)."
+    if protocol != "reference": return True
+    family = (json.loads(recipe) if isinstance(recipe, str) else recipe).get("family")
+    return reader == "backbone" and family == "none"
+
+
+def side_key(recipe: str, exif: bool = False, orientation: int = 1) -> str:
+    "A side's pixels as a cache sees them: the recipe, plus the EXIF tag when it turns the image."
+    return recipe if not exif or int(orientation) in (0, 1) else f"{recipe}|exif{int(orientation)}"
 
 
 def render(image: Image.Image, recipe: dict | str) -> Image.Image:

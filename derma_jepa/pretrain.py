@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -18,13 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import DataError, atomic_write_bytes
+from .data import DataError, open_rgb
 from .embed import autocast, resolve_dtype
+from .safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint
 
 # %% auto #0
 __all__ = ['OBJECTIVES', 'MEAN', 'STD', 'MODELS', 'PretrainConfig', 'load_images', 'augment', 'make_vit', 'pooled', 'MAE', 'VAE',
-           'SimCLR', 'IJEPA', 'collapse_std', 'pretrain', 'export_encoder', 'encoder_digest', 'random_encoder',
-           'SSLFeature', 'load_ssl']
+           'SimCLR', 'IJEPA', 'save_state', 'load_state', 'collapse_std', 'pretrain', 'export_encoder',
+           'encoder_digest', 'random_encoder', 'SSLFeature', 'load_ssl']
 
 # %% ../nbs/13_pretrain.ipynb #cf2ddeb7
 OBJECTIVES = ("mae", "vae", "simclr", "ijepa")
@@ -48,6 +48,8 @@ class PretrainConfig:
     log_every: int = 10
 
     def __post_init__(self):
+        coerce_fields(self)             # 1.5 steps or a seed of "x" are refused with the field's name
+        if self.seed < 0: raise DataError(f"pretraining parameter seed={self.seed} must be at least 0")
         if self.objective not in OBJECTIVES: raise DataError(f"unknown objective {self.objective!r}: choose one of {', '.join(OBJECTIVES)}")
         if self.image_size % self.patch_size: raise DataError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for k in ("steps", "batch_size", "ckpt_every", "log_every"):
@@ -58,9 +60,7 @@ def load_images(paths, size: int, workers: int = 4) -> torch.Tensor:
     "uint8 tensor (n, 3, size, size) of the images squashed to size²."
     from concurrent.futures import ThreadPoolExecutor
     def one(p):
-        try:
-            with Image.open(p) as im: return np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))
-        except OSError as e: raise DataError(f"{p}: cannot read image ({e})") from None
+        return np.asarray(open_rgb(p).resize((size, size), Image.BICUBIC))
     paths = list(paths)
     if not paths: raise DataError("no images to pretrain on")
     with ThreadPoolExecutor(workers) as ex: arr = np.stack(list(ex.map(one, paths)))
@@ -214,6 +214,33 @@ def _batch_index(cfg, n, step):
     return torch.from_numpy(perm[k * cfg.batch_size:(k + 1) * cfg.batch_size] if n >= cfg.batch_size else perm)
 
 
+def save_state(path, cfg: PretrainConfig, model: nn.Module, opt, step: int, history: list) -> None:
+    "The whole training state as one safetensors file: model and optimiser tensors, the rest as JSON."
+    sd = opt.state_dict()
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    scalars = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor): tensors[f"opt.{pid}.{k}"] = v
+            else: scalars[f"{pid}.{k}"] = v
+    save_checkpoint(path, tensors, {"config": asdict(cfg), "step": step, "history": history,
+                                    "opt_param_groups": sd["param_groups"], "opt_scalars": scalars})
+
+
+def load_state(path, model: nn.Module, opt) -> tuple[dict, int, list]:
+    "Restore a `save_state` file into `model` and `opt`; returns (its config dict, step, history)."
+    tensors, meta = load_checkpoint(path)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            pid, name = k[4:].split(".", 1); state.setdefault(int(pid), {})[name] = v
+    for k, v in meta.get("opt_scalars", {}).items():
+        pid, name = k.split(".", 1); state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["opt_param_groups"]})
+    return meta["config"], meta["step"], meta["history"]
+
+
 def collapse_std(f: torch.Tensor) -> float:
     "Mean over dimensions of the batch std of L2-normalised features (≈ 1/√d when spread, → 0 when collapsed)."
     return float(F.normalize(f.float(), dim=-1).std(0).mean())
@@ -227,11 +254,11 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
     model = MODELS[cfg.objective](cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, history, last = 0, [], out_dir / "last.pt"
+    step, history, last = 0, [], out_dir / "state.safetensors"
     if last.exists():
-        st = torch.load(last, weights_only=False)
-        if st["config"] != asdict(cfg): raise DataError(f"{last}: a checkpoint of another configuration; remove it or use another folder")
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); step, history = st["step"], st["history"]
+        if load_checkpoint(last)[1].get("config") != asdict(cfg):
+            raise DataError(f"{last}: a checkpoint of another configuration; remove it or use another folder")
+        _, step, history = load_state(last, model, opt)
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.objective, disable=not progress)
     t0, n0 = time.perf_counter(), step
@@ -252,29 +279,25 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
             with torch.no_grad(), autocast("cpu", dtype):
                 model.eval(); f = model.features(batch[0] if two else batch)
             history.append({"step": step, "loss": float(loss.detach()), "feature_std": collapse_std(f), "lr": _lr(cfg, step - 1)})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
-            buf = io.BytesIO()
-            torch.save({"config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                        "history": history}, buf)
-            atomic_write_bytes(last, buf.getvalue())
+        if step % cfg.ckpt_every == 0 or step == cfg.steps: save_state(last, cfg, model, opt, step, history)
     bar.close()
-    if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.pt", history, step)
+    if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.safetensors", history, step)
     return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * (2 if getattr(model, "two_views", False) else 1)
             / max(1e-9, time.perf_counter() - t0), "dtype": dtype}
 
 
 def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, steps_trained: int | None = None):
-    "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it."
-    state = {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
-             "encoder": model.encoder.vit.state_dict(),
-             "head": model.head.state_dict() if cfg.objective == "vae" else None,
-             "mean": MEAN, "std": STD, "history": history or []}
-    buf = io.BytesIO(); torch.save(state, buf); atomic_write_bytes(Path(path), buf.getvalue())
+    "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it, as safetensors + JSON."
+    tensors = {f"encoder.{k}": v for k, v in model.encoder.vit.state_dict().items()}
+    if cfg.objective == "vae": tensors.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    save_checkpoint(path, tensors, {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
+                                    "mean": list(MEAN), "std": list(STD), "history": history or []})
 
 # %% ../nbs/13_pretrain.ipynb #01668554
 def encoder_digest(path) -> str:
+    "SHA-256 of an exported encoder's tensors (05_backbones' `tensor_digest`)."
     from derma_jepa.backbones import tensor_digest
-    return tensor_digest(torch.load(path, weights_only=False)["encoder"])
+    return tensor_digest({k[8:]: v for k, v in load_checkpoint(path)[0].items() if k.startswith("encoder.")})
 
 # %% ../nbs/13_pretrain.ipynb #88dac914
 def random_encoder(cfg: PretrainConfig, path):
@@ -296,16 +319,21 @@ class SSLFeature(nn.Module):
 
 
 def load_ssl(path):
-    "(model, transform, preprocess dict) of an `encoder.pt` written by `pretrain`."
+    "(model, transform, preprocess dict) of an encoder exported by `pretrain` (safetensors; or an older tensors-only .pt)."
     import torchvision.transforms as T
     path = Path(path)
     if not path.is_file(): raise DataError(f"ssl backbone: checkpoint {path} not found (train one with 13_pretrain)")
-    st = torch.load(path, weights_only=False)
-    cfg = PretrainConfig(**st["config"])
-    vit = make_vit(cfg); vit.load_state_dict(st["encoder"])
-    head = None
-    if st["head"] is not None:
-        head = nn.Linear(vit.embed_dim, st["head"]["weight"].shape[0]); head.load_state_dict(st["head"])
+    tensors, st = load_checkpoint(path)
+    part = lambda p: {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+    try:
+        cfg = PretrainConfig(**st["config"])
+        vit = make_vit(cfg); vit.load_state_dict(part("encoder."))
+        head = None
+        if part("head."):
+            head = nn.Linear(vit.embed_dim, part("head.")["weight"].shape[0]); head.load_state_dict(part("head."))
+    except (KeyError, TypeError, RuntimeError, DataError) as e:
+        raise CheckpointError(f"{path}: not an encoder exported by 13_pretrain ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:160]})") from None
     tf = T.Compose([T.Resize((cfg.image_size, cfg.image_size), interpolation=T.InterpolationMode.BICUBIC),
                     T.ToTensor(), T.Normalize(st["mean"], st["std"])])
     trained = st.get("steps_trained", cfg.steps)

@@ -21,7 +21,8 @@ import yaml
 
 from .backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolve_weights
 from .data import DataError, atomic_write_bytes
-from .experiment import Config, ConfigError, resolve_data, run_id, write_run_dir
+from .experiment import Config, ConfigError, resolve_data, run_id
+from .safety import write_marked_dir
 
 # %% auto #0
 __all__ = ['ARC_KEYS', 'SWEEP_KEYS', 'BACKBONE_LABELS', 'STAND_INS', 'METRICS', 'MAIN_TEX', 'repo_root', 'experiments_dir',
@@ -413,7 +414,8 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
                                                        + tex_text(backbones)), "figures": fig_tex}).encode()
     out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
     for sub in ("tables", "figures"):
-        write_run_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")})
+        write_marked_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")}, kind="paper",
+                         what="paper folder")
     for k in ("runs.md", "main.tex"): atomic_write_bytes(out / k, files[k])
     return {"long": long, "tables": {k: v[0] for k, v in tables.items()}, "figures": figs, "files": sorted(files)}
 

@@ -18,7 +18,11 @@
 # The reference release reads `HAM10000_metadata.csv` plus the folders `HAM10000_images_part_1/`,
 # `HAM10000_images_part_2/` and `images/`, searched in that order for `<image_id>.{jpg,jpeg,png}`
 # (PROTOCOL A1). Column names are matched case-insensitively through alias lists, so ISIC-style
-# CSVs (`isic_id`, `diagnosis`, `anatom_site_general`) load too.
+# CSVs (`isic_id`, `diagnosis`, `anatom_site_general`) load too. What must never happen is a
+# *silent* wrong read: two columns that both claim one field (`dx` and `DX`, or `dx` and
+# `diagnosis`), a file that is not UTF-8, a blank lesion id that quietly becomes a lesion of its
+# own, or a 16-bit image that becomes white. Each is an error naming the file, row or value, or
+# (where the release had a documented behaviour) that behaviour, counted in the audit.
 #
 # The audit is the first line of defence against leakage and silent data loss: it records, for
 # every row, whether the file was found and decodes, its size, and the SHA-256 of its bytes.
@@ -66,6 +70,23 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def current_umask() -> int:
+    "The process's umask, read without changing it where the OS says it (Linux), else set and restored."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except OSError: pass
+    old = os.umask(0o022); os.umask(old)
+    return old
+
+
+def follow_umask(path, is_dir: bool | None = None) -> None:
+    "Give `path` the mode a plain `open`/`mkdir` would have (0666/0777 less the umask): `tempfile` makes 0600/0700."
+    path = Path(path)
+    is_dir = path.is_dir() if is_dir is None else is_dir
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~current_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     "Write `data` to `path` through a temporary file and a rename, so readers never see half a file."
     path = Path(path)
@@ -73,11 +94,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f: f.write(data)
+        follow_umask(tmp, is_dir=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
+
+# %%
+_u = Path(tempfile.mkdtemp()) / "f.bin"
+_old = os.umask(0o027)
+try:
+    atomic_write_bytes(_u, b"x")
+    test_eq((current_umask(), oct(_u.stat().st_mode & 0o777)), (0o027, "0o640"))
+finally: os.umask(_old)
 
 # %% [markdown]
 # ## Column aliases
@@ -103,12 +133,14 @@ IMAGE_FOLDERS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "images")
 
 
 def resolve_columns(columns, source="metadata") -> dict[str, str]:
-    "Map each canonical column to the CSV column that holds it (case-insensitive alias match)."
-    lower = {str(c).strip().lower(): c for c in columns}
+    "Map each canonical column to the CSV column that holds it (case-insensitive alias match); refuse ambiguity."
     found = {}
     for canon, aliases in COLUMN_ALIASES.items():
-        hit = next((lower[a] for a in aliases if a in lower), None)
-        if hit is not None: found[canon] = hit
+        hits = [c for c in columns if str(c).strip().lower() in aliases]
+        if len(hits) > 1:
+            raise DataError(f"{source}: columns {', '.join(repr(str(h)) for h in hits)} all name the field {canon!r}; "
+                            f"keep one of them")
+        if hits: found[canon] = hits[0]
     missing = [c for c in REQUIRED_COLUMNS if c not in found]
     if missing:
         c = missing[0]
@@ -121,16 +153,28 @@ def resolve_columns(columns, source="metadata") -> dict[str, str]:
 test_eq(resolve_columns(["Lesion_ID", "isic_id", "Diagnosis", "anatom_site_general"]),
         {"image_id": "isic_id", "lesion_id": "Lesion_ID", "dx": "Diagnosis", "site": "anatom_site_general"})
 test_fail(lambda: resolve_columns(["image_id", "lesion_id", "dx"], "m.csv"), contains="'site'")
+test_fail(lambda: resolve_columns(["image_id", "lesion_id", "dx", "DX", "site"], "m.csv"),
+          contains="m.csv: columns 'dx', 'DX' all name the field 'dx'")
+test_fail(lambda: resolve_columns(["image_id", "lesion_id", "dx", "diagnosis", "site"]), contains="'dx', 'diagnosis'")
 
 
 # %% [markdown]
 # ## Reading the metadata
 #
-# `read_metadata` returns the canonical columns as strings. Empty values get the release's
-# fallbacks: `missing_lesion::<image_id>`, `unknown_diagnosis`, `unknown_site` (HAM10000's literal
-# site `unknown` stays as it is). The split's *group* is the patient when one is known, otherwise
-# the lesion, so every HAM10000 group is `lesion::<lesion_id>`. An empty CSV or a duplicated image
-# id stops here: the release aborts its manifest build on duplicate ids, and so do we.
+# `read_metadata` returns the canonical columns as strings. Empty dx and site get the release's
+# fallbacks `unknown_diagnosis` and `unknown_site` (HAM10000's literal site `unknown` stays as it
+# is). An empty **lesion id** is different: the lesion is the leakage unit, and the release's
+# fallback `missing_lesion::<image_id>` makes each such image a lesion of its own, so two images
+# of one real lesion can become a "changing" pair or sit in two splits. `missing_lesion="error"`
+# (what the `symmetric` protocol uses unless told otherwise) stops with the rows named;
+# `"fallback"` is the release's rule (the `reference` protocol, or an explicit opt-in), and the
+# rows it touched are kept in `attrs["lesion_fallback_rows"]` for the audit to count.
+#
+# The file must be UTF-8 (a byte-order mark is allowed): a Latin-1 or damaged byte is an error
+# naming the line and the byte, never a guess at an encoding. The split's *group* is the patient
+# when one is known, otherwise the lesion, so every HAM10000 group is `lesion::<lesion_id>`. An
+# empty CSV or a duplicated image id stops here: the release aborts its manifest build on
+# duplicate ids, and so do we.
 
 # %%
 #| export
@@ -138,12 +182,30 @@ def _clean(s: pd.Series) -> pd.Series:
     return s.astype("string").str.strip().fillna("").astype(str)
 
 
-def read_metadata(csv_path) -> pd.DataFrame:
+MISSING_LESION = ("error", "fallback")
+
+
+def read_text_utf8(path) -> str:
+    "A text file's contents; a byte that is not UTF-8 is an error naming the file, line, column and byte."
+    data = Path(path).read_bytes()
+    try: return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(f"{path}: line {line}, column {col}: byte 0x{data[e.start]:02x} is not UTF-8 "
+                        f"(save the file as UTF-8)") from None
+
+
+def read_metadata(csv_path, missing_lesion: str = "fallback") -> pd.DataFrame:
     "Read a HAM10000-style metadata CSV into canonical columns: image_id, lesion_id, patient_id, dx, site, group."
     csv_path = Path(csv_path)
+    if missing_lesion not in MISSING_LESION:
+        raise DataError(f"missing_lesion={missing_lesion!r}: choose one of {', '.join(MISSING_LESION)}")
     if not csv_path.is_file(): raise DataError(f"{csv_path}: metadata CSV not found")
-    try: raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    text = read_text_utf8(csv_path)
+    try: raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError: raise DataError(f"{csv_path}: metadata CSV is empty") from None
+    except pd.errors.ParserError as e: raise DataError(f"{csv_path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
     cols = resolve_columns(raw.columns, str(csv_path))
     if raw.empty: raise DataError(f"{csv_path}: metadata CSV has a header but no rows")
     df = pd.DataFrame({c: _clean(raw[src]) for c, src in cols.items()})
@@ -157,11 +219,23 @@ def read_metadata(csv_path) -> pd.DataFrame:
         rows = [int(i) + 2 for i in np.flatnonzero(df.image_id == first)]
         raise DataError(f"{csv_path}: duplicate image id {first!r} on rows {rows} "
                         f"({dup.nunique()} duplicated ids in all)")
+    no_lesion = np.flatnonzero((df.lesion_id == "").to_numpy())
+    rows = [int(i) + 2 for i in no_lesion]
+    if len(rows) and missing_lesion == "error":
+        raise DataError(f"{csv_path}: {len(rows)} row(s) have no lesion id (rows {_row_list(rows)}); a lesion id is "
+                        f"the leakage unit. Fill them in, or opt in to the release's one-image-lesion fallback "
+                        f"(missing_lesion='fallback')")
     df["lesion_id"] = df.lesion_id.where(df.lesion_id != "", "missing_lesion::" + df.image_id)
     df["dx"] = df.dx.where(df.dx != "", "unknown_diagnosis")
     df["site"] = df.site.where(df.site != "", "unknown_site")
     df["group"] = np.where(df.patient_id != "", "patient::" + df.patient_id, "lesion::" + df.lesion_id)
-    return df[["image_id", "lesion_id", "patient_id", "dx", "site", "group"]]
+    out = df[["image_id", "lesion_id", "patient_id", "dx", "site", "group"]].copy()
+    out.attrs["lesion_fallback_rows"] = rows
+    return out
+
+
+def _row_list(rows: list[int], n: int = 10) -> str:
+    return ", ".join(map(str, rows[:n])) + (f" and {len(rows) - n} more" if len(rows) > n else "")
 
 
 # %%
@@ -169,6 +243,12 @@ _tmp = Path(tempfile.mkdtemp())
 (_tmp / "m.csv").write_text("isic_id,LESION_ID,diagnosis,localization\nA,L1,nv,back\nB,,,\n")
 _m = read_metadata(_tmp / "m.csv")
 test_eq(list(_m.lesion_id), ["L1", "missing_lesion::B"])
+test_eq(_m.attrs["lesion_fallback_rows"], [3])
+test_fail(lambda: read_metadata(_tmp / "m.csv", missing_lesion="error"), contains="1 row(s) have no lesion id (rows 3)")
+(_tmp / "latin1.csv").write_bytes("image_id,lesion_id,dx,localization\nA,L1,nv,back\nB,L2,nv,\xe9paule\n".encode("latin-1"))
+test_fail(lambda: read_metadata(_tmp / "latin1.csv"), contains="latin1.csv: line 3, column 9: byte 0xe9 is not UTF-8")
+(_tmp / "bom.csv").write_bytes("\ufeffimage_id,lesion_id,dx,localization\nA,L1,nv,back\n".encode("utf-8"))
+test_eq(list(read_metadata(_tmp / "bom.csv").image_id), ["A"])
 test_eq(list(_m.dx), ["nv", "unknown_diagnosis"])
 test_eq(list(_m.group), ["lesion::L1", "lesion::missing_lesion::B"])
 (_tmp / "dup.csv").write_text("image_id,lesion_id,dx,localization\nA,L1,nv,back\nA,L2,nv,back\n")
@@ -223,29 +303,136 @@ def index_images(roots) -> dict[str, Path]:
 
 
 # %% [markdown]
+# ## Reading an image: every mode to 8-bit RGB
+#
+# Everything downstream works on 8-bit RGB. Pillow's `convert("RGB")` is right for the 8-bit modes
+# (`1`, `L`, `LA`, `P`, `RGBA`, ...) but *clips* wider ones: a 16-bit greyscale PNG (`I;16`) has
+# values up to 65,535, and clipping them at 255 makes a dermoscopy image pure white. So the wide
+# modes are scaled, never clipped:
+#
+# | mode | read as | to 8 bits |
+# |---|---|---|
+# | `I;16`, `I;16L`, `I;16B`, `I;16N` | 16-bit grey | round(v / 257) |
+# | `I` | 32-bit integer grey, which is how 16-bit files decode | round(v / 257) when 0 ≤ v ≤ 65,535, else an error naming the file and the range |
+# | `F` | float grey in [0, 1] | round(255 v), an error outside [0, 1] |
+# | 16-bit RGB(A) PNG | Pillow keeps the high byte | v >> 8 (at most one level from round(v / 257)) |
+# | `CMYK` | no ICC profile applied | Pillow's naive conversion (255 − C)(255 − K)/255 |
+# | `RGBA`, `LA`, `PA` | colour + alpha | alpha dropped, the colour kept (as the release's `convert("RGB")`) |
+#
+# Multi-frame files give their first frame. A mode this table does not cover goes through
+# Pillow's `convert("RGB")` and, if Pillow cannot, is an error naming the file and the mode.
+#
+# **EXIF orientation.** A camera JPEG may be stored sideways with an EXIF tag saying how to turn
+# it. The release is inconsistent (PROTOCOL A1): its backbone path applies the tag
+# (`ImageOps.exif_transpose`) to the original files, its stable-variant renderer and its pixel
+# baselines do not. The `reference` protocol keeps exactly that: an untouched original side
+# (recipe family `none`) is turned before the backbone sees it; rendered sides and pixel
+# baselines never are. The `symmetric` protocol applies the tag everywhere, so a side's pixels do
+# not depend on which path reads it. The audit records every file's tag (`orientation`, 1 = as
+# stored), so a cache key changes only for files the tag actually turns. HAM10000's JPEGs carry
+# no orientation tag: on it the two rules give the same pixels.
+
+# %%
+#| export
+def to_rgb8(img: Image.Image, source="image") -> Image.Image:
+    "An 8-bit RGB copy of any image Pillow reads: wide modes scaled, never clipped (see the table above)."
+    from PIL import ImageSequence
+    if getattr(img, "n_frames", 1) > 1: img = next(ImageSequence.Iterator(img)).copy()
+    mode = img.mode
+    if mode == "RGB": return img.copy()
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if mode == "F":
+            if a.size and (np.nanmin(a) < 0 or np.nanmax(a) > 1 or np.isnan(a).any()):
+                raise DataError(f"{source}: float image (mode F) with values outside [0, 1] "
+                                f"({np.nanmin(a):g} to {np.nanmax(a):g}); cannot tell its scale")
+            g = np.rint(a * 255)
+        else:
+            if a.size and (a.min() < 0 or a.max() > 65535):
+                raise DataError(f"{source}: integer image (mode {mode}) with values {a.min():g} to {a.max():g}, "
+                                f"outside the 16-bit range; cannot tell its scale")
+            g = np.rint(a / 257)
+        return Image.fromarray(np.repeat(g.astype(np.uint8)[..., None], 3, axis=2))
+    try: return img.convert("RGB")
+    except (ValueError, OSError) as e:
+        raise DataError(f"{source}: cannot convert image mode {mode} to RGB ({e})") from None
+
+
+def exif_orientation(img: Image.Image) -> int:
+    "The EXIF orientation tag (1 = as stored, also when there is none)."
+    try: return int(img.getexif().get(0x0112, 1) or 1)
+    except Exception: return 1      # a damaged EXIF block is no orientation
+
+
+def open_rgb(path, exif: bool = False) -> Image.Image:
+    "Open an image file as 8-bit RGB; `exif=True` first turns it as its EXIF orientation tag says."
+    from PIL import ImageOps
+    try:
+        with Image.open(path) as im:
+            if exif: im = ImageOps.exif_transpose(im)
+            return to_rgb8(im, path)
+    except (OSError, SyntaxError) as e:
+        raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})".splitlines()[0]) from None
+
+
+# %% [markdown]
+# Each mode against an independent conversion: the 16-bit arrays are made here, so the expected
+# 8-bit values are computed from the numbers themselves, not by Pillow.
+
+# %%
+_g16 = np.array([[0, 257, 32896, 65535], [1000, 20000, 40000, 60000]], np.uint16)
+_want = np.rint(_g16 / 257).astype(np.uint8)
+test_eq(np.asarray(to_rgb8(Image.fromarray(_g16)))[..., 0], _want)                        # I;16
+test_eq(np.asarray(to_rgb8(Image.frombytes("I;16B", (4, 2), _g16.astype(">u2").tobytes())))[..., 1], _want)   # I;16B
+test_eq(np.asarray(to_rgb8(Image.fromarray(_g16.astype(np.int32))))[..., 2], _want)        # I
+test_eq(np.asarray(to_rgb8(Image.fromarray((_g16 / 65535).astype(np.float32))))[..., 0],  # F
+        np.rint((_g16 / 65535).astype(np.float32).astype(np.float64) * 255).astype(np.uint8))
+test_fail(lambda: to_rgb8(Image.fromarray(np.array([[-5, 70000]], np.int32)), "x.png"), contains="x.png: integer image")
+test_fail(lambda: to_rgb8(Image.fromarray(np.array([[0.0, 3.0]], np.float32)), "y.tif"), contains="outside [0, 1]")
+_cmyk = Image.new("CMYK", (3, 1)); [_cmyk.putpixel((i, 0), v) for i, v in enumerate([(255, 0, 0, 0), (0, 0, 0, 255), (0, 0, 0, 0)])]
+test_eq(np.asarray(to_rgb8(_cmyk))[0].tolist(), [[0, 255, 255], [0, 0, 0], [255, 255, 255]])
+test_eq(np.asarray(to_rgb8(Image.new("RGBA", (1, 1), (10, 20, 30, 0))))[0, 0].tolist(), [10, 20, 30])
+test_eq(np.asarray(to_rgb8(Image.new("1", (1, 1), 1)))[0, 0].tolist(), [255, 255, 255])
+
+# %% [markdown]
+# The EXIF rule: a file stored sideways with orientation 6 ("turn 90° clockwise") comes back as
+# stored unless `exif=True`.
+
+# %%
+_e = Path(tempfile.mkdtemp()) / "side.jpg"
+_ex = Image.Exif(); _ex[0x0112] = 6
+Image.new("RGB", (40, 20), (200, 10, 10)).save(_e, exif=_ex)
+with Image.open(_e) as _im: test_eq(exif_orientation(_im), 6)
+test_eq((open_rgb(_e).size, open_rgb(_e, exif=True).size), ((40, 20), (20, 40)))
+_z = _e.with_name("zero.jpg"); _z.write_bytes(b"")
+test_fail(lambda: open_rgb(_z), contains="zero.jpg: cannot read image")
+
+# %% [markdown]
 # ## The audit
 #
-# For every row: status (`found`, `missing`, `unreadable`), width and height, file size and the
-# SHA-256 of the bytes. An image counts as readable only if PIL decodes it fully (a truncated
+# For every row: status (`found`, `missing`, `unreadable`), width and height, EXIF orientation,
+# file size and the SHA-256 of the bytes. An image counts as readable only if PIL decodes it fully (a truncated
 # JPEG has a valid header). Files are hashed and decoded by a thread pool (hashlib and PIL's
 # decoder release the GIL), and the per-file result is cached under (path, size, mtime): a second
 # audit of 10,015 files reads one parquet file instead of 10,015 images.
 
 # %%
 #| export
-AUDIT_COLUMNS = ["status", "width", "height", "size", "sha256", "error"]
+AUDIT_COLUMNS = ["status", "width", "height", "size", "sha256", "error", "orientation"]
+AUDIT_CACHE = "files-v2.parquet"      # v2: + orientation
 
 
 def inspect_image(path) -> dict:
     "Status, size and SHA-256 of one image file; `unreadable` with the reason when PIL can't decode it."
     path = Path(path)
     try: data = path.read_bytes()
-    except FileNotFoundError: return dict(status="missing", width=0, height=0, size=0, sha256="", error="no such file")
-    out = dict(status="found", width=0, height=0, size=len(data), sha256=hashlib.sha256(data).hexdigest(), error="")
+    except FileNotFoundError: return dict(status="missing", width=0, height=0, size=0, sha256="", error="no such file", orientation=1)
+    out = dict(status="found", width=0, height=0, size=len(data), sha256=hashlib.sha256(data).hexdigest(), error="",
+               orientation=1)
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            out.update(width=im.width, height=im.height)
+            out.update(width=im.width, height=im.height, orientation=exif_orientation(im))
     except Exception as e:  # PIL raises several types for corrupt data
         out.update(status="unreadable", error=f"{type(e).__name__}: {e}".splitlines()[0])
     return out
@@ -259,15 +446,47 @@ def _file_keys(paths) -> list[tuple[str, int, int]]:
     return keys
 
 
+class CacheWarning(UserWarning):
+    "A cache file could not be used: it was moved aside and its entries are recomputed."
+
+
+def quarantine(path, reason: str) -> Path | None:
+    """Move a damaged cache file aside (`<name>.corrupt`, numbered if taken) and warn, naming it; its entries
+    are then recomputed. Returns where it went (None when another process moved it first)."""
+    import warnings
+    path = Path(path)
+    dest = path.with_name(path.name + ".corrupt")
+    k = 1
+    while dest.exists(): dest, k = path.with_name(f"{path.name}.corrupt-{k}"), k + 1
+    try: os.replace(path, dest)
+    except FileNotFoundError: return None
+    warnings.warn(f"cache file {path} is unusable ({reason}); moved aside to {dest.name}, its entries will be recomputed",
+                  CacheWarning, stacklevel=2)
+    return dest
+
+
+def read_cached_table(path, columns) -> pd.DataFrame | None:
+    "A cache parquet with at least `columns`, or None (missing; or damaged/foreign, then quarantined)."
+    path = Path(path)
+    if not path.exists(): return None
+    try: df = pd.read_parquet(path)
+    except Exception as e:       # pyarrow raises several types for a damaged file
+        quarantine(path, f"{type(e).__name__}: {e}".splitlines()[0][:200]); return None
+    if not set(columns) <= set(df.columns):
+        quarantine(path, f"columns {sorted(df.columns)[:8]} are not this cache's"); return None
+    return df
+
+
 def audit_files(paths, workers: int | None = None, cache: Path | None = None, progress=False) -> pd.DataFrame:
     "Inspect every file (in parallel), reusing cached results for files whose size and mtime are unchanged."
     keys = pd.DataFrame(_file_keys([None if p is None else str(p) for p in paths]), columns=["path", "size", "mtime_ns"])
-    cache = Path(cache) if cache else cache_dir("audit") / "files.parquet"
-    old = pd.read_parquet(cache) if cache.exists() else pd.DataFrame(columns=["path", "mtime_ns"] + AUDIT_COLUMNS)
+    cache = Path(cache) if cache else cache_dir("audit") / AUDIT_CACHE
+    old = read_cached_table(cache, ["path", "mtime_ns"] + AUDIT_COLUMNS)
+    if old is None: old = pd.DataFrame(columns=["path", "mtime_ns"] + AUDIT_COLUMNS)
     old = old.drop_duplicates("path").astype({"size": "int64", "mtime_ns": "int64"})
     out = keys.merge(old, on=["path", "size", "mtime_ns"], how="left")      # hits: size and mtime unchanged
     gone = keys["size"] < 0
-    out.loc[gone, AUDIT_COLUMNS] = ["missing", 0, 0, 0, "", "no such file"]
+    out.loc[gone, AUDIT_COLUMNS] = ["missing", 0, 0, 0, "", "no such file", 1]
     todo = np.flatnonzero(out.status.isna().to_numpy())
     if len(todo):
         from tqdm import tqdm
@@ -281,7 +500,8 @@ def audit_files(paths, workers: int | None = None, cache: Path | None = None, pr
         buf = io.BytesIO(); merged[["path", "mtime_ns"] + AUDIT_COLUMNS].to_parquet(buf, index=False)
         atomic_write_bytes(cache, buf.getvalue())
     out["size"] = keys["size"].clip(lower=0)
-    return out[AUDIT_COLUMNS].astype({"width": int, "height": int, "size": int, "status": str, "sha256": str, "error": str})
+    return out[AUDIT_COLUMNS].astype({"width": int, "height": int, "size": int, "status": str, "sha256": str, "error": str,
+                                      "orientation": int})
 
 
 # %% [markdown]
@@ -290,16 +510,16 @@ def audit_files(paths, workers: int | None = None, cache: Path | None = None, pr
 
 # %%
 #| export
-def load_records(data, progress=False, cache: Path | None = None) -> pd.DataFrame:
+def load_records(data, progress=False, cache: Path | None = None, missing_lesion: str = "fallback") -> pd.DataFrame:
     "Read a dataset folder (or `Dataset`) into audited records, one row per metadata row."
     ds = data if isinstance(data, Dataset) else Dataset.from_dir(data)
-    meta = read_metadata(ds.metadata_csv)
+    meta = read_metadata(ds.metadata_csv, missing_lesion)
     index = index_images(ds.image_roots)
     paths = [index.get(i) for i in meta.image_id]
     audit = audit_files(paths, cache=cache, progress=progress)
     rec = pd.concat([meta.reset_index(drop=True), audit], axis=1)
     rec.insert(6, "path", [str(p) if p else "" for p in paths])
-    rec.attrs["metadata_csv"] = str(ds.metadata_csv)
+    rec.attrs.update(metadata_csv=str(ds.metadata_csv), lesion_fallback_rows=meta.attrs["lesion_fallback_rows"])
     return rec
 
 
@@ -313,6 +533,9 @@ def summarise_audit(records: pd.DataFrame) -> dict:
         "n_rows": int(len(records)),
         "n_images": int(len(ok)),
         "n_lesions": int(records.lesion_id.nunique()),
+        "missing_lesion_ids": {"count": len(records.attrs.get("lesion_fallback_rows", [])),
+                               "rows": records.attrs.get("lesion_fallback_rows", [])[:50],
+                               "rule": "missing_lesion::<image_id> (the release's one-image-lesion fallback)"},
         "missing": sorted(records.image_id[records.status == "missing"]),
         "unreadable": sorted(records.image_id[records.status == "unreadable"]),
         "duplicate_ids": int(records.image_id.duplicated().sum()),
@@ -358,6 +581,7 @@ for _i in range(3):
 _cache = _d / "audit.parquet"
 _r = load_records(_d, cache=_cache)
 test_eq(list(_r.status), ["found"] * 4 + ["missing", "unreadable", "unreadable"])
+test_eq(set(_r.orientation), {1})
 test_eq((_r.width[0], _r.height[0]), (20, 15))
 _s = summarise_audit(_r)
 test_eq(_s["duplicate_checksums"], [["I0", "I3"]])
@@ -377,6 +601,19 @@ _p = _d / "images" / "I2.jpg"
 Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(_p)
 os.utime(_p, ns=(time.time_ns(), time.time_ns() + 10**9))
 test_eq(load_records(_d, cache=_cache).loc[2, ["width", "height"]].tolist(), [10, 10])
+
+# %% [markdown]
+# A damaged cache file is moved aside with a warning naming it, and the audit is recomputed.
+
+# %%
+import warnings
+_cache.write_bytes(_cache.read_bytes()[:100])
+with warnings.catch_warnings(record=True) as _w:
+    warnings.simplefilter("always")
+    _r3 = load_records(_d, cache=_cache)
+test_eq(_r3.drop(columns="path"), load_records(_d, cache=_cache).drop(columns="path"))
+assert any(str(_cache) in str(w.message) and issubclass(w.category, CacheWarning) for w in _w), _w
+assert _cache.with_name("audit.parquet.corrupt").exists()
 
 # %% [markdown]
 # ## The real copy

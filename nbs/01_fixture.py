@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
-from derma_jepa.data import DataError, cache_dir
+from derma_jepa.data import DataError, cache_dir, follow_umask
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -206,7 +206,7 @@ def make_fixture(out_dir, n_lesions: int = 400, seed: int = 0, quality: int = 90
     meta = fixture_metadata(n_lesions, seed)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        (tmp / "images").mkdir()
+        follow_umask(tmp, is_dir=True); (tmp / "images").mkdir()
         for lesion_id, rows in meta.groupby("lesion_id", sort=False):
             lrng = np.random.default_rng([seed, 2, int(lesion_id[4:])])
             p = lesion_params(lrng, rows.dx.iloc[0])

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from scipy.ndimage import uniform_filter1d
 
-from derma_jepa.data import DataError
+from derma_jepa.data import DataError, open_rgb
 
 # %%
 from fastcore.test import test_eq, test_fail, test_ne
@@ -454,15 +454,32 @@ test_eq(draw_recipe("strong", np.random.default_rng(3), private=True), draw_reci
 # ## Rendering
 #
 # `render` applies a recipe's operations in order to an RGB image; `load_rgb` opens a file as
-# RGB. A `none` recipe returns the image untouched (the release's clean contexts and changing
-# pairs are the original files). The same source and recipe always give the same bytes: there is
-# no randomness left in a recipe.
+# 8-bit RGB (any Pillow mode, 00_data). A `none` recipe returns the image untouched (the release's
+# clean contexts and changing pairs are the original files). The same source and recipe always
+# give the same bytes: there is no randomness left in a recipe.
+#
+# Whether a side is first turned by its EXIF orientation tag is the protocol's rule (00_data):
+# always under `symmetric`; under `reference` only an untouched original read by a backbone, as
+# the release's backbone path did and its variant renderer and pixel baselines did not.
+# `side_key` is what caches key a side's pixels by: the recipe, plus the tag when it turns them.
 
 # %%
 #| export
-def load_rgb(path) -> Image.Image:
-    "Open an image file as RGB (no EXIF transpose, as the release's variant path)."
-    with Image.open(path) as im: return im.convert("RGB")
+def load_rgb(path, exif: bool = False) -> Image.Image:
+    "Open an image file as 8-bit RGB; `exif=True` turns it by its EXIF orientation (see `exif_applies`)."
+    return open_rgb(path, exif)
+
+
+def exif_applies(protocol: str, recipe: dict | str, reader: str) -> bool:
+    "Is this side turned by its EXIF tag? `reader` is `backbone` or `pixels` (the pixel baselines)."
+    if protocol != "reference": return True
+    family = (json.loads(recipe) if isinstance(recipe, str) else recipe).get("family")
+    return reader == "backbone" and family == "none"
+
+
+def side_key(recipe: str, exif: bool = False, orientation: int = 1) -> str:
+    "A side's pixels as a cache sees them: the recipe, plus the EXIF tag when it turns the image."
+    return recipe if not exif or int(orientation) in (0, 1) else f"{recipe}|exif{int(orientation)}"
 
 
 def render(image: Image.Image, recipe: dict | str) -> Image.Image:
@@ -474,6 +491,12 @@ def render(image: Image.Image, recipe: dict | str) -> Image.Image:
         out = OPS[op](out, **params)
     return out
 
+
+# %%
+test_eq([exif_applies("symmetric", NONE_RECIPE, r) for r in ("backbone", "pixels")], [True, True])
+test_eq([exif_applies("reference", NONE_RECIPE, r) for r in ("backbone", "pixels")], [True, False])
+test_eq(exif_applies("reference", {"family": "strong", "ops": []}, "backbone"), False)
+test_eq((side_key("r", True, 1), side_key("r", False, 6), side_key("r", True, 6)), ("r", "r", "r|exif6"))
 
 # %%
 _src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8))

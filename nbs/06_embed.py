@@ -43,8 +43,8 @@ import pandas as pd
 import torch
 
 from derma_jepa.backbones import Backbone
-from derma_jepa.data import atomic_write_bytes, cache_dir
-from derma_jepa.nuisance import load_rgb, render
+from derma_jepa.data import atomic_write_bytes, cache_dir, quarantine
+from derma_jepa.nuisance import exif_applies, load_rgb, render, side_key
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -79,11 +79,12 @@ def autocast(device: str, dtype: str):
 # %%
 #| export
 class SideDataset(torch.utils.data.Dataset):
-    "Rendered, preprocessed sides: item i = transform(render(load(paths[i]), recipes[i]))."
-    def __init__(self, paths, recipes, transform):
+    "Rendered, preprocessed sides: item i = transform(render(load(paths[i], exif[i]), recipes[i]))."
+    def __init__(self, paths, recipes, transform, exif=None):
         self.paths, self.recipes, self.transform = list(paths), list(recipes), transform
+        self.exif = [False] * len(self.paths) if exif is None else [bool(e) for e in exif]
     def __len__(self): return len(self.paths)
-    def __getitem__(self, i): return self.transform(render(load_rgb(self.paths[i]), self.recipes[i]))
+    def __getitem__(self, i): return self.transform(render(load_rgb(self.paths[i], self.exif[i]), self.recipes[i]))
 
 
 def default_workers() -> int:
@@ -96,6 +97,11 @@ def default_workers() -> int:
 #
 # One folder per (fingerprint, dtype) under `$DERMA_JEPA_CACHE/embeddings/`. `lookup` reads every
 # shard once per call (a few MB for a whole manifest); `put` writes one shard.
+#
+# A cache must never be the reason a run fails. A shard that is truncated (a full disk, a copy
+# cut short), damaged, or not one of ours (wrong arrays, wrong width, pickled objects, which
+# `allow_pickle=False` refuses) is moved aside as `<name>.corrupt` with a warning naming it
+# (00_data's `quarantine`), and its rows are simply not found, so they are computed again.
 
 # %%
 #| export
@@ -118,11 +124,25 @@ class EmbeddingCache:
         out, found = np.zeros((len(keys), dim), np.float32), np.zeros(len(keys), bool)
         want = pd.Index(keys)
         for shard in self.shards():
-            with np.load(shard, allow_pickle=False) as z:
-                pos = want.get_indexer(z["keys"])
-                hit = pos >= 0
-                out[pos[hit]], found[pos[hit]] = z["vectors"][hit], True
+            got = self.read_shard(shard, dim)
+            if got is None: continue
+            pos = want.get_indexer(got[0])
+            hit = pos >= 0
+            out[pos[hit]], found[pos[hit]] = got[1][hit], True
         return found, out
+
+    @staticmethod
+    def read_shard(shard: Path, dim: int):
+        "(keys, vectors) of a shard, or None after quarantining a damaged or foreign one."
+        try:
+            with np.load(shard, allow_pickle=False) as z:
+                keys, vec = z["keys"], z["vectors"]
+        except Exception as e:      # BadZipFile, EOFError, zlib.error, ValueError (pickled), KeyError, OSError
+            quarantine(shard, f"{type(e).__name__}: {e}".splitlines()[0][:200]); return None
+        if not (keys.dtype == np.dtype("S64") and keys.ndim == 1 and vec.dtype == np.float32 and vec.shape == (len(keys), dim)):
+            quarantine(shard, f"arrays keys {keys.dtype}{keys.shape}, vectors {vec.dtype}{vec.shape} "
+                              f"are not this cache's (S64 keys, float32 n x {dim})"); return None
+        return keys, vec
 
     def put(self, keys: np.ndarray, vectors: np.ndarray) -> Path:
         buf = io.BytesIO()
@@ -202,7 +222,9 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", ba
     device = backbone.device
     dtype = resolve_dtype(dtype, device)
     workers = default_workers() if workers is None else workers
-    keys = side_keys(backbone.fingerprint, dtype, sides.sha256, sides.recipe)
+    exif = sides["exif"].to_numpy(bool) if "exif" in sides else np.zeros(len(sides), bool)
+    orient = sides["orientation"].to_numpy() if "orientation" in sides else np.ones(len(sides), int)
+    keys = side_keys(backbone.fingerprint, dtype, sides.sha256, map(side_key, sides.recipe, exif, orient))
 
     def forward(x):
         with torch.inference_mode(), autocast(device, dtype):
@@ -210,7 +232,7 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", ba
         return torch.nn.functional.normalize(z, dim=-1, eps=1e-12).cpu().numpy()
 
     out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim,
-                               lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform),
+                               lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform, exif[todo]),
                                forward, batch_size, workers, shard_size, progress, f"embed {backbone.name}")
     stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers)
     return out, stats
@@ -218,16 +240,20 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", ba
 
 # %% [markdown]
 # `sides_table` turns a manifest into the engine's input: its distinct (image, recipe) sides with
-# the source file's path and SHA-256 from the audited records.
+# the source file's path, SHA-256 and EXIF orientation from the audited records, and whether the
+# manifest's protocol turns the side by that tag before the backbone sees it (03_nuisance).
 
 # %%
 #| export
 def sides_table(manifest: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
-    "The distinct sides of a manifest with each source file's path and SHA-256."
+    "The distinct sides of a manifest with each source file's path, SHA-256, orientation and EXIF rule."
     from derma_jepa.pairs import manifest_sides
     s = manifest_sides(manifest)
     rec = records.set_index("image_id")
-    return s.assign(path=rec.path.reindex(s.image_id).to_numpy(), sha256=rec.sha256.reindex(s.image_id).to_numpy())
+    protocol = manifest.protocol.iloc[0] if "protocol" in manifest and len(manifest) else "symmetric"
+    orient = rec.orientation.reindex(s.image_id).fillna(1).astype(int).to_numpy() if "orientation" in rec else 1
+    return s.assign(path=rec.path.reindex(s.image_id).to_numpy(), sha256=rec.sha256.reindex(s.image_id).to_numpy(),
+                    orientation=orient, exif=[exif_applies(protocol, r, "backbone") for r in s.recipe])
 
 
 # %% [markdown]
@@ -265,6 +291,25 @@ _part = Path(tempfile.mkdtemp())
 (_part / _shards[0].parent.name / _shards[0].name).write_bytes(_shards[0].read_bytes())
 _z3, _st3 = embed_sides(_bb, _sides, cache_root=_part, batch_size=8, shard_size=16)
 test_eq((_st3.cache_hits, _z3.tobytes() == _z.tobytes()), (16, True))
+
+# %% [markdown]
+# A cache that heals: one shard truncated (as a full disk leaves it) and one foreign file under a
+# shard's name are each named in a warning and moved aside; their rows are computed again, to the
+# same bytes.
+
+# %%
+import warnings
+from derma_jepa.data import CacheWarning
+_sh = EmbeddingCache(_bb.fingerprint, "fp32", _part).shards()
+_sh[0].write_bytes(_sh[0].read_bytes()[:500])
+np.savez(_sh[0].parent / "shard-foreign.npz", keys=np.arange(3), vectors=np.zeros((3, 2)))
+with warnings.catch_warnings(record=True) as _w:
+    warnings.simplefilter("always")
+    _z4, _st4 = embed_sides(_bb, _sides, cache_root=_part, batch_size=8, shard_size=16)
+test_eq(_z4.tobytes(), _z.tobytes())
+test_eq(sorted(Path(str(w.message).split()[2]).name for w in _w if issubclass(w.category, CacheWarning)),
+        sorted([_sh[0].name, "shard-foreign.npz"]))
+test_eq(sorted(p.name for p in _sh[0].parent.glob("*.corrupt")), sorted([_sh[0].name + ".corrupt", "shard-foreign.npz.corrupt"]))
 
 # %% [markdown]
 # The handcrafted backbone goes through the same engine.

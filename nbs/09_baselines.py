@@ -41,7 +41,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from derma_jepa.embed import EmbeddingCache, cached_compute, default_workers, side_keys
-from derma_jepa.nuisance import load_rgb, render
+from derma_jepa.nuisance import exif_applies, load_rgb, render, side_key
 
 # %%
 from fastcore.test import test_eq, test_close
@@ -79,15 +79,24 @@ test_close(pixel_l2(_a, np.clip(_a + 0.1, 0, 1)), 0.1, eps=0.02)
 # %% [markdown]
 # ## Pixel scores for every pair, cached
 #
-# `with_paths` adds each side's file to a manifest (manifests carry ids, not paths).
+# `with_paths` adds each side's file to a manifest (manifests carry ids, not paths), with its
+# EXIF orientation and whether the protocol turns it for the pixel baselines (never under
+# `reference`, as the release; always under `symmetric`: 00_data).
 
 # %%
 #| export
 def with_paths(manifest: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
-    "The manifest with each side's file path."
-    path = records.set_index("image_id").path
-    return manifest.assign(context_path=path.reindex(manifest.context_image_id).to_numpy(),
-                           target_path=path.reindex(manifest.target_image_id).to_numpy())
+    "The manifest with each side's file path, EXIF orientation and the pixel baselines' EXIF rule."
+    rec = records.set_index("image_id")
+    orient = rec.orientation if "orientation" in rec else pd.Series(1, index=rec.index)
+    out = {}
+    for side in ("context", "target"):
+        ids = manifest[f"{side}_image_id"]
+        out[f"{side}_path"] = rec.path.reindex(ids).to_numpy()
+        out[f"{side}_orientation"] = orient.reindex(ids).fillna(1).astype(int).to_numpy()
+        out[f"{side}_exif"] = [exif_applies(p, r, "pixels") for p, r in
+                               zip(manifest.get("protocol", pd.Series("symmetric", index=manifest.index)), manifest[f"{side}_recipe"])]
+    return manifest.assign(**out)
 
 
 # %%
@@ -99,18 +108,25 @@ PIXEL_SCORERS = ("pixel_l2", "ssim")
 class PairPixels(torch.utils.data.Dataset):
     "Item i: [pixel_l2, ssim distance] of pair i, rendered and compared in the worker."
     def __init__(self, pairs: pd.DataFrame):
-        self.rows = list(pairs[["context_path", "context_recipe", "target_path", "target_recipe"]].itertuples(index=False))
+        for side in ("context", "target"):
+            if f"{side}_exif" not in pairs: pairs = pairs.assign(**{f"{side}_exif": False})
+        self.rows = list(pairs[["context_path", "context_recipe", "context_exif", "target_path", "target_recipe",
+                                "target_exif"]].itertuples(index=False))
     def __len__(self): return len(self.rows)
     def __getitem__(self, i):
-        cp, cr, tp, tr = self.rows[i]
-        a, b = pixel_array(render(load_rgb(cp), cr)), pixel_array(render(load_rgb(tp), tr))
+        cp, cr, ce, tp, tr, te = self.rows[i]
+        a, b = pixel_array(render(load_rgb(cp, ce), cr)), pixel_array(render(load_rgb(tp, te), tr))
         return torch.tensor([pixel_l2(a, b), ssim_distance(a, b)], dtype=torch.float64)
 
 
 def pixel_scores(pairs: pd.DataFrame, workers: int | None = None, cache_root=None, progress=False) -> pd.DataFrame:
     "pixel_l2 and ssim for every pair (columns context/target _path, _recipe, _sha256), via the cache."
+    def keyed(side):
+        exif = pairs.get(f"{side}_exif", pd.Series(False, index=pairs.index))
+        orient = pairs.get(f"{side}_orientation", pd.Series(1, index=pairs.index))
+        return pd.Series(list(map(side_key, pairs[f"{side}_recipe"], exif, orient)), index=pairs.index)
     keys = side_keys(PIXEL_FINGERPRINT, "f32", pairs.context_sha256 + "|" + pairs.target_sha256,
-                     pairs.context_recipe + "|" + pairs.target_recipe)
+                     keyed("context") + "|" + keyed("target"))
     out, _ = cached_compute(EmbeddingCache(PIXEL_FINGERPRINT, "f32", cache_root), keys, 2,
                             lambda todo: PairPixels(pairs.iloc[todo]), lambda x: x.numpy(), batch_size=16,
                             workers=default_workers() if workers is None else workers, progress=progress,

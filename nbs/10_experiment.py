@@ -17,7 +17,9 @@
 #
 # A run is written into a temporary folder beside its destination and renamed into place only
 # when it is complete, so a failed or interrupted run leaves no half-written run directory. Bad
-# configuration stops before any work with one line naming the parameter.
+# configuration stops before any work with one line naming the parameter, and so does a
+# destination the project may not write (16_safety): a run only ever replaces a run directory
+# that this project wrote.
 #
 # Stages: `manifest` (audit, split, pair manifest), `embed` (every side of the manifest through
 # the backbone, via the shared embedding cache) and `all` (fit, score, baselines, metrics,
@@ -34,7 +36,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -53,11 +54,11 @@ from derma_jepa.predictors import Predictor, control_scores, cosine_distance
 from derma_jepa.fixture import fixture_dir
 from derma_jepa.nuisance import HELD_OUT_FAMILIES
 from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
+from derma_jepa.safety import ConfigError, check_destination, coerce_fields, write_marked_dir
 from derma_jepa.split import SPLITS, check_fractions, check_protocol, split_counts, split_records
 
 # %%
 from fastcore.test import test_eq, test_fail
-
 
 # %% [markdown]
 # ## The configuration
@@ -72,14 +73,16 @@ from fastcore.test import test_eq, test_fail
 # `preset: auto` means the protocol's own preset (`reference` → reference, `symmetric` → paper).
 # `lofo_fold` = 0, 1 or 2 runs one fold of the leave-one-family-out rotation (PROTOCOL B2.9): the
 # fold's family is held out for val/test and the other two rotate in train, whatever
-# `train_families` and `eval_family` say.
+# `train_families` and `eval_family` say. `missing_lesion` says what a blank lesion id in the
+# metadata does (00_data): `auto` is the protocol's rule (`reference`: the release's
+# one-image-lesion fallback, counted in audit.json; `symmetric`: an error naming the rows);
+# `fallback` is the explicit opt-in under `symmetric`.
+#
+# Values are converted only when nothing is lost (16_safety's `coerce`): `seed=1.5`, a negative
+# seed, `rephoto="maybe"` are refused with the parameter's name.
 
 # %%
 #| export
-class ConfigError(ValueError):
-    "A bad configuration value or an unknown parameter; the message names it."
-
-
 STAGES = ("manifest", "embed", "all")
 
 
@@ -109,19 +112,12 @@ class Config:
     epochs: int = 200
     stop_after: str = "all"
     n_boot: int = 1000
+    missing_lesion: str = "auto"
     run_dir: str = ""
 
     def __post_init__(self):
-        for f in fields(self):      # coerce what YAML and papermill hand over (lists, ints as floats, ...)
-            v = getattr(self, f.name)
-            try:
-                if f.type == "int" and not isinstance(v, bool): v = int(v)
-                elif f.type == "bool" and isinstance(v, str): v = v.strip().lower() in ("1", "true", "yes")
-                elif f.type == "tuple": v = tuple(float(x) for x in (v.split(",") if isinstance(v, str) else v))
-                elif f.type == "str": v = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else ("" if v is None else str(v))
-            except (TypeError, ValueError):
-                raise ConfigError(f"parameter {f.name}={v!r} is not a valid {f.type}") from None
-            object.__setattr__(self, f.name, v)
+        coerce_fields(self)         # what YAML and papermill hand over, converted only when nothing is lost
+        if self.lofo_fold < -1: raise ConfigError(f"parameter lofo_fold={self.lofo_fold}: -1 (off) or a fold 0-2")
         if self.lofo_fold >= 0:     # leave-one-family-out: the fold decides the families
             if self.lofo_fold >= len(HELD_OUT_FAMILIES):
                 raise ConfigError(f"lofo_fold={self.lofo_fold}: there are {len(HELD_OUT_FAMILIES)} folds (0-{len(HELD_OUT_FAMILIES) - 1})")
@@ -151,7 +147,10 @@ class Config:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
-        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1)]:
+        if self.missing_lesion not in ("auto", "error", "fallback"):
+            raise ConfigError(f"unknown missing_lesion {self.missing_lesion!r}: choose auto, error or fallback")
+        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1),
+                         ("seed", 0), ("n_boot", 1)]:
             if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
 
     @property
@@ -161,6 +160,12 @@ class Config:
 
     @property
     def resolved_preset(self) -> str: return default_preset(self.protocol, None if self.preset == "auto" else self.preset)
+
+    @property
+    def resolved_missing_lesion(self) -> str:
+        "`auto`: the release's fallback under `reference`, an error under `symmetric`."
+        if self.missing_lesion != "auto": return self.missing_lesion
+        return "fallback" if self.protocol == "reference" else "error"
 
     @classmethod
     def from_params(cls, params: dict, source: str = "parameters") -> "Config":
@@ -204,6 +209,12 @@ test_eq([(c.train_families, c.eval_family) for c in (Config(lofo_fold=k) for k i
         [("strong_held_out,strong_held_out_2", "strong"), ("strong,strong_held_out_2", "strong_held_out"),
          ("strong,strong_held_out", "strong_held_out_2")])
 test_fail(lambda: Config(lofo_fold=3), contains="there are 3 folds")
+for _bad, _msg in [(dict(seed=1.5), "seed=1.5 is not a valid int"), (dict(seed=-1), "seed=-1 must be at least 0"),
+                   (dict(rephoto="maybe"), "rephoto='maybe'"), (dict(epochs=True), "epochs=True"),
+                   (dict(n_boot=0), "n_boot=0 must be at least 1"), (dict(missing_lesion="guess"), "unknown missing_lesion")]:
+    test_fail(lambda: Config(**_bad), contains=_msg)
+test_eq((Config().resolved_missing_lesion, Config(protocol="reference").resolved_missing_lesion,
+         Config(missing_lesion="fallback").resolved_missing_lesion), ("error", "fallback", "fallback"))
 
 
 # %% [markdown]
@@ -228,8 +239,11 @@ def resolve_data(config: Config) -> Path:
 # ## The run directory
 #
 # `runs/<run_id>/` by default, where the run id is readable and unique to the configuration:
-# the experiment label (or the families), protocol, backbone, seed and a short hash of the whole config. Files are written into a
-# temporary sibling folder that replaces the destination in one rename.
+# the experiment label (or the families), protocol, backbone, seed and a short hash of the whole
+# config. `write_run_dir` writes the files through 16_safety's `write_marked_dir`: a marked
+# temporary sibling that replaces the destination in one rename, under a lock, and only if the
+# destination is absent, empty or a run directory this project wrote. `destination` is the same
+# check alone, made before any work: the data folder and the cache are protected.
 
 # %%
 #| export
@@ -250,23 +264,20 @@ def _parquet_bytes(df: pd.DataFrame) -> bytes:
     buf = io.BytesIO(); df.to_parquet(buf, index=False); return buf.getvalue()
 
 
-def write_run_dir(dest: Path, files: dict[str, bytes]) -> Path:
-    "Write `files` (name -> bytes) into a temporary sibling of `dest`, then move it into place."
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        for name, data in files.items():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / name).write_bytes(data)
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old); os.replace(tmp, dest); shutil.rmtree(old)
-        else: os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+def protected_paths(config: Config) -> list[Path]:
+    "Folders a run directory may not be, be inside of, or contain: the data folder (the cache always is)."
+    if config.data == "fixture": return []        # the fixture lives in the cache
+    return [Path(os.path.expandvars(os.path.expanduser(config.data)))]
+
+
+def destination(config: Config) -> Path:
+    "The run directory this config writes, checked before any work (16_safety)."
+    return check_destination(run_path(config), "run", protected_paths(config))
+
+
+def write_run_dir(dest: Path, files: dict[str, bytes], protected=()) -> Path:
+    "Write `files` (name -> bytes) as the run directory `dest`, replacing only a run directory of this project's."
+    return write_marked_dir(dest, files, "run", protected)
 
 
 # %% [markdown]
@@ -301,7 +312,7 @@ class RunResult:
 
 def data_stage(config: Config):
     "Audit, split and manifest for a config: (records, split records, manifest, audit dict)."
-    records = load_records(resolve_data(config))
+    records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion)
     audit = summarise_audit(records)
     require_readable(records)
     split = split_records(records, config.seed, config.split_fractions, config.protocol)
@@ -474,6 +485,7 @@ def run(config: Config) -> RunResult:
     import time
     t, stage = {}, STAGES.index(config.stop_after)
     start = t0 = time.perf_counter()
+    dest = destination(config)            # a destination the project may not write stops the run here
     backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
     t["backbone_load"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
     t0 = time.perf_counter()
@@ -521,14 +533,16 @@ def run(config: Config) -> RunResult:
         long = pd.concat([manifest[["pair_id", "split", "kind", "label"]].assign(scorer=n, score=v) for n, v in scores.items()],
                          ignore_index=True)
         figs = make_figures(manifest, scores, ev)
-        buf = io.BytesIO(); np.savez(buf, **predictor.params())
+        from safetensors.numpy import save as st_save
+        weights = st_save({k: np.ascontiguousarray(v) for k, v in predictor.params().items()},
+                          metadata={"derma_jepa": json.dumps({"predictor": config.predictor, "trainer": predictor.trainer})})
         files.update({"scores.parquet": _parquet_bytes(long), "metrics.json": json.dumps(ev, indent=1).encode(),
-                      "predictor.npz": buf.getvalue(), "model_card.md": model_card(config, ev, env).encode(),
+                      "predictor.safetensors": weights, "model_card.md": model_card(config, ev, env).encode(),
                       **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
         extra = {"scores": long, "evaluation": ev, "figures": figs, "predictor": predictor}
     t["total"] = round(time.perf_counter() - start, 3)
     files["timings.json"] = json.dumps(t, indent=1).encode()
-    dest = write_run_dir(run_path(config), files)
+    dest = write_run_dir(dest, files, protected_paths(config))
     return RunResult(config, dest, records, split, manifest, audit, t, embeddings, **extra)
 
 
@@ -542,7 +556,8 @@ def run(config: Config) -> RunResult:
 _out = Path(tempfile.mkdtemp())
 _cfg = Config(fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "r1"), stop_after="manifest")
 _res = run(_cfg)
-test_eq(sorted(p.name for p in _res.run_dir.iterdir()), ["audit.json", "config.yaml", "environment.json", "manifest.parquet", "timings.json"])
+test_eq(sorted(p.name for p in _res.run_dir.iterdir()),
+        [".derma_jepa.json", "audit.json", "config.yaml", "environment.json", "manifest.parquet", "timings.json"])
 _first = {p.name: p.read_bytes() for p in _res.run_dir.iterdir() if p.name not in ("timings.json",)}
 run(_cfg)
 test_eq({p.name: p.read_bytes() for p in _res.run_dir.iterdir() if p.name not in ("timings.json",)}, _first)
@@ -553,6 +568,19 @@ assert {"n_images", "n_lesions", "split_lesions", "split_images", "missing", "un
 test_fail(lambda: run(dataclasses.replace(_cfg, run_dir=str(_out / "r2"), pairs_per_split=5000)), contains="pairs per label")
 assert not (_out / "r2").exists() and [p.name for p in _out.iterdir()] == ["r1"]
 test_fail(lambda: run(Config(data=str(_out / "nowhere"), run_dir=str(_out / "r3"))), contains="not found")
+
+# %% [markdown]
+# A destination that is not a run directory of this project stops the run before any work, and
+# leaves it as it was: a folder of notes, a file, the data folder itself.
+
+# %%
+(_out / "notes").mkdir(); (_out / "notes" / "n.txt").write_text("mine")
+(_out / "a_file").write_text("mine too")
+for _d, _msg in [(_out / "notes", "non-empty folder this project did not write"), (_out / "a_file", "is an existing file")]:
+    test_fail(lambda: run(dataclasses.replace(_cfg, run_dir=str(_d))), contains=_msg)
+test_eq(((_out / "notes" / "n.txt").read_text(), (_out / "a_file").read_text()), ("mine", "mine too"))
+_fx = resolve_data(_cfg)
+test_fail(lambda: run(dataclasses.replace(_cfg, data=str(_fx), run_dir=str(_fx))), contains="is inside the cache folder")
 
 # %% [markdown]
 # The embedding stage on a tiny manifest: the second run, which differs only in predictor and

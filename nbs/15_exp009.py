@@ -53,6 +53,7 @@ from derma_jepa.data import DataError, atomic_write_bytes
 from derma_jepa.experiment import Config, ConfigError, run_id
 from derma_jepa.split import PROTOCOLS
 from derma_jepa.pretrain import OBJECTIVES, PretrainConfig, random_encoder
+from derma_jepa.safety import load_checkpoint, write_marked_dir
 from derma_jepa.report import experiments_dir, parse_backbones
 
 # %%
@@ -161,8 +162,8 @@ test_eq(_ex.reason.iloc[0], "exact copy of ISIC_1.jpg")
 #
 # Each objective trains in its own folder, named by the objective, a hash of its configuration
 # and the corpus digest, so a changed setting or corpus never resumes from, or reuses, another's
-# checkpoint. A finished folder (its `encoder.pt` and `train.json`) is reused; an interrupted one
-# resumes from `last.pt`. `train.json` records the wall time, throughput, dtype and corpus.
+# checkpoint. A finished folder (its `encoder.safetensors` and `train.json`) is reused; an interrupted one
+# resumes from `state.safetensors`. `train.json` records the wall time, throughput, dtype and corpus.
 
 # %%
 #| export
@@ -178,7 +179,7 @@ def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool =
     digest, images, rows = corpus_digest(corpus_paths), None, []
     for obj, cfg in settings["pretrain"].items():
         d = pretrain_dir(runs_dir, cfg, digest)
-        if not ((d / "encoder.pt").exists() and (d / "train.json").exists()):
+        if not ((d / "encoder.safetensors").exists() and (d / "train.json").exists()):
             if images is None or images.shape[-1] != cfg.image_size: images = load_images(corpus_paths, cfg.image_size)
             t0 = time.perf_counter()
             out = pretrain(cfg, images, d, progress=progress)
@@ -187,12 +188,12 @@ def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool =
             atomic_write_bytes(d / "train.json", (json.dumps(info, indent=1) + "\n").encode())
             log(f"{obj}: {cfg.steps} steps in {info['seconds']:.0f} s ({d})")
         else: log(f"{obj}: finished earlier, reused ({d})")
-        rows.append({"encoder": obj, "objective": obj, "steps": cfg.steps, "path": str(d / "encoder.pt"),
+        rows.append({"encoder": obj, "objective": obj, "steps": cfg.steps, "path": str(d / "encoder.safetensors"),
                      **json.loads((d / "train.json").read_text())})
     cfg0 = next(iter(settings["pretrain"].values()))
     d = pretrain_dir(runs_dir, dataclasses.replace(cfg0, steps=1), digest, "random")
-    random_encoder(cfg0, d / "encoder.pt")                      # cheap and deterministic: always rewritten
-    rows.append({"encoder": "random init", "objective": "none", "steps": 0, "path": str(d / "encoder.pt"), "seconds": 0.0,
+    random_encoder(cfg0, d / "encoder.safetensors")                      # cheap and deterministic: always rewritten
+    rows.append({"encoder": "random init", "objective": "none", "steps": 0, "path": str(d / "encoder.safetensors"), "seconds": 0.0,
                  "n_images": 0, "corpus_digest": ""})
     return pd.DataFrame(rows)
 
@@ -223,7 +224,7 @@ _enc[["encoder", "steps", "seconds", "n_images"]]
 # `plan_exp009` turns the encoders and comparisons into plan rows of the same shape as
 # `report.plan_arc`, so the arc's machinery runs them (`run_plan`: papermill through `run.ipynb`,
 # complete run directories skipped) and reads them (`collect`). The backbone of an encoder row is
-# `ssl:<path to encoder.pt>`; `label` says what it is.
+# `ssl:<path to encoder.safetensors>`; `label` says what it is.
 
 # %%
 #| export
@@ -392,14 +393,13 @@ _t
 #| export
 def fig_pretraining(encoders: pd.DataFrame):
     import matplotlib.pyplot as plt
-    import torch
     trained = encoders[encoders.objective.ne("none")]
     if trained.empty: return None
     fig, axes = plt.subplots(2, len(trained), figsize=(3.2 * len(trained), 5), squeeze=False)
     for k, r in enumerate(trained.itertuples()):
-        ck = torch.load(r.path, weights_only=False)
-        h = pd.DataFrame(ck["history"])
-        dim = ck["head"]["weight"].shape[0] // 2 if ck["head"] else ck["encoder"]["pos_embed"].shape[-1]  # the monitored feature
+        tensors, meta = load_checkpoint(r.path)
+        h = pd.DataFrame(meta["history"])
+        dim = tensors["head.weight"].shape[0] // 2 if "head.weight" in tensors else tensors["encoder.pos_embed"].shape[-1]  # the monitored feature
         axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=9)
         axes[1][k].plot(h.step, h.feature_std, color="C1")
         axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
@@ -470,7 +470,6 @@ The EXP-004 recipe trains the predictor on two nuisance families and tests it on
 def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
                   n_corpus: int, paper_dir="paper") -> dict:
     "Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`."
-    from derma_jepa.experiment import write_run_dir
     from derma_jepa.report import _fig_bytes, collect, tex_text, to_latex, to_markdown
     long = collect(plan)
     tables = {"exp009_table": (exp009_table(long, probes, plan, encoders), "EXP-009: pretraining, diagnosis probe and the EXP-004 recipe by encoder (test AUROC, 95\\% CI)."),
@@ -497,14 +496,13 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
                         + "## Corpus images left out by the audit\n\n"
                         + (excluded.assign(path=[Path(p).name for p in excluded.path]).to_markdown(index=False) if len(excluded) else "none")
                         + "\n").encode()
-    write_run_dir(Path(paper_dir) / "exp009", files)
+    write_marked_dir(Path(paper_dir) / "exp009", files, kind="paper", what="paper folder")
     return {"long": long, "tables": {k: v[0] for k, v in tables.items()}, "figures": figs, "files": sorted(files)}
 
 
 def plan_config0(encoders: pd.DataFrame) -> PretrainConfig:
     "The pretraining configuration shared by the encoders (read back from the control's checkpoint)."
-    import torch
-    return PretrainConfig(**torch.load(encoders.path.iloc[-1], weights_only=False)["config"])
+    return PretrainConfig(**load_checkpoint(encoders.path.iloc[-1])[1]["config"])
 
 
 # %% [markdown]

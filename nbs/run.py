@@ -57,6 +57,7 @@ trainer = "auto"
 epochs = 200
 stop_after = "all"
 n_boot = 1000
+missing_lesion = "auto"
 run_dir = ""
 
 # %% [markdown]
