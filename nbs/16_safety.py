@@ -52,7 +52,6 @@ from derma_jepa.data import DataError, atomic_write_bytes, cache_dir, follow_uma
 from fastcore.test import test_eq, test_fail
 import numpy as np
 
-
 # %% [markdown]
 # ## Output folders
 #
@@ -254,7 +253,6 @@ test_fail(lambda: dir_lock(_w / "umask", timeout=0.2).acquire(), exc=TimeoutErro
 _holder.send_signal(signal.SIGKILL); _holder.wait()
 write_marked_dir(_w / "umask", {"a.txt": b"after"}, what="run_dir")
 test_eq((_w / "umask" / "a.txt").read_bytes(), b"after")
-
 
 # %% [markdown]
 # ## Checkpoints: tensors plus JSON, never a pickle

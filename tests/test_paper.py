@@ -43,7 +43,8 @@ def test_paper_rendered_from_executed_runs(rendered):
     for name in ("arc", "optimisers", "sweep"):
         assert (paper / "tables" / f"{name}.md").stat().st_size > 0 and (paper / "tables" / f"{name}.tex").stat().st_size > 0
         assert f"\\input{{tables/{name}.tex}}" in (paper / "main.tex").read_text()
-    assert {f.name for f in (paper / "figures").iterdir()} == {"auroc_by_backbone.png", "train_vs_test.png", "score_histograms.png"}
+    assert {f.name for f in (paper / "figures").iterdir()} == {".derma_jepa.json", "auroc_by_backbone.png", "train_vs_test.png",
+                                                             "score_histograms.png"}
     arc = (paper / "tables" / "arc.md").read_text()
     assert "not run: weights for timm/vit_base_patch14_dinov2.lvd142m not found" in arc
     assert "color_texture (offline stand-in)" in arc and "DINOv2 ViT-B/14" in arc
