@@ -12,7 +12,7 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from .embed import EmbeddingCache, cached_compute, default_workers, side_keys
-from .nuisance import exif_applies, load_rgb, render, side_key
+from .nuisance import exif_applies, load_rgb, render, side_keys_of
 
 # %% auto #0
 __all__ = ['PIXEL_FINGERPRINT', 'PIXEL_SCORERS', 'pixel_array', 'pixel_l2', 'ssim_distance', 'with_paths', 'PairPixels',
@@ -71,12 +71,8 @@ class PairPixels(torch.utils.data.Dataset):
 
 def pixel_scores(pairs: pd.DataFrame, workers: int | None = None, cache_root=None, progress=False) -> pd.DataFrame:
     "pixel_l2 and ssim for every pair (columns context/target _path, _recipe, _sha256), via the cache."
-    def keyed(side):
-        exif = pairs.get(f"{side}_exif", pd.Series(False, index=pairs.index))
-        orient = pairs.get(f"{side}_orientation", pd.Series(1, index=pairs.index))
-        return pd.Series(list(map(side_key, pairs[f"{side}_recipe"], exif, orient)), index=pairs.index)
     keys = side_keys(PIXEL_FINGERPRINT, "f32", pairs.context_sha256 + "|" + pairs.target_sha256,
-                     keyed("context") + "|" + keyed("target"))
+                     [f"{c}|{t}" for c, t in zip(side_keys_of(pairs, "context_"), side_keys_of(pairs, "target_"))])
     out, _ = cached_compute(EmbeddingCache(PIXEL_FINGERPRINT, "f32", cache_root), keys, 2,
                             lambda todo: PairPixels(pairs.iloc[todo]), lambda x: x.numpy(), batch_size=16,
                             workers=default_workers() if workers is None else workers, progress=progress,

@@ -140,8 +140,7 @@ def read_metadata(csv_path, missing_lesion: str = "fallback") -> pd.DataFrame:
         rows = [int(i) + 2 for i in np.flatnonzero(df.image_id == first)]
         raise DataError(f"{csv_path}: duplicate image id {first!r} on rows {rows} "
                         f"({dup.nunique()} duplicated ids in all)")
-    no_lesion = np.flatnonzero((df.lesion_id == "").to_numpy())
-    rows = [int(i) + 2 for i in no_lesion]
+    rows = [int(i) + 2 for i in np.flatnonzero((df.lesion_id == "").to_numpy())]
     if len(rows) and missing_lesion == "error":
         raise DataError(f"{csv_path}: {len(rows)} row(s) have no lesion id (rows {_row_list(rows)}); a lesion id is "
                         f"the leakage unit. Fill them in, or opt in to the release's one-image-lesion fallback "
@@ -340,13 +339,13 @@ def summarise_audit(records: pd.DataFrame) -> dict:
     ok = records[records.status == "found"]
     dup_sums = ok[ok.sha256.duplicated(keep=False)].groupby("sha256").image_id.apply(sorted)
     per_lesion = records.groupby("lesion_id").size()
+    fallback = records.attrs.get("lesion_fallback_rows", [])
     return {
         "metadata_csv": records.attrs.get("metadata_csv", ""),
         "n_rows": int(len(records)),
         "n_images": int(len(ok)),
         "n_lesions": int(records.lesion_id.nunique()),
-        "missing_lesion_ids": {"count": len(records.attrs.get("lesion_fallback_rows", [])),
-                               "rows": records.attrs.get("lesion_fallback_rows", [])[:50],
+        "missing_lesion_ids": {"count": len(fallback), "rows": fallback[:50],
                                "rule": "missing_lesion::<image_id> (the release's one-image-lesion fallback)"},
         "missing": sorted(records.image_id[records.status == "missing"]),
         "unreadable": sorted(records.image_id[records.status == "unreadable"]),

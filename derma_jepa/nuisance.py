@@ -24,7 +24,7 @@ __all__ = ['OPS', 'REFERENCE_FAMILIES', 'PAPER_FAMILIES', 'PRESETS', 'HELD_OUT_F
            'rotate', 'hflip', 'gaussian_blur', 'posterize', 'unsharp', 'scale_translate', 'gaussian_noise', 'jpeg',
            'hue_shift', 'motion_blur', 'erase', 'gamma', 'temperature', 'vignette', 'salt_pepper', 'Draw', 'Step',
            'Family', 'get_family', 'check_disjoint_families', 'draw_recipe', 'recipe_json', 'load_rgb', 'exif_applies',
-           'side_key', 'render', 'gallery']
+           'side_key', 'side_keys_of', 'render', 'gallery']
 
 # %% ../nbs/03_nuisance.ipynb #db757751
 def _arr(img): return np.asarray(img, dtype=np.float64)
@@ -337,6 +337,14 @@ def exif_applies(protocol: str, recipe: dict | str, reader: str) -> bool:
 def side_key(recipe: str, exif: bool = False, orientation: int = 1) -> str:
     "A side's pixels as a cache sees them: the recipe, plus the EXIF tag when it turns the image."
     return recipe if not exif or int(orientation) in (0, 1) else f"{recipe}|exif{int(orientation)}"
+
+
+def side_keys_of(table, prefix: str = "") -> list[str]:
+    "`side_key` of every row of a table with `<prefix>recipe` (and, when present, `<prefix>exif`, `<prefix>orientation`)."
+    n = len(table)
+    exif = table[f"{prefix}exif"] if f"{prefix}exif" in table else [False] * n
+    orient = table[f"{prefix}orientation"] if f"{prefix}orientation" in table else [1] * n
+    return list(map(side_key, table[f"{prefix}recipe"], exif, orient))
 
 
 def render(image: Image.Image, recipe: dict | str) -> Image.Image:

@@ -18,7 +18,7 @@ from .data import DataError, atomic_write_bytes, cache_dir, follow_umask
 
 # %% auto #0
 __all__ = ['MARKER', 'MARKER_FORMAT', 'META_KEY', 'DestinationError', 'marker_of', 'check_destination', 'dir_lock',
-           'clear_debris', 'write_marked_dir', 'CheckpointError', 'save_checkpoint', 'is_safetensors',
+           'clear_debris', 'write_marked_dir', 'CheckpointError', 'save_checkpoint', 'tensors_under', 'is_safetensors',
            'torch_load_tensors', 'load_checkpoint', 'ConfigError', 'coerce', 'coerce_fields']
 
 # %% ../nbs/16_safety.ipynb #31770f56
@@ -52,7 +52,7 @@ def check_destination(dest, kind: str = "run", protected=(), what: str = "run_di
     raw = Path(os.path.expanduser(str(dest)))
     if raw.is_symlink(): raise DestinationError(f"{what} {raw} is a symbolic link; give the real folder")
     dest = raw.resolve()
-    cache = Path(os.environ.get("DERMA_JEPA_CACHE") or Path.home() / ".cache" / "derma_jepa").resolve()
+    cache = cache_dir().resolve()
     for label, p in [("the cache folder", cache)] + [("the data folder", Path(q).resolve()) for q in protected if q]:
         if dest == p: raise DestinationError(f"{what} {dest} is {label}; choose another folder (nothing was written)")
         if _inside(dest, p): raise DestinationError(f"{what} {dest} is inside {label} {p}; choose another folder (nothing was written)")
@@ -145,6 +145,11 @@ def save_checkpoint(path, tensors: dict, meta: dict | None = None) -> Path:
                 metadata={META_KEY: json.dumps(meta or {}, sort_keys=True)})
     atomic_write_bytes(Path(path), data)
     return Path(path)
+
+
+def tensors_under(tensors: dict, prefix: str) -> dict:
+    "The tensors whose names start with `prefix.`, with the prefix taken off (`encoder.x` -> `x`)."
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
 def is_safetensors(path) -> bool:

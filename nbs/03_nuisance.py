@@ -482,6 +482,14 @@ def side_key(recipe: str, exif: bool = False, orientation: int = 1) -> str:
     return recipe if not exif or int(orientation) in (0, 1) else f"{recipe}|exif{int(orientation)}"
 
 
+def side_keys_of(table, prefix: str = "") -> list[str]:
+    "`side_key` of every row of a table with `<prefix>recipe` (and, when present, `<prefix>exif`, `<prefix>orientation`)."
+    n = len(table)
+    exif = table[f"{prefix}exif"] if f"{prefix}exif" in table else [False] * n
+    orient = table[f"{prefix}orientation"] if f"{prefix}orientation" in table else [1] * n
+    return list(map(side_key, table[f"{prefix}recipe"], exif, orient))
+
+
 def render(image: Image.Image, recipe: dict | str) -> Image.Image:
     "Apply a recipe's operations to an RGB image."
     if isinstance(recipe, str): recipe = json.loads(recipe)
@@ -497,6 +505,8 @@ test_eq([exif_applies("symmetric", NONE_RECIPE, r) for r in ("backbone", "pixels
 test_eq([exif_applies("reference", NONE_RECIPE, r) for r in ("backbone", "pixels")], [True, False])
 test_eq(exif_applies("reference", {"family": "strong", "ops": []}, "backbone"), False)
 test_eq((side_key("r", True, 1), side_key("r", False, 6), side_key("r", True, 6)), ("r", "r", "r|exif6"))
+test_eq(side_keys_of({"t_recipe": ["a", "b"], "t_exif": [True, True], "t_orientation": [1, 8]}, "t_"), ["a", "b|exif8"])
+test_eq(side_keys_of({"recipe": ["a"]}), ["a"])
 
 # %%
 _src = Image.fromarray(np.random.default_rng(0).integers(0, 255, (150, 200, 3), dtype=np.uint8))

@@ -44,7 +44,7 @@ import torch
 
 from derma_jepa.backbones import Backbone
 from derma_jepa.data import atomic_write_bytes, cache_dir, quarantine
-from derma_jepa.nuisance import exif_applies, load_rgb, render, side_key
+from derma_jepa.nuisance import exif_applies, load_rgb, render, side_keys_of
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -223,8 +223,7 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", ba
     dtype = resolve_dtype(dtype, device)
     workers = default_workers() if workers is None else workers
     exif = sides["exif"].to_numpy(bool) if "exif" in sides else np.zeros(len(sides), bool)
-    orient = sides["orientation"].to_numpy() if "orientation" in sides else np.ones(len(sides), int)
-    keys = side_keys(backbone.fingerprint, dtype, sides.sha256, map(side_key, sides.recipe, exif, orient))
+    keys = side_keys(backbone.fingerprint, dtype, sides.sha256, side_keys_of(sides))
 
     def forward(x):
         with torch.inference_mode(), autocast(device, dtype):

@@ -53,7 +53,7 @@ from PIL import Image
 
 from derma_jepa.data import DataError, open_rgb
 from derma_jepa.embed import autocast, resolve_dtype
-from derma_jepa.safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint
+from derma_jepa.safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint, tensors_under
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
@@ -306,18 +306,17 @@ def save_state(path, cfg: PretrainConfig, model: nn.Module, opt, step: int, hist
                                     "opt_param_groups": sd["param_groups"], "opt_scalars": scalars})
 
 
-def load_state(path, model: nn.Module, opt) -> tuple[dict, int, list]:
-    "Restore a `save_state` file into `model` and `opt`; returns (its config dict, step, history)."
+def load_state(path, cfg: PretrainConfig, model: nn.Module, opt) -> tuple[int, list]:
+    "Restore a `save_state` file of the same configuration into `model` and `opt`; returns (step, history)."
     tensors, meta = load_checkpoint(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if meta.get("config") != asdict(cfg):
+        raise DataError(f"{path}: a checkpoint of another configuration; remove it or use another folder")
+    model.load_state_dict(tensors_under(tensors, "model"))
     state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            pid, name = k[4:].split(".", 1); state.setdefault(int(pid), {})[name] = v
-    for k, v in meta.get("opt_scalars", {}).items():
+    for k, v in [*tensors_under(tensors, "opt").items(), *meta.get("opt_scalars", {}).items()]:
         pid, name = k.split(".", 1); state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["opt_param_groups"]})
-    return meta["config"], meta["step"], meta["history"]
+    return meta["step"], meta["history"]
 
 
 def collapse_std(f: torch.Tensor) -> float:
@@ -334,10 +333,7 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history, last = 0, [], out_dir / "state.safetensors"
-    if last.exists():
-        if load_checkpoint(last)[1].get("config") != asdict(cfg):
-            raise DataError(f"{last}: a checkpoint of another configuration; remove it or use another folder")
-        _, step, history = load_state(last, model, opt)
+    if last.exists(): step, history = load_state(last, cfg, model, opt)
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.objective, disable=not progress)
     t0, n0 = time.perf_counter(), step
@@ -410,7 +406,7 @@ for _obj in OBJECTIVES:
 def encoder_digest(path) -> str:
     "SHA-256 of an exported encoder's tensors (05_backbones' `tensor_digest`)."
     from derma_jepa.backbones import tensor_digest
-    return tensor_digest({k[8:]: v for k, v in load_checkpoint(path)[0].items() if k.startswith("encoder.")})
+    return tensor_digest(tensors_under(load_checkpoint(path)[0], "encoder"))
 
 
 # %%
@@ -477,13 +473,13 @@ def load_ssl(path):
     path = Path(path)
     if not path.is_file(): raise DataError(f"ssl backbone: checkpoint {path} not found (train one with 13_pretrain)")
     tensors, st = load_checkpoint(path)
-    part = lambda p: {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}
+    enc, head_sd = tensors_under(tensors, "encoder"), tensors_under(tensors, "head")
     try:
         cfg = PretrainConfig(**st["config"])
-        vit = make_vit(cfg); vit.load_state_dict(part("encoder."))
+        vit = make_vit(cfg); vit.load_state_dict(enc)
         head = None
-        if part("head."):
-            head = nn.Linear(vit.embed_dim, part("head.")["weight"].shape[0]); head.load_state_dict(part("head."))
+        if head_sd:
+            head = nn.Linear(vit.embed_dim, head_sd["weight"].shape[0]); head.load_state_dict(head_sd)
     except (KeyError, TypeError, RuntimeError, DataError) as e:
         raise CheckpointError(f"{path}: not an encoder exported by 13_pretrain ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:160]})") from None
@@ -514,11 +510,11 @@ test_fail(lambda: get_backbone("ssl:/nowhere/encoder.pt"), contains="checkpoint 
 # %%
 _leg = _r0 / "legacy.pt"
 _t, _meta = load_checkpoint(_a / "encoder.safetensors")
-torch.save({**_meta, "encoder": {k[8:]: v for k, v in _t.items()}, "head": None}, _leg)
+torch.save({**_meta, "encoder": tensors_under(_t, "encoder"), "head": None}, _leg)
 test_eq(encoder_digest(_leg), encoder_digest(_a / "encoder.safetensors"))
 test_eq(get_backbone(f"ssl:{_leg}").dim, 192)
 class _Evil:
     def __reduce__(self): return (Path.write_text, (_r0 / "MARKER", "pwned"))
-torch.save({**_meta, "encoder": {k[8:]: v for k, v in _t.items()}, "head": _Evil()}, _r0 / "evil.pt")
+torch.save({**_meta, "encoder": tensors_under(_t, "encoder"), "head": _Evil()}, _r0 / "evil.pt")
 test_fail(lambda: get_backbone(f"ssl:{_r0 / 'evil.pt'}"), contains="evil.pt: refused")
 assert not (_r0 / "MARKER").exists()

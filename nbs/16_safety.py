@@ -50,7 +50,6 @@ from derma_jepa.data import DataError, atomic_write_bytes, cache_dir, follow_uma
 
 # %%
 from fastcore.test import test_eq, test_fail
-import numpy as np
 
 # %% [markdown]
 # ## Output folders
@@ -91,7 +90,7 @@ def check_destination(dest, kind: str = "run", protected=(), what: str = "run_di
     raw = Path(os.path.expanduser(str(dest)))
     if raw.is_symlink(): raise DestinationError(f"{what} {raw} is a symbolic link; give the real folder")
     dest = raw.resolve()
-    cache = Path(os.environ.get("DERMA_JEPA_CACHE") or Path.home() / ".cache" / "derma_jepa").resolve()
+    cache = cache_dir().resolve()
     for label, p in [("the cache folder", cache)] + [("the data folder", Path(q).resolve()) for q in protected if q]:
         if dest == p: raise DestinationError(f"{what} {dest} is {label}; choose another folder (nothing was written)")
         if _inside(dest, p): raise DestinationError(f"{what} {dest} is inside {label} {p}; choose another folder (nothing was written)")
@@ -282,6 +281,11 @@ def save_checkpoint(path, tensors: dict, meta: dict | None = None) -> Path:
     return Path(path)
 
 
+def tensors_under(tensors: dict, prefix: str) -> dict:
+    "The tensors whose names start with `prefix.`, with the prefix taken off (`encoder.x` -> `x`)."
+    return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
+
+
 def is_safetensors(path) -> bool:
     "Does the file start like a safetensors file (8-byte little-endian header length, then a JSON object)?"
     with open(path, "rb") as f: head = f.read(9)
@@ -338,6 +342,7 @@ import torch
 _ck = Path(tempfile.mkdtemp())
 _t, _m = load_checkpoint(save_checkpoint(_ck / "a.safetensors", {"w": torch.arange(6.).reshape(2, 3)}, {"step": 3, "cfg": {"lr": 0.1}}))
 test_eq((_t["w"].tolist(), _m), ([[0., 1., 2.], [3., 4., 5.]], {"step": 3, "cfg": {"lr": 0.1}}))
+test_eq(tensors_under({"enc.a": 1, "enc.b.c": 2, "encx.d": 3, "head.w": 4}, "enc"), {"a": 1, "b.c": 2})
 torch.save({"config": {"a": 1}, "encoder": {"w": torch.ones(2)}, "mean": (0.5,)}, _ck / "legacy.pt")
 _t, _m = load_checkpoint(_ck / "legacy.pt")
 test_eq((list(_t), _m), (["encoder.w"], {"config": {"a": 1}, "mean": [0.5]}))

@@ -279,10 +279,10 @@ def test_encoder_and_predictor_are_safetensors(world):
 def test_legacy_tensors_only_encoder_still_loads(world):
     from derma_jepa.backbones import get_backbone
     from derma_jepa.pretrain import PretrainConfig, encoder_digest, random_encoder
-    from derma_jepa.safety import load_checkpoint
+    from derma_jepa.safety import load_checkpoint, tensors_under
     new = random_encoder(PretrainConfig(image_size=48, patch_size=8), world / "enc.safetensors")
     t, meta = load_checkpoint(new)
-    torch.save({**meta, "encoder": {k[8:]: v for k, v in t.items()}, "head": None}, world / "old.pt")
+    torch.save({**meta, "encoder": tensors_under(t, "encoder"), "head": None}, world / "old.pt")
     assert encoder_digest(world / "old.pt") == encoder_digest(new)
     assert get_backbone(f"ssl:{world / 'old.pt'}").dim == 192
 
