@@ -9,7 +9,8 @@ DEMO_DIR ?= runs/demo
 
 .PHONY: venv demo paper audit exp009 test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-pretrain clean-venv
 
-$(STAMP): settings.ini setup.py pyproject.toml
+# pyproject.toml is left out: nbdev_export rewrites it (same content, new mtime) on every export.
+$(STAMP): settings.ini setup.py
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -40,14 +41,14 @@ paper: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/derma_jepa_paper --backbones $(BACKBONES) --runs $(RUNS_DIR) --paper paper \
 	  $(if $(filter 0,$(SWEEP)),--no-sweep) $(PAPER_ARGS)
 
-## EXP-009's certificate: HAM10000 against the pretraining corpus, recorded in paper/audit/.
+## EXP-009's overlap audit: HAM10000 against the pretraining corpus, recorded in paper/audit/.
 ISIC_NONHAM_DIR ?= ../shared/data/isic-nonham
 audit: $(STAMP)
 	$(PY) -c "import os, json; from derma_jepa.audit import run_overlap_audit as a; \
 	r = a(os.environ['HAM10000_DIR'], '$(ISIC_NONHAM_DIR)', 'paper/audit'); \
 	print(json.dumps({k: v for k, v in r.items() if k not in ('report', 'near_pair_list')}, indent=1))"
 
-## EXP-009 end to end (nbs/exp009.ipynb): audit -> pretrain each objective on the certified corpus -> diagnosis
+## EXP-009 end to end (nbs/exp009.ipynb): audit -> pretrain each objective on the audited corpus -> diagnosis
 ## probe -> the EXP-004 recipe under both protocols -> paper/exp009/. Needs HAM10000_DIR; EXP009_ARGS passes papermill
 ## options (e.g. -p objectives mae,ijepa). Resumes: finished pretraining and complete runs are reused.
 exp009: $(STAMP)

@@ -18,9 +18,10 @@ from PIL import Image
 from .data import DataError, atomic_write_bytes, audit_files, cache_dir, open_rgb, read_cached_table
 
 # %% auto #0
-__all__ = ['HASHES', 'SIG', 'SCALES', 'image_hashes', 'hamming', 'hash_files', 'match', 'min_distances', 'signature',
+__all__ = ['HASHES', 'SIG', 'SCALES', 'ADJ', 'image_hashes', 'hamming', 'hash_files', 'match', 'min_distances', 'signature',
            'similarity', 'near_duplicate', 'calibration_sets', 'calibrate', 'passes', 'calibrate_verification',
-           'overlap_audit', 'audit_figure', 'image_paths', 'audit_record', 'run_overlap_audit']
+           'split_negatives', 'upper_95', 'held_out_fpr', 'aligned_ssim', 'adjudication_reference', 'adjudicate',
+           'overlap_audit', 'audit_figure', 'image_paths', 'audit_record', 'audit_verdict', 'run_overlap_audit']
 
 # %% ../nbs/12_audit.ipynb #f2c8e39d
 HASHES = ("phash", "dhash", "whash")
@@ -165,8 +166,8 @@ def calibration_sets(records: pd.DataFrame, n_pos: int = 500, n_neg: int = 200_0
 
 
 def calibrate(P: pd.DataFrame, N: pd.DataFrame, max_fpr: float = 0.001) -> dict:
-    """Thresholds and vote count with the highest recall on positives whose false-positive rate on
-    negatives is ≤ `max_fpr`, searched over a grid (same threshold quantile for every hash)."""
+    """Threshold and vote count with the highest recall on positives whose false-positive rate on
+    negatives is ≤ `max_fpr`, searched over a grid (one threshold shared by every hash)."""
     best = None
     for votes in (1, 2, 3):
         for t in range(0, 33):
@@ -196,6 +197,80 @@ def calibrate_verification(P: pd.DataFrame, N: pd.DataFrame, rule: dict) -> dict
             "recall_two_stage": float(both.mean()),
             "fpr_two_stage_upper_95": round(3 / len(N), 8) if not (sims > thr).any() else float((sims > thr).sum() / len(N))}
 
+# %% ../nbs/12_audit.ipynb #91cad4bb
+def split_negatives(N: pd.DataFrame, seed: int = 0, held_out: float = 0.5) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "Negatives split at random into a calibration part and a held-out part no threshold ever sees."
+    perm = np.random.default_rng([seed, 7]).permutation(len(N))
+    k = int(round(len(N) * (1 - held_out)))
+    return N.iloc[np.sort(perm[:k])].reset_index(drop=True), N.iloc[np.sort(perm[k:])].reset_index(drop=True)
+
+
+def upper_95(k: int, n: int) -> float:
+    "One-sided 95% Clopper–Pearson upper bound of a rate with k events in n trials."
+    from scipy.stats import beta
+    return float(beta.ppf(0.95, k + 1, n - k)) if n else 1.0
+
+
+def held_out_fpr(N_held: pd.DataFrame, cal: dict) -> dict:
+    "False-positive rates of the hash rule and of hash + pixel verification on held-out negatives."
+    hard = N_held[passes(N_held, cal)]
+    sims = np.array([similarity(_signature_file(a), _signature_file(b)) for a, b in zip(hard.path_a, hard.path_b)])
+    n, k = len(N_held), int((sims > cal["similarity_threshold"]).sum())
+    return {"n_neg_held_out": n, "fpr_hash_held_out": len(hard) / n, "fpr_two_stage_held_out": k / n,
+            "fpr_two_stage_held_out_upper_95": round(upper_95(k, n), 8)}
+
+# %% ../nbs/12_audit.ipynb #8a671a54
+ADJ = 128
+
+
+def _grey(img: Image.Image, n: int) -> np.ndarray:
+    return np.asarray(img.convert("L").resize((n, n), Image.BILINEAR), np.float32)
+
+
+def aligned_ssim(a: Image.Image, b: Image.Image, scales=SCALES) -> float:
+    "SSIM of a's central 80% (grey, 128²) with its best-matching window in b (`match_template` over `scales`)."
+    from skimage.feature import match_template
+    from skimage.metrics import structural_similarity
+    m = round(ADJ * 0.1)
+    tpl = _grey(a, ADJ)[m:ADJ - m, m:ADJ - m]
+    best, win = -np.inf, None
+    for sc in scales:
+        gb = _grey(b, round(ADJ * sc))
+        if min(gb.shape) < tpl.shape[0]: continue
+        r = match_template(gb, tpl)
+        i, j = np.unravel_index(int(r.argmax()), r.shape)
+        if r[i, j] > best: best, win = r[i, j], gb[i:i + tpl.shape[0], j:j + tpl.shape[1]]
+    return float(structural_similarity(tpl, win, data_range=255.0))
+
+
+def adjudication_reference(records: pd.DataFrame, N_held: pd.DataFrame, cal: dict, n: int = 100, seed: int = 0,
+                           crop: float = 0.05) -> dict:
+    "Aligned SSIM of `n` synthetic near-duplicates (as calibrated) and of held-out hard negatives: the yardstick."
+    rng = np.random.default_rng([seed, 11])
+    pick = rng.choice(len(records), min(n, len(records)), replace=False)
+    pos = []
+    for i in pick:
+        im = open_rgb(records.path.iloc[i])
+        pos.append(aligned_ssim(im, near_duplicate(im, np.random.default_rng([seed, int(i)]), crop)))
+    hard = N_held[passes(N_held, cal)].head(n)
+    neg = [aligned_ssim(open_rgb(a), open_rgb(b)) for a, b in zip(hard.path_a, hard.path_b)]
+    return {"duplicate_ssim_threshold": round(float(np.quantile(pos, 0.01)), 4), "positives": len(pos),
+            "positive_ssim_quantiles_0_0.01_0.5": np.round(np.quantile(pos, [0, 0.01, 0.5]), 4).tolist(),
+            "hard_negatives": len(neg), "hard_negative_ssim_max": round(float(max(neg)), 4) if neg else None}
+
+
+def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict) -> pd.DataFrame:
+    "Each flagged pair: aligned SSIM, the HAM10000 lesion and diagnosis, how many lesions share its corpus image, a decision."
+    meta = records_a.set_index("path")
+    out = near[["path_a", "path_b", "similarity"]].copy()
+    out["aligned_ssim"] = [round(aligned_ssim(open_rgb(a), open_rgb(b)), 4) for a, b in zip(out.path_a, out.path_b)]
+    out["lesion_id"] = meta.lesion_id.reindex(out.path_a).to_numpy() if "lesion_id" in meta else None
+    out["dx"] = meta.dx.reindex(out.path_a).to_numpy() if "dx" in meta else None
+    out["lesions_matched_to_b"] = out.groupby("path_b").lesion_id.transform("nunique") if len(out) else []
+    thr = reference["duplicate_ssim_threshold"]
+    out["decision"] = ["duplicate" if s >= thr else f"not a duplicate: aligned SSIM {s:.3f} < {thr:.3f}" for s in out.aligned_ssim]
+    return out
+
 # %% ../nbs/12_audit.ipynb #26c8b2cb
 def overlap_audit(a_paths, b_paths, calibration: dict, progress: bool = False) -> dict:
     "Exact and near-duplicate pairs between two image sets, under a calibrated rule."
@@ -216,11 +291,11 @@ def overlap_audit(a_paths, b_paths, calibration: dict, progress: bool = False) -
     thr = calibration.get("similarity_threshold", -np.inf)
     near = cand[cand.similarity > thr]
     n = len(near)
-    verdict = ("no exact or near-duplicate image shared: the second set is free of the first at the calibrated rule "
+    verdict = ("no exact or near-duplicate image found at the calibrated rule "
                f"({len(cand)} hash candidates, none with pixel similarity above {thr:.3f}; two-stage recall "
                f"{calibration.get('recall_two_stage', calibration['recall']):.3f} on synthetic near-duplicates)"
                ) if n == 0 and len(exact) == 0 else (
-               f"{len(exact)} exact and {n} near-duplicate pair(s) shared: inspect them before pretraining")
+               f"{len(exact)} exact and {n} flagged near-duplicate pair(s): adjudicate them before pretraining")
     return {"n_a": len(a), "n_b": len(b), "exact_pairs": exact[["path_a", "path_b", "sha256"]].to_dict("records"),
             "near_pairs": near, "candidates": cand, "min_distance": mins, "calibration": calibration, "verdict": verdict,
             "hash_images_per_s": round((len(a) + len(b)) / t_hash, 1) if t_hash else None,
@@ -260,17 +335,46 @@ def audit_record(report: dict, root_b=None) -> dict:
             "top_candidates": [{"a": Path(r.path_a).name, "b": name(r.path_b, root_b), "similarity": round(float(r.similarity), 4),
                                 **{h: int(getattr(r, h)) for h in HASHES}} for r in report["candidates"].head(10).itertuples()],
             "calibration": report["calibration"], "verdict": report["verdict"],
+            **({"adjudication_reference": report["adjudication_reference"],
+                "adjudication": [{"a": Path(r.path_a).name, "b": name(r.path_b, root_b), "lesion_id": r.lesion_id, "dx": r.dx,
+                                  "aligned_ssim": float(r.aligned_ssim), "lesions_matched_to_b": int(r.lesions_matched_to_b),
+                                  "decision": r.decision} for r in report["adjudication"].itertuples()]}
+               if "adjudication" in report else {}),
             "closest_distance_quantiles_0_0.001_0.01_0.5": {
                 h: report["min_distance"][h].quantile([0, 0.001, 0.01, 0.5]).round(1).tolist() for h in HASHES}}
 
 
+def audit_verdict(rep: dict, cal: dict, adj: pd.DataFrame, ref: dict) -> str:
+    "What the audit measured, in words: recall, held-out FPR, and what adjudication found."
+    dup = adj[adj.decision.eq("duplicate")] if len(adj) else adj
+    head = (f"{len(rep['exact_pairs'])} exact copies and {len(dup)} adjudicated near-duplicate(s) of HAM10000 images found"
+            if len(rep["exact_pairs"]) or len(dup) else "no exact copy and no adjudicated near-duplicate of a HAM10000 image found")
+    tail = ""
+    if len(adj):
+        tail = (f"; the {len(adj)} pair(s) flagged by hashes and pixel correlation were adjudicated by SSIM after alignment: "
+                f"{', '.join(f'{s:.3f}' for s in adj.aligned_ssim)}, against {ref['duplicate_ssim_threshold']:.3f} for 99% of "
+                f"synthetic near-duplicates (held-out hard negatives reach {ref['hard_negative_ssim_max']})")
+        multi = adj[adj.lesions_matched_to_b > 1]
+        if len(multi): tail += (f"; {multi.path_b.nunique()} corpus image(s) matched {int(multi.lesions_matched_to_b.max())} "
+                                "different HAM10000 lesions, which one photograph cannot copy at once")
+        tail += "; every flagged corpus image is left out of pretraining all the same"
+    return (f"{head} in the corpus, at two-stage recall {cal['recall_two_stage']:.3f} on {cal['n_pos']} synthetic "
+            f"near-duplicates and false-positive rate {cal['fpr_two_stage_held_out']:.2g} (95% upper bound "
+            f"{cal['fpr_two_stage_held_out_upper_95']:.2g}) on {cal['n_neg_held_out']} held-out negatives{tail}")
+
+
 def run_overlap_audit(ham_dir, corpus_dir, out_dir, n_pos: int = 1000, n_neg: int = 500_000) -> dict:
-    "Calibrate on HAM10000, audit the corpus against it, write `<out_dir>/ham10000_vs_<corpus>.{json,png}`."
+    "Calibrate on HAM10000 (half the negatives held out), audit the corpus, adjudicate, write `<out_dir>/ham10000_vs_<corpus>.{json,png}`."
     from derma_jepa.data import load_records
     ham = load_records(ham_dir)
     P, N = calibration_sets(ham, n_pos=n_pos, n_neg=n_neg)
-    cal = calibrate_verification(P, N, calibrate(P, N))
+    N_cal, N_held = split_negatives(N)
+    cal = calibrate_verification(P, N_cal, calibrate(P, N_cal))
+    cal.update(held_out_fpr(N_held, cal))
     rep = overlap_audit(ham.path, image_paths(corpus_dir), cal)
+    ref = adjudication_reference(ham, N_held, cal)
+    adj = adjudicate(rep["near_pairs"], ham, ref)
+    rep.update(adjudication=adj, adjudication_reference=ref, verdict=audit_verdict(rep, cal, adj, ref))
     rec = audit_record(rep, Path(corpus_dir))
     out, stem = Path(out_dir), f"ham10000_vs_{Path(corpus_dir).name}"
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(rec, indent=1) + "\n").encode())

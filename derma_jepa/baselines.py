@@ -15,8 +15,8 @@ from .embed import EmbeddingCache, cached_compute, default_workers, side_keys
 from .nuisance import exif_applies, load_rgb, render, side_keys_of
 
 # %% auto #0
-__all__ = ['PIXEL_FINGERPRINT', 'PIXEL_SCORERS', 'pixel_array', 'pixel_l2', 'ssim_distance', 'with_paths', 'PairPixels',
-           'pixel_scores', 'choose_baseline', 'verdict']
+__all__ = ['PIXEL_FINGERPRINT', 'PIXEL_SCORERS', 'VERDICT_RULES', 'pixel_array', 'pixel_l2', 'ssim_distance', 'with_paths',
+           'PairPixels', 'pixel_scores', 'choose_baseline', 'verdict']
 
 # %% ../nbs/09_baselines.ipynb #7ad96db3
 def pixel_array(img: Image.Image, size: int = 224) -> np.ndarray:
@@ -93,7 +93,17 @@ def choose_baseline(auroc: dict[str, dict[str, float]], protocol: str) -> dict:
     return {"signs": signs, "strongest": max(names, key=lambda n: oriented[n]), "chosen_on": "val"}
 
 
-def verdict(delta: float, collapsed: bool) -> str:
-    "The release's interpretation thresholds: collapse overrides all."
+VERDICT_RULES = {
+    "reference": "the release's rule on the point Δ (a fixed threshold it did not justify): improved if Δ ≥ 0.05, "
+                 "matched if 0 ≤ Δ < 0.05, did not beat if Δ < 0",
+    "symmetric": "from Δ's 95% paired bootstrap interval: improved if it lies above 0, worse if below 0, "
+                 "matched if it contains 0"}
+
+
+def verdict(delta: dict, collapsed: bool, protocol: str) -> str:
+    "The protocol's verdict on Δ = predictor − strongest baseline ({'value', 'ci_low', 'ci_high'}); collapse overrides all."
     if collapsed: return "collapsed"
-    return "improved" if delta >= 0.05 else "matched" if delta >= 0 else "did not beat"
+    if protocol == "reference":
+        d = delta["value"]
+        return "improved" if d >= 0.05 else "matched" if d >= 0 else "did not beat"
+    return "improved" if delta["ci_low"] > 0 else "worse" if delta["ci_high"] < 0 else "matched"

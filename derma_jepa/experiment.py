@@ -22,19 +22,20 @@ from sklearn.metrics import roc_auc_score
 
 from .backbones import ALIASES, backbone_spec, get_backbone
 from .data import DataError, load_records, require_readable, summarise_audit
-from .baselines import choose_baseline, pixel_scores, verdict, with_paths
+from .baselines import VERDICT_RULES, choose_baseline, pixel_scores, verdict, with_paths
 from .embed import embed_sides, sides_table
-from .metrics import bootstrap_counts, bootstrap_many, representation_health
+from .metrics import bootstrap_counts, cluster_counts, paired_bootstrap, representation_health
 from .predictors import Predictor, control_scores, cosine_distance
 from .fixture import fixture_dir
 from .nuisance import HELD_OUT_FAMILIES
 from .pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
-from .safety import ConfigError, check_destination, coerce_fields, write_marked_dir
+from .safety import ConfigError, check_destination, coerce, coerce_fields, write_marked_dir
 from .split import SPLITS, check_fractions, check_protocol, split_counts, split_records
 
 # %% auto #0
-__all__ = ['STAGES', 'Config', 'resolve_data', 'run_id', 'run_path', 'protected_paths', 'destination', 'write_run_dir',
-           'RunResult', 'data_stage', 'environment', 'pair_embeddings', 'evaluate', 'make_figures', 'model_card', 'run']
+__all__ = ['STAGES', 'BOOTSTRAP_RULES', 'Config', 'resolve_data', 'run_id', 'run_path', 'protected_paths', 'destination',
+           'write_run_dir', 'RunResult', 'data_stage', 'environment', 'pair_embeddings', 'evaluate', 'make_figures',
+           'model_card', 'run']
 
 # %% ../nbs/10_experiment.ipynb #6b520124
 STAGES = ("manifest", "embed", "all")
@@ -53,7 +54,7 @@ class Config:
     pairs_per_split: int = 100
     split_fractions: tuple = (0.70, 0.15, 0.15)
     image_size: int = 224
-    rephoto: bool = False
+    rephoto: str = "auto"
     lofo_fold: int = -1
     seed: int = 20260422
     backbone: str = "color_texture"
@@ -70,6 +71,9 @@ class Config:
     run_dir: str = ""
 
     def __post_init__(self):
+        if not (isinstance(self.rephoto, str) and self.rephoto in ("auto", "on", "off")):   # a boolean says on / off
+            try: object.__setattr__(self, "rephoto", "on" if coerce("rephoto", self.rephoto, "bool") else "off")
+            except ConfigError: raise ConfigError(f"parameter rephoto={self.rephoto!r}: choose auto, on or off") from None
         coerce_fields(self)         # what YAML and papermill hand over, converted only when nothing is lost
         if self.lofo_fold < -1: raise ConfigError(f"parameter lofo_fold={self.lofo_fold}: -1 (off) or a fold 0-2")
         if self.lofo_fold >= 0:     # leave-one-family-out: the fold decides the families
@@ -101,6 +105,8 @@ class Config:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
+        if self.rephoto == "on" and self.protocol == "reference":
+            raise ConfigError("rephoto=on: the reference protocol has no re-photography pairs (the release had none); use auto or off")
         if self.missing_lesion not in ("auto", "error", "fallback"):
             raise ConfigError(f"unknown missing_lesion {self.missing_lesion!r}: choose auto, error or fallback")
         for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1),
@@ -114,6 +120,11 @@ class Config:
 
     @property
     def resolved_preset(self) -> str: return default_preset(self.protocol, None if self.preset == "auto" else self.preset)
+
+    @property
+    def resolved_rephoto(self) -> bool:
+        "`auto`: the real re-photography pairs in every symmetric run, none under `reference`."
+        return self.rephoto == "on" or (self.rephoto == "auto" and self.protocol == "symmetric")
 
     @property
     def resolved_missing_lesion(self) -> str:
@@ -212,7 +223,7 @@ def data_stage(config: Config):
     split = split_records(records, config.seed, config.split_fractions, config.protocol)
     manifest, log = build_manifest(split, config.protocol, config.train_families, config.eval_family or None,
                                    config.changing_policy, config.resolved_preset, config.pairs_per_split,
-                                   config.seed, config.image_size, config.rephoto)
+                                   config.seed, config.image_size, config.resolved_rephoto)
     audit.update(split_counts(split))
     audit.update(n_pairs=int(len(manifest)), pairs_by_split_and_kind=
                  {s: {k: int(n) for k, n in g.kind.value_counts().sort_index().items()} for s, g in manifest.groupby("split")},
@@ -245,46 +256,67 @@ def pair_embeddings(manifest: pd.DataFrame, sides: pd.DataFrame, z: np.ndarray) 
     return zc, zt
 
 # %% ../nbs/10_experiment.ipynb #5f32c612
-def _boot_seed(seed: int, scorer: str, split: str, names: list[str]) -> int:
-    if scorer == "predictor": return seed + {"train": 701, "val": 709, "test": 719}[split]
+BOOTSTRAP_RULES = {
+    "symmetric": {"unit": "context lesion", "strata": "pair kind", "paired": True, "interval": "percentile"},
+    "reference": {"unit": "pair", "strata": None, "paired": False, "interval": "percentile",
+                  "note": "the release's rule: pairs resampled independently, a generator per scorer"}}
+
+
+def _boot_seed(seed: int, scorer: str, split: str) -> int:
+    "The release's bootstrap seed offsets; every other scorer shares the predictor's (identity: the cosine's)."
     if scorer in ("pixel_l2", "ssim"): return seed + {"pixel_l2": 11, "ssim": 23}[scorer]
-    if scorer.startswith("cosine_"): return seed + 101
-    return seed + 801 + names.index(scorer)
+    if scorer.startswith("cosine_") or scorer == "identity": return seed + 101
+    return seed + {"train": 701, "val": 709, "test": 719}[split]
+
+
+def _reference_split(y, scores: dict, seed: int, split: str, n_boot: int, deltas) -> dict:
+    by_seed = {}
+    for name in scores: by_seed.setdefault(_boot_seed(seed, name, split), []).append(name)
+    out = {"metrics": {}, "deltas": {}}
+    for bs, names in by_seed.items():
+        pb = paired_bootstrap(y, {n: scores[n] for n in names}, bootstrap_counts(len(y), n_boot, bs))
+        out["metrics"].update(pb["metrics"])
+    pb = paired_bootstrap(y, {n: scores[n] for n in {a for d in deltas for a in d}},
+                          bootstrap_counts(len(y), n_boot, _boot_seed(seed, "predictor", split)), deltas)
+    out["deltas"] = pb["deltas"]
+    out["metrics"] = {n: out["metrics"][n] for n in scores}
+    return out
 
 
 def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: list[str], protocol: str,
              seed: int, n_boot: int = 1000) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics of every scorer on every split, baselines oriented and chosen by the protocol's rule.
-    Returns (metrics block, scores with baselines oriented)."""
-    main = manifest.kind.isin(["stable", "changing"]).to_numpy()
-    split = manifest.split.to_numpy()
-    y = manifest.label.to_numpy()
+    """Metrics of every scorer on every split with the protocol's bootstrap, baselines oriented and chosen by
+    the protocol's rule, and Δs with CIs. Returns (metrics block, scores with baselines oriented)."""
+    kind, split, y = manifest.kind.to_numpy(), manifest.split.to_numpy(), manifest.label.to_numpy()
+    main = np.isin(kind, ["stable", "changing"])
     auroc = {sp: {b: float(roc_auc_score(y[main & (split == sp)], scores[b][main & (split == sp)])) for b in baselines}
              for sp in SPLITS}
     choice = choose_baseline(auroc, protocol)
     scores = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
-    names, counts, jobs = list(scores), {}, []
-    for sp in SPLITS:
-        m = main & (split == sp)
-        for name in names:
-            bs = _boot_seed(seed, name, sp, names)
-            if (bs, m.sum()) not in counts: counts[(bs, m.sum())] = bootstrap_counts(int(m.sum()), n_boot, bs)
-            jobs.append((sp, name, (y[m], scores[name][m], counts[(bs, m.sum())])))
-    metrics = {sp: {} for sp in SPLITS}
-    for (sp, name, _), res in zip(jobs, bootstrap_many([j[2] for j in jobs], n_boot)):
-        metrics[sp][name] = res
     best = choice["strongest"]
-    delta = metrics["test"]["predictor"]["auroc"]["value"] - metrics["test"][best]["auroc"]["value"]
-    out = {"metrics": metrics, "baselines": {"names": baselines, **choice}, "strongest_baseline": best,
-           "delta": float(delta)}
-    reph = manifest.kind.isin(["rephoto", "changing"]).to_numpy()
-    if (manifest.kind == "rephoto").any():
-        out["rephoto_vs_changing_auroc"] = {
-            sp: {n: float(roc_auc_score(y[reph & (split == sp)], scores[n][reph & (split == sp)])) for n in names}
-            for sp in SPLITS if (reph & (split == sp)).any()}
+    deltas = [("predictor", best)] + ([("predictor", "identity")] if "identity" in scores else [])
+    out = {"metrics": {}, "deltas": {}, "bootstrap": {**BOOTSTRAP_RULES[protocol], "n_boot": n_boot, "level": 0.95},
+           "baselines": {"names": baselines, **choice}, "strongest_baseline": best}
+    for k, sp in enumerate(SPLITS):
+        rows = split == sp
+        at = lambda mask: {n: v[rows & mask] for n, v in scores.items()}
+        if protocol == "reference":
+            res = _reference_split(y[rows & main], at(main), seed, sp, n_boot, deltas)
+        else:
+            counts = cluster_counts(manifest.context_lesion_id.to_numpy()[rows], kind[rows], n_boot, seed + 907 + k)
+            res = paired_bootstrap(y[rows & main], at(main), counts[:, main[rows]], deltas)
+            out["bootstrap"].setdefault("clusters", {})[sp] = int(manifest[rows & main].context_lesion_id.nunique())
+            reph = np.isin(kind, ["rephoto", "changing"])
+            if (rows & (kind == "rephoto")).any():
+                out.setdefault("rephoto", {})[sp] = paired_bootstrap(y[rows & reph], at(reph), counts[:, reph[rows]])["metrics"]
+            if sp == "test":
+                pc = bootstrap_counts(int((rows & main).sum()), n_boot, seed + 719)
+                out["pair_level_test"] = {n: m["auroc"] for n, m in paired_bootstrap(y[rows & main], at(main), pc)["metrics"].items()}
+        out["metrics"][sp], out["deltas"][sp] = res["metrics"], res["deltas"]
+    out["delta"] = out["deltas"]["test"][f"predictor - {best}"]
     return out, scores
 
-# %% ../nbs/10_experiment.ipynb #5cdfa758
+# %% ../nbs/10_experiment.ipynb #a10911a0
 def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict) -> dict:
     "name -> matplotlib Figure."
     import matplotlib.pyplot as plt
@@ -296,12 +328,13 @@ def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict
     long = pd.concat([manifest.loc[main, ["split", "kind"]].assign(scorer=n, score=scores[n][main]) for n in ("predictor", best)],
                      ignore_index=True)
     g = sns.displot(data=long, x="score", hue="kind", row="scorer", col="split", kind="hist", stat="density",
-                    common_norm=False, common_bins=False, element="step", height=2.4, aspect=1.3,
+                    common_norm=False, common_bins=True, element="step", height=2.4, aspect=1.3,
                     facet_kws={"sharex": False, "sharey": False})
     figs["score_histograms"] = g.figure
     fig, ax = plt.subplots(figsize=(5, 5))
     t = main & (manifest.split == "test").to_numpy()
     for n, s in scores.items():
+        if n in ("identity", "flipped_cosine"): continue       # the raw cosine again, and its mirror
         fpr, tpr, _ = roc_curve(manifest.label.to_numpy()[t], s[t])
         ax.plot(fpr, tpr, lw=2.2 if n == "predictor" else 1, label=f"{n} ({ev['metrics']['test'][n]['auroc']['value']:.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xlabel("FPR"); ax.set_ylabel("TPR"); ax.set_title("test ROC (AUROC)")
@@ -319,8 +352,12 @@ def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict
 def model_card(config: Config, ev: dict, env: dict) -> str:
     "A short human-readable summary of one run: what ran, on what, and what it found."
     m = ev["metrics"]["test"]
-    def ci(n): a = m[n]["auroc"]; return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
-    rows = "\n".join(f"| {n} | {ci(n)} |" for n in m)
+    def ci(a): return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    reph = ev.get("rephoto", {}).get("test", {})
+    rows = "\n".join(f"| {n} | {ci(m[n]['auroc'])} | {ci(reph[n]['auroc']) if n in reph else '–'} |" for n in m)
+    b = ev["bootstrap"]
+    how = (f"{b['n_boot']} resamples of context lesions within each pair kind, shared by every scorer (paired)"
+           if b["unit"] == "context lesion" else f"{b['n_boot']} resamples of pairs, a generator per scorer (the release's rule)")
     stand_in = backbone_spec(config.backbone).hub_id == ""
     return f"""# Model card: {config.experiment or run_id(config)}
 
@@ -331,11 +368,13 @@ def model_card(config: Config, ev: dict, env: dict) -> str:
 {config.epochs} epochs, fitted on {ev['training']['train_stable_pairs']} train stable pairs only
 - data: {config.data}, seed {config.seed}, {config.pairs_per_split} stable + {config.pairs_per_split} changing pairs per split
 
-Verdict: **{ev['verdict']}** (predictor minus the strongest baseline, {ev['strongest_baseline']}, \
-chosen on {ev['baselines']['chosen_on']}: {ev['delta']:+.3f} test AUROC).
+Verdict: **{ev['verdict']}**. Δ = predictor − strongest baseline ({ev['strongest_baseline']}, \
+chosen on {ev['baselines']['chosen_on']}) = {ci(ev['delta'])} test AUROC; rule: {ev['verdict_rule']}.
 
-| test scorer | AUROC [95% bootstrap CI] |
-|---|---|
+Intervals: 95% percentile bootstrap, {how}.
+
+| test scorer | AUROC, stable vs changing [95% CI] | AUROC, re-photographed vs changing [95% CI] |
+|---|---|---|
 {rows}
 
 Intended use: research on acquisition-nuisance invariance of frozen embeddings. Not a diagnostic
@@ -344,7 +383,10 @@ device; stable/changing labels are synthetic (PROTOCOL B2) except the re-photogr
 
 
 def _png(fig) -> bytes:
+    "The figure as PNG bytes; the figure is closed (pyplot forgets it), so a notebook shows it only where displayed."
+    import matplotlib.pyplot as plt
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
     return buf.getvalue()
 
 # %% ../nbs/10_experiment.ipynb #bbbd29f0
@@ -391,7 +433,8 @@ def run(config: Config) -> RunResult:
         ev, scores = evaluate(manifest, scores, ["pixel_l2", "ssim", cos_name], config.protocol, config.seed, config.n_boot)
         test_main = (sp == "test") & np.isin(kind, ["stable", "changing"])
         health = representation_health(predictor.predict(zc[test_main]))
-        ev.update(health=health, verdict=verdict(ev["delta"], health["collapsed"]), protocol=config.protocol,
+        ev.update(health=health, verdict=verdict(ev["delta"], health["collapsed"], config.protocol),
+                  verdict_rule=VERDICT_RULES[config.protocol], protocol=config.protocol,
                   backbone=backbone.name, n_boot=config.n_boot,
                   training={"predictor": config.predictor, "trainer": predictor.trainer, "optimizer": config.optimizer,
                             "epochs": config.epochs, "batch_size": predictor.batch_size, "lr": predictor.lr,

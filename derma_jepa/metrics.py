@@ -10,7 +10,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 # %% auto #0
 __all__ = ['METRICS', 'eer', 'fpr_at_tpr', 'point_metrics', 'resample_metrics', 'bootstrap_counts', 'bootstrap_many',
-           'bootstrap_metrics', 'representation_health']
+           'bootstrap_metrics', 'cluster_counts', 'paired_bootstrap', 'representation_health']
 
 # %% ../nbs/08_metrics.ipynb #feaff67b
 METRICS = ("auroc", "auprc", "eer", "fpr_at_tpr")
@@ -102,19 +102,55 @@ def bootstrap_many(tasks, n_boot: int = 1000, workers: int = 2) -> list[dict]:
         return list(ex.map(lambda t: bootstrap_metrics(t[0], t[1], n_boot, counts=t[2]), tasks))
 
 
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
+    "Percentile interval of the valid (non-NaN) resample values."
+    v = values[~np.isnan(values)]
+    a = (1 - level) / 2
+    return tuple(float(x) for x in np.quantile(v, [a, 1 - a])) if len(v) else (float("nan"), float("nan"))
+
+
+def _summary(point: dict, res: dict, level: float) -> dict:
+    out = {m: dict(zip(("value", "ci_low", "ci_high"), (point[m], *_interval(res[m], level)))) for m in METRICS}
+    out["n_boot_valid"] = int((~np.isnan(res["auroc"])).sum())
+    return out
+
+
 def bootstrap_metrics(y, s, n_boot: int = 1000, seed: int = 0, level: float = 0.95, counts=None) -> dict:
     "Point value and percentile CI of the four metrics: {metric: {'value', 'ci_low', 'ci_high'}}, plus 'n_boot_valid'."
     y, s = np.asarray(y), np.asarray(s, float)
     counts = bootstrap_counts(len(y), n_boot, seed) if counts is None else counts
-    res = resample_metrics(y, s, counts)
-    point = point_metrics(y, s)
-    a = (1 - level) / 2
-    out = {}
-    for m in METRICS:
-        v = res[m][~np.isnan(res[m])]
-        lo, hi = (np.quantile(v, [a, 1 - a]) if len(v) else (np.nan, np.nan))
-        out[m] = {"value": point[m], "ci_low": float(lo), "ci_high": float(hi)}
-    out["n_boot_valid"] = int((~np.isnan(res["auroc"])).sum())
+    return _summary(point_metrics(y, s), resample_metrics(y, s, counts), level)
+
+# %% ../nbs/08_metrics.ipynb #7be55b2c
+def cluster_counts(clusters, strata, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    "Multiplicities of items when each stratum's distinct clusters are drawn with replacement (as many draws as clusters)."
+    clusters, strata = np.asarray(clusters), np.asarray(strata)
+    if clusters.shape != strata.shape: raise ValueError(f"clusters {clusters.shape} and strata {strata.shape} differ in length")
+    rng = np.random.default_rng(seed)
+    counts = np.zeros((n_boot, len(clusters)), np.int32)
+    for stratum in np.unique(strata):
+        rows = np.flatnonzero(strata == stratum)
+        ids, inv = np.unique(clusters[rows], return_inverse=True)
+        k = len(ids)
+        draws = rng.integers(0, k, size=(n_boot, k)) + np.arange(n_boot)[:, None] * k
+        counts[:, rows] = np.bincount(draws.ravel(), minlength=n_boot * k).reshape(n_boot, k)[:, inv]
+    return counts
+
+
+def paired_bootstrap(y, scores: dict, counts: np.ndarray, deltas=(), level: float = 0.95, workers: int = 2) -> dict:
+    """Every scorer's four metrics with percentile CIs from the same resamples `counts`, and for each
+    (a, b) in `deltas` the AUROC difference a − b with its CI: {'metrics': {name: ...}, 'deltas': {'a - b': ...}}."""
+    from concurrent.futures import ThreadPoolExecutor
+    y = np.asarray(y)
+    names = list(scores)
+    with ThreadPoolExecutor(workers) as ex:
+        res = dict(zip(names, ex.map(lambda n: resample_metrics(y, np.asarray(scores[n], float), counts), names)))
+    points = {n: point_metrics(y, np.asarray(scores[n], float)) for n in names}
+    out = {"metrics": {n: _summary(points[n], res[n], level) for n in names}, "deltas": {}}
+    for a, b in deltas:
+        lo, hi = _interval(res[a]["auroc"] - res[b]["auroc"], level)
+        out["deltas"][f"{a} - {b}"] = {"a": a, "b": b, "value": points[a]["auroc"] - points[b]["auroc"],
+                                       "ci_low": lo, "ci_high": hi}
     return out
 
 # %% ../nbs/08_metrics.ipynb #d93ef55b

@@ -22,14 +22,13 @@ import yaml
 from .backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolve_weights
 from .data import DataError, atomic_write_bytes
 from .experiment import Config, ConfigError, resolve_data, run_id
-from .safety import write_marked_dir
 
 # %% auto #0
-__all__ = ['ARC_KEYS', 'SWEEP_KEYS', 'BACKBONE_LABELS', 'STAND_INS', 'METRICS', 'MAIN_TEX', 'repo_root', 'experiments_dir',
-           'load_arc', 'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run', 'plan_records',
-           'run_plan', 'read_plan', 'collect', 'backbone_label', 'fmt_ci', 'arc_table', 'optimiser_table', 'mean_sd_ci',
-           'sweep_summary', 'sweep_table', 'to_markdown', 'tex_text', 'to_latex', 'fig_auroc_by_backbone',
-           'fig_train_vs_test', 'fig_score_histograms', 'render_paper', 'paper_main']
+__all__ = ['ARC_KEYS', 'SWEEP_KEYS', 'BACKBONE_LABELS', 'STAND_INS', 'METRICS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'repo_root',
+           'experiments_dir', 'load_arc', 'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run',
+           'plan_records', 'run_plan', 'read_plan', 'experiments_label', 'collect', 'backbone_label', 'fmt_ci',
+           'arc_cells', 'arc_table', 'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table', 'to_markdown',
+           'tex_text', 'to_latex', 'paper_main']
 
 # %% ../nbs/11_report.ipynb #79ba482a
 def repo_root(start=None) -> Path:
@@ -109,7 +108,12 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
                 rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
                              "sweep": in_sweep, "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
                              "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
-    return pd.DataFrame(rows)
+    plan = pd.DataFrame(rows)
+    same = [json.dumps({k: v for k, v in c.to_dict().items() if k not in ("experiment", "run_dir")}, sort_keys=True)
+            for c in plan.config]
+    first = {}
+    src = [first.setdefault(k, i) for i, k in enumerate(same)]       # the first row with this config runs it
+    return plan.assign(run_dir=plan.run_dir.to_numpy()[src], config=plan.config.to_numpy()[src])
 
 # %% ../nbs/11_report.ipynb #da6812a4
 def is_complete(config: Config) -> bool:
@@ -166,28 +170,48 @@ def read_plan(path) -> pd.DataFrame:
 
 # %% ../nbs/11_report.ipynb #79cc7e49
 METRICS = ("auroc", "auprc", "eer", "fpr_at_tpr")
+_RUN_COLS = ["strongest_baseline", "delta", "delta_lo", "delta_hi", "delta_identity", "delta_identity_lo", "delta_identity_hi",
+             "verdict", "verdict_rule", "bootstrap_unit", "predictor", "optimizer", "seconds", "fit_seconds"]
+
+
+def _run_fields(ev: dict, tim: dict) -> dict:
+    best = ev["strongest_baseline"]
+    d, di = ev["deltas"]["test"][f"predictor - {best}"], ev["deltas"]["test"].get("predictor - identity", {})
+    return {"strongest_baseline": best, "delta": d["value"], "delta_lo": d["ci_low"], "delta_hi": d["ci_high"],
+            "delta_identity": di.get("value", np.nan), "delta_identity_lo": di.get("ci_low", np.nan),
+            "delta_identity_hi": di.get("ci_high", np.nan), "verdict": ev["verdict"], "verdict_rule": ev["verdict_rule"],
+            "bootstrap_unit": ev["bootstrap"]["unit"], "predictor": ev["training"]["predictor"],
+            "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan)}
+
+
+def experiments_label(plan: pd.DataFrame) -> pd.Series:
+    "Per plan row: every experiment (of the same part, arc or sweep) whose run it is, joined with ' = '."
+    label = plan.groupby(["sweep", "run_dir"], sort=False).experiment.transform(lambda e: " = ".join(dict.fromkeys(e)))
+    return label
 
 
 def collect(plan: pd.DataFrame) -> pd.DataFrame:
     "One row per (plan row, split, scorer), metrics and CIs flattened; un-run rows keep their status."
     keys = ["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status", "run_dir"]
+    plan = plan.assign(experiments=experiments_label(plan))
     out = []
-    for r in plan[keys].to_dict("records"):
+    for r in plan[keys + ["experiments"]].to_dict("records"):
         mfile = Path(r["run_dir"]) / "metrics.json"
         if r["status"] != "run" or not mfile.exists():
             out.append({**r, "status": r["status"] if r["status"] != "run" else "not run: no metrics.json"}); continue
         ev = json.loads(mfile.read_text())
-        tim = json.loads((Path(r["run_dir"]) / "timings.json").read_text())
+        run = _run_fields(ev, json.loads((Path(r["run_dir"]) / "timings.json").read_text()))
         for split, scorers in ev["metrics"].items():
+            reph = ev.get("rephoto", {}).get(split, {})
             for scorer, m in scorers.items():
-                row = {**r, "split": split, "scorer": scorer, "strongest_baseline": ev["strongest_baseline"],
-                       "delta": ev["delta"], "verdict": ev["verdict"], "predictor": ev["training"]["predictor"],
-                       "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan)}
-                for name in METRICS: row[name] = m[name]["value"]
-                row["auroc_lo"], row["auroc_hi"] = m["auroc"]["ci_low"], m["auroc"]["ci_high"]
+                row = {**r, "split": split, "scorer": scorer, **run, **{name: m[name]["value"] for name in METRICS},
+                       "auroc_lo": m["auroc"]["ci_low"], "auroc_hi": m["auroc"]["ci_high"]}
+                if scorer in reph:
+                    row.update(rephoto_auroc=reph[scorer]["auroc"]["value"], rephoto_lo=reph[scorer]["auroc"]["ci_low"],
+                               rephoto_hi=reph[scorer]["auroc"]["ci_high"])
                 out.append(row)
-    cols = [*keys, "split", "scorer", "strongest_baseline", "delta", "verdict", "predictor", "optimizer", "seconds",
-            "fit_seconds", *METRICS, "auroc_lo", "auroc_hi"]
+    cols = [*keys, "experiments", "split", "scorer", *_RUN_COLS, *METRICS, "auroc_lo", "auroc_hi",
+            "rephoto_auroc", "rephoto_lo", "rephoto_hi"]
     return pd.DataFrame(out, columns=cols)         # the same columns when nothing ran
 
 
@@ -204,21 +228,35 @@ def _test(long: pd.DataFrame) -> pd.DataFrame:
     return long[long.split.eq("test")] if "split" in long else long.iloc[:0]
 
 
+ARC_COLUMNS = ("predictor AUROC [95% CI]", "strongest baseline", "Δ [95% CI]", "verdict", "target-only probe",
+               "context-only probe", "re-photo AUROC [95% CI]")
+
+
+def _ci_cell(row, v="auroc", lo="auroc_lo", hi="auroc_hi") -> str:
+    return "–" if pd.isna(row[v]) else fmt_ci(row[v], row[lo], row[hi])
+
+
+def arc_cells(t: pd.DataFrame) -> dict:
+    "The arc table's cells for one run's test rows."
+    by = t.set_index("scorer")
+    p, b = by.loc["predictor"], by.loc[by.loc["predictor"].strongest_baseline]
+    rule = " (release rule)" if p.bootstrap_unit == "pair" else ""
+    return dict(zip(ARC_COLUMNS, [_ci_cell(p), f"{p.strongest_baseline} {b.auroc:.3f}",
+                                  "–" if pd.isna(p.delta_lo) else f"{p.delta:+.3f} [{p.delta_lo:+.3f}, {p.delta_hi:+.3f}]",
+                                  p.verdict + rule, _ci_cell(by.loc["target_only_probe"]), _ci_cell(by.loc["context_only_probe"]),
+                                  _ci_cell(p, "rephoto_auroc", "rephoto_lo", "rephoto_hi")]))
+
+
 def arc_table(long: pd.DataFrame) -> pd.DataFrame:
-    "Cross-run table (seed-20260422 arc runs): per protocol, predictor AUROC [CI], the strongest baseline, Δ and verdict."
-    arc = long[~long.sweep]
+    """Cross-run table (seed-20260422 arc runs), per protocol: predictor AUROC [CI], the strongest baseline, Δ [CI],
+    verdict, the single-side probes and the re-photography AUROC. A run several experiments share is one row."""
+    arc = long[~long.sweep].drop_duplicates(["run_dir", "split", "scorer"])
     rows = {}
-    for (exp, bb, si, prot), g in arc.groupby(["experiment", "backbone", "stand_in", "protocol"], sort=False):
-        key = (exp, backbone_label(bb, si))
+    for (exp, bb, si, prot), g in arc.groupby(["experiments", "backbone", "stand_in", "protocol"], sort=False):
         t = _test(g)
-        if t.empty:
-            cells = {"predictor AUROC [95% CI]": g.status.iloc[0], "strongest baseline": "–", "Δ": "–", "verdict": "–"}
-        else:
-            p = t[t.scorer.eq("predictor")].iloc[0]
-            b = t[t.scorer.eq(p.strongest_baseline)].iloc[0]
-            cells = {"predictor AUROC [95% CI]": fmt_ci(p.auroc, p.auroc_lo, p.auroc_hi),
-                     "strongest baseline": f"{b.scorer} {b.auroc:.3f}", "Δ": f"{p.delta:+.3f}", "verdict": p.verdict}
-        rows.setdefault(key, {}).update({(prot, k): v for k, v in cells.items()})
+        cells = (arc_cells(t) if not t.empty else
+                 {c: (g.status.iloc[0] if c == ARC_COLUMNS[0] else "–") for c in ARC_COLUMNS})
+        rows.setdefault((exp, backbone_label(bb, si)), {}).update({(prot, k): v for k, v in cells.items()})
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index = pd.MultiIndex.from_tuples(df.index, names=["experiment", "backbone"])
     df.columns = pd.MultiIndex.from_tuples(df.columns, names=["protocol", ""])
@@ -242,40 +280,51 @@ def optimiser_table(long: pd.DataFrame, experiments=("EXP-004", "EXP-005", "EXP-
             .unstack("protocol").swaplevel(axis=1).sort_index(axis=1, level=0, sort_remaining=False))
 
 # %% ../nbs/11_report.ipynb #173cfc34
-def mean_sd_ci(values) -> dict:
-    "n, mean, unbiased SD and the normal-approximation CI of the mean (mean ± 1.96·SD/√n)."
+def mean_sd_ci(values, level: float = 0.95) -> dict:
+    "n, mean, unbiased SD, the Student-t CI of the mean and, beside it, the release's normal one (1.96·SD/√n)."
+    from scipy import stats
     v = np.asarray(values, float)
     n, m = len(v), float(v.mean())
     sd = float(v.std(ddof=1)) if n > 1 else float("nan")
-    half = 1.96 * sd / math.sqrt(n) if n > 1 else float("nan")
-    return {"n": n, "mean": m, "sd": sd, "ci_low": m - half, "ci_high": m + half}
+    se = sd / math.sqrt(n) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se if n > 1 else float("nan")
+    return {"n": n, "mean": m, "sd": sd, "ci_low": m - half, "ci_high": m + half,
+            "release_ci_low": m - 1.96 * se, "release_ci_high": m + 1.96 * se}
 
 
-def sweep_summary(long: pd.DataFrame, scorers=("predictor", "identity", "bias_only", "pixel_l2", "ssim")) -> pd.DataFrame:
-    "Per (experiment, backbone, protocol, scorer): the test AUROC over the sweep's seeds."
-    t = _test(long[long.sweep])
+SWEEP_SCORERS = ("predictor", "identity", "bias_only", "pixel_l2", "ssim")
+
+
+def sweep_summary(long: pd.DataFrame, scorers=SWEEP_SCORERS) -> pd.DataFrame:
+    "Per (experiments, backbone, protocol, scorer): the test AUROC over the sweep's seeds, each run counted once."
+    t = _test(long[long.sweep]).drop_duplicates(["run_dir", "scorer"])
     t = t[t.scorer.isin(scorers)]
     rows = []
-    for (exp, bb, si, prot, sc), g in t.groupby(["experiment", "backbone", "stand_in", "protocol", "scorer"], sort=False):
+    for (exp, bb, si, prot, sc), g in t.groupby(["experiments", "backbone", "stand_in", "protocol", "scorer"], sort=False):
         rows.append({"experiment": exp, "backbone": backbone_label(bb, si), "protocol": prot, "scorer": sc,
                      "seeds": ",".join(map(str, sorted(g.seed))), **mean_sd_ci(g.auroc)})
     return pd.DataFrame(rows)
 
 
 def sweep_table(long: pd.DataFrame) -> pd.DataFrame:
-    "The sweep as printed: 'mean ± SD [CI]' per scorer, a row per (experiment, backbone, protocol); un-run rows say why."
+    """The sweep as printed: 'mean ± SD [t CI]' per scorer and the release's 1.96 interval of the predictor, a row per
+    (experiments, backbone, protocol); un-run rows say why."""
     s = sweep_summary(long)
-    cols = ["predictor", "identity", "bias_only", "pixel_l2", "ssim"]
-    if not s.empty: s["cell"] = [f"{r.mean:.3f} ± {r.sd:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in s.itertuples()]
-    idle = long[long.sweep & ~long.status.eq("run")].drop_duplicates(["experiment", "backbone", "protocol"])
-    s = pd.concat([s, pd.DataFrame({"experiment": idle.experiment, "protocol": idle.protocol, "n": 0, "scorer": "predictor",
+    release = "predictor: release's ±1.96·SD/√n"
+    if not s.empty:
+        s["cell"] = [f"{r.mean:.3f} ± {r.sd:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in s.itertuples()]
+        pred = s[s.scorer.eq("predictor")]
+        s = pd.concat([s, pred.assign(scorer=release, cell=[f"[{r.release_ci_low:.3f}, {r.release_ci_high:.3f}]"
+                                                            for r in pred.itertuples()])], ignore_index=True)
+    idle = long[long.sweep & ~long.status.eq("run")].drop_duplicates(["experiments", "backbone", "protocol"])
+    s = pd.concat([s, pd.DataFrame({"experiment": idle.experiments, "protocol": idle.protocol, "n": 0, "scorer": "predictor",
                                     "backbone": [backbone_label(b, si) for b, si in zip(idle.backbone, idle.stand_in)],
                                     "cell": idle.status})], ignore_index=True)
     if s.empty: return s
     t = s.pivot_table(index=["experiment", "backbone", "protocol", "n"], columns="scorer", values="cell", aggfunc="first", sort=False)
-    order = {e: k for k, e in enumerate(dict.fromkeys(long.experiment))}
+    order = {e: k for k, e in enumerate(dict.fromkeys(long.experiments))}
     t = t.sort_index(key=lambda ix: ix.map(order) if ix.name == "experiment" else ix, sort_remaining=False)
-    return t[[c for c in cols if c in t.columns]].fillna("–")
+    return t[[c for c in [*SWEEP_SCORERS, release] if c in t.columns]].fillna("–")
 
 # %% ../nbs/11_report.ipynb #4dd1bf41
 def to_markdown(df: pd.DataFrame) -> str:
@@ -291,136 +340,18 @@ def tex_text(text) -> str:
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    "A table as a booktabs LaTeX table."
-    return df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp") \
-             .replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
+    "A table as a booktabs LaTeX table, scaled to the text width."
+    tex = df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp")
+    tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{\\begin{tabular}").replace("\\end{tabular}", "\\end{tabular}}")
+    return tex.replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("√", "$\\surd$").replace("·", "$\\cdot$")
 
 # %% ../nbs/11_report.ipynb #b94a5690
-def fig_auroc_by_backbone(long: pd.DataFrame, experiments=("EXP-004", "EXP-006b", "EXP-007", "EXP-008"),
-                          scorers=("predictor", "identity", "pixel_l2")):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    t = _test(long[~long.sweep & long.experiment.isin(experiments)])
-    t = t[t.scorer.isin(scorers)].assign(backbone_label=lambda d: [
-        f"{e} · {backbone_label(b, s)}" for e, b, s in zip(d.experiment, d.backbone, d.stand_in)])
-    prots = sorted(long.protocol.unique())
-    fig, axes = plt.subplots(1, len(prots), figsize=(5.5 * len(prots), 0.5 + 0.45 * max(1, t.backbone_label.nunique()) * len(scorers)),
-                             squeeze=False, sharex=True)
-    colours = dict(zip(scorers, sns.color_palette("colorblind", len(scorers))))
-    for ax, prot in zip(axes[0], prots):
-        g = t[t.protocol.eq(prot)]
-        labels = list(dict.fromkeys(g.backbone_label))
-        for k, sc in enumerate(scorers):
-            s = g[g.scorer.eq(sc)].set_index("backbone_label").reindex(labels)
-            y = np.arange(len(labels)) + (k - (len(scorers) - 1) / 2) * 0.22
-            ax.errorbar(s.auroc, y, xerr=[s.auroc - s.auroc_lo, s.auroc_hi - s.auroc], fmt="o", capsize=2,
-                        color=colours[sc], label=sc)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.axvline(0.5, color="k", ls=":", lw=0.8)
-        ax.set_title(f"{prot}: test AUROC (95% CI)"); ax.invert_yaxis()
-    axes[0][0].legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def fig_train_vs_test(long: pd.DataFrame):
-    import seaborn as sns
-    p = long[long.scorer.eq("predictor") & long.split.isin(["train", "test"])] if "scorer" in long else long.iloc[:0]
-    w = p.pivot_table(index=["experiment", "protocol", "seed", "backbone", "stand_in"], columns="split", values="auroc").reset_index()
-    w["backbone"] = [backbone_label(b, s) for b, s in zip(w.backbone, w.stand_in)]
-    g = sns.relplot(data=w, x="train", y="test", hue="experiment", style="backbone", col="protocol", height=3.6,
-                    s=60, facet_kws={"xlim": (0, 1), "ylim": (0, 1)})
-    for ax in g.axes.flat: ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.axhline(0.5, color="grey", lw=0.5)
-    g.set_axis_labels("predictor train AUROC", "predictor test AUROC")
-    return g.figure
-
-
-def fig_score_histograms(plan: pd.DataFrame, experiment: str = "EXP-004"):
-    import seaborn as sns
-    rows = plan[(plan.experiment == experiment) & ~plan.sweep & (plan.status == "run")].drop_duplicates("run_dir")
-    parts = []
-    for r in rows.itertuples():
-        s = pd.read_parquet(Path(r.run_dir) / "scores.parquet")
-        s = s[s.split.eq("test") & s.scorer.eq("predictor") & s.kind.isin(["stable", "changing"])]
-        parts.append(s.assign(protocol=r.protocol, backbone=backbone_label(r.backbone, r.stand_in)))
-    if not parts: return None
-    g = sns.displot(data=pd.concat(parts, ignore_index=True), x="score", hue="kind", row="backbone", col="protocol",
-                    kind="hist", stat="density", common_norm=False, element="step", height=2.4, aspect=1.5,
-                    facet_kws={"sharex": False, "sharey": False})
-    g.set_titles("{row_name} · {col_name}"); g.set_xlabels(f"{experiment} predictor score (test)")
-    return g.figure
-
-# %% ../nbs/11_report.ipynb #d4d9a6fc
-MAIN_TEX = r"""\documentclass[11pt]{article}
-\usepackage[margin=1.5cm,landscape]{geometry}
-\usepackage{booktabs,multirow,graphicx,caption}
-\title{DermaJEPA, re-run: the experiment arc under the reference and symmetric protocols}
-\author{derma-jepa}
-\date{}
-\begin{document}
-\maketitle
-\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% bootstrap CIs (1000 resamples of pairs). Rows marked ``not run'' had no weights on the machine that rendered this paper.
-
-\section{The arc}
-\input{tables/arc.tex}
-
-\section{Predictor and optimiser}
-\input{tables/optimisers.tex}
-
-\section{Seed sweep}
-Mean $\pm$ SD over seeds, and the normal-approximation CI of the mean (mean $\pm$ 1.96 SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed.
-\input{tables/sweep.tex}
-
-\IfFileExists{exp009/exp009.tex}{\input{exp009/exp009.tex}}{}
-
-\section{Figures}
-%(figures)s
-\end{document}
-"""
-
-
 def _fig_bytes(fig) -> bytes:
     import io
     import matplotlib.pyplot as plt
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
-
-
-def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") -> dict:
-    "Tables, figures, runs.md and main.tex from the runs of `plan`, written atomically into `paper_dir`."
-    long = collect(plan)
-    tables = {"arc": (arc_table(long), "The arc: test AUROC of the predictor, the strongest baseline, $\\Delta$ and verdict."),
-              "optimisers": (optimiser_table(long), "Predictor $\\times$ optimiser on the EXP-004 data."),
-              "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [95\\% CI of the mean].")}
-    files = {}
-    for name, (df, cap) in tables.items():
-        if df.empty: df = pd.DataFrame({"status": ["none of these runs could be made on this machine"]})
-        files[f"tables/{name}.md"] = to_markdown(df).encode()
-        files[f"tables/{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
-    ran = long.scorer.notna().any()
-    figs = {"auroc_by_backbone": fig_auroc_by_backbone(long) if ran else None,
-            "train_vs_test": fig_train_vs_test(long) if ran else None,
-            "score_histograms": fig_score_histograms(plan)}
-    figs = {k: v for k, v in figs.items() if v is not None}
-    files.update({f"figures/{k}.png": _fig_bytes(f) for k, f in figs.items()})
-    runs = plan.drop(columns="config").drop_duplicates(["experiment", "protocol", "seed", "backbone"])
-    runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
-    runs = runs.drop(columns="run_dir")
-    files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
-    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth]{{figures/{k}.png}}"
-                        f"\\caption{{{k.replace('_', ' ')}}}\\end{{figure}}" for k in figs)
-    label = {"hub": "the paper's hub backbones only", "offline": "the paper's hub backbones and the offline stand-ins random\\_vitb16 and color\\_texture"}
-    files["main.tex"] = (MAIN_TEX % {"backbones": label.get(backbones, "the paper's hub backbones and the offline stand-ins "
-                                                       + tex_text(backbones)), "figures": fig_tex}).encode()
-    out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
-    for sub in ("tables", "figures"):
-        write_marked_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")}, kind="paper",
-                         what="paper folder")
-    for k in ("runs.md", "main.tex"): atomic_write_bytes(out / k, files[k])
-    return {"long": long, "tables": {k: v[0] for k, v in tables.items()}, "figures": figs, "files": sorted(files)}
-
-
-
 
 # %% ../nbs/11_report.ipynb #3baefe81
 def paper_main(argv=None):

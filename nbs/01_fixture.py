@@ -251,8 +251,9 @@ test_eq(make_fixture(_fx, n_lesions=40, seed=3), _fx)
 test_fail(lambda: make_fixture(_fx, n_lesions=41, seed=3), contains="is not this fixture")
 
 # %% [markdown]
-# The default fixture's mixes against HAM10000's, and one row of images per diagnosis, with
-# the other photographs of that lesion beside the first.
+# The default fixture's mixes against HAM10000's, and one row per diagnosis: the lesion of that
+# diagnosis with the most photographs, its photographs side by side (the fixture's re-photography:
+# pose, zoom and light change, the lesion does not).
 
 # %%
 _meta = fixture_metadata(400, 0)
@@ -261,15 +262,18 @@ print(pd.DataFrame({"fixture": _meta.drop_duplicates("lesion_id").dx.value_count
 
 # %%
 import matplotlib.pyplot as plt
-_fx_demo = _fx
+_fx_demo = fixture_dir(n_lesions=600, seed=0)            # the default fixture (cached)
 _m = pd.read_csv(_fx_demo / "HAM10000_metadata.csv")
-_multi = _m.groupby("lesion_id").filter(lambda g: len(g) > 1).lesion_id.unique()[:3]
-_show = [_m[_m.lesion_id == l].image_id.tolist()[:4] for l in _multi] + [[i] for i in _m.drop_duplicates("dx").image_id[:4]]
-fig, axes = plt.subplots(len(_show), 4, figsize=(8, 1.6 * len(_show)), squeeze=False)
-for r, ids in enumerate(_show):
+_m["n"] = _m.groupby("lesion_id").image_id.transform("size")
+_rows = []
+for _dx, _g in _m.sort_values(["n", "lesion_id"], ascending=[False, True], kind="stable").groupby("dx", sort=True):
+    _rows.append((_dx, _g[_g.lesion_id == _g.lesion_id.iloc[0]].image_id.tolist()[:4]))  # the dx's most-photographed lesion
+fig, axes = plt.subplots(len(_rows), 4, figsize=(8, 1.7 * len(_rows)), squeeze=False)
+for r, (_dx, ids) in enumerate(_rows):
     for c in range(4):
-        ax = axes[r, c]; ax.axis("off")
-        if c < len(ids):
-            ax.imshow(Image.open(_fx_demo / "images" / f"{ids[c]}.jpg"))
-            ax.set_title(f"{_m.set_index('image_id').dx[ids[c]]} {ids[c][-4:]}", fontsize=7)
+        ax = axes[r, c]; ax.set_xticks([]); ax.set_yticks([])
+        if c < len(ids): ax.imshow(Image.open(_fx_demo / "images" / f"{ids[c]}.jpg")); ax.set_title(ids[c], fontsize=7)
+        else: ax.axis("off")
+    axes[r, 0].set_ylabel(f"{_dx}\n({len(ids)} photo{'s' if len(ids) > 1 else ''})", fontsize=8)
+test_eq(len(_rows), 7)
 fig.tight_layout()

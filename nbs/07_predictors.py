@@ -16,6 +16,14 @@
 # > `1 − cos(normalise(g(z_c)), z_t)`, high for a *changing* pair. Trained on train stable pairs only.
 
 # %% [markdown]
+# **JEPA** (joint-embedding predictive architecture, LeCun 2022; I-JEPA, Assran et al. 2023)
+# means predicting the *embedding* of one view from the embedding of another, instead of
+# reconstructing pixels. Here the two views are the two sides of a pair, the encoder is a frozen
+# backbone, and only the predictor `g` learns: trained on stable pairs (same lesion, two
+# acquisitions), it should map a lesion's embedding under one nuisance to its embedding under
+# another, so that a pair it cannot predict is a lesion that changed.
+
+# %% [markdown]
 # Two predictors (PROTOCOL A6): **linear** `g(z) = zW + b`, W = I + N(0, 0.005²), b = 0; and the
 # **residual MLP** `g(z) = z + ReLU(zW1 + b1)W2 + b2`, hidden 512, W1 Kaiming-uniform × 0.1 (fan-in
 # 512, as the release's layout gives), W2 = 0, so both start at (nearly) the identity.
@@ -27,7 +35,9 @@
 #   (2/(B·D))·Xᵀerr + 2λ(W − I), bias gradient 2·mean(err), SGD at LR 0.03, λ = 0.001. The bias
 #   step is D times too large relative to the loss it claims to differentiate, so b runs to the
 #   mean train displacement within a few epochs while W barely moves: the "linear predictor" is in
-#   effect `normalise((I + E)z_c + b̄)`. For the MLP: torch, init on the CPU under
+#   effect `normalise((I + E)z_c + b̄)`, where E = W − I is the small deviation of the weight
+#   from the identity (its N(0, 0.005²) initialisation plus the little SGD adds) and b̄ the mean
+#   train displacement z_t − z_c of the stable pairs. For the MLP: torch, init on the CPU under
 #   `manual_seed(seed+401)`, permutations from `default_rng(seed+409)`, loss = mean over B·D,
 #   SGD (LR 0.03, weight decay 0.001) or `torch.optim.Adam` with *coupled* L2 (LR 1e-3, 1e-4),
 #   decay on all four tensors.
@@ -212,15 +222,19 @@ test_fail(lambda: Predictor("linear", "reference", optimizer="adam"), contains="
 # %% [markdown]
 # ## Controls
 #
-# Scorers that need no predictor, reported beside it (PROTOCOL B2.8). A leak shows as a control
-# scoring far from 0.5:
+# Scorers that need no predictor, reported beside it (PROTOCOL B2.8). They answer different
+# questions, and only the last two detect a leak:
 #
-# - `identity`: g = identity, i.e. the raw cosine distance;
-# - `bias_only`: normalise(z_c + mean train displacement), the release's linear predictor with W = I;
-# - `flipped_cosine`: the raw cosine distance with its sign flipped (AUROC = 1 − identity's);
+# - `identity`: g = identity, i.e. the raw cosine distance: what the predictor must improve on.
+#   It is *legitimately* far from 0.5 whenever the backbone tells lesions apart;
+# - `bias_only`: normalise(z_c + mean train displacement), the release's linear predictor with W = I:
+#   when it matches the predictor, the fit learned a translation, not a map;
+# - `flipped_cosine`: the raw cosine distance with its sign flipped (AUROC = 1 − identity's), a
+#   check of orientation (far from 0.5 exactly when `identity` is, by construction);
 # - `target_only_probe` / `context_only_probe`: a logistic regression fitted on all train pairs to
 #   predict the label from *one side alone*. The label is a property of the pair; if one side
 #   alone predicts it (as "the target was processed" does in `reference`), the protocol leaks.
+#   These two are the leak detectors: under a protocol that does not leak they sit at 0.5.
 
 # %%
 #| export

@@ -131,7 +131,15 @@ def pixel_scores(pairs: pd.DataFrame, workers: int | None = None, cache_root=Non
 
 
 # %% [markdown]
-# ## Orientation and the strongest baseline
+# ## Orientation, the strongest baseline and the verdict
+#
+# The verdict compares the predictor with the strongest baseline through Δ = AUROC(predictor) −
+# AUROC(strongest baseline) on test. The release read a fixed threshold off the point Δ (0.05 for
+# "improved"), a number with no stated origin and blind to how uncertain Δ is; `reference` keeps
+# it, labelled as the release's rule. Under `symmetric` the threshold is dropped: the verdict is
+# read off Δ's own paired bootstrap interval (08_metrics): "improved" (or "worse") when the 95%
+# interval excludes 0 on that side, "matched" when it contains 0, i.e. the data cannot tell the
+# predictor from the baseline.
 
 # %%
 #| export
@@ -148,17 +156,32 @@ def choose_baseline(auroc: dict[str, dict[str, float]], protocol: str) -> dict:
     return {"signs": signs, "strongest": max(names, key=lambda n: oriented[n]), "chosen_on": "val"}
 
 
-def verdict(delta: float, collapsed: bool) -> str:
-    "The release's interpretation thresholds: collapse overrides all."
+VERDICT_RULES = {
+    "reference": "the release's rule on the point Δ (a fixed threshold it did not justify): improved if Δ ≥ 0.05, "
+                 "matched if 0 ≤ Δ < 0.05, did not beat if Δ < 0",
+    "symmetric": "from Δ's 95% paired bootstrap interval: improved if it lies above 0, worse if below 0, "
+                 "matched if it contains 0"}
+
+
+def verdict(delta: dict, collapsed: bool, protocol: str) -> str:
+    "The protocol's verdict on Δ = predictor − strongest baseline ({'value', 'ci_low', 'ci_high'}); collapse overrides all."
     if collapsed: return "collapsed"
-    return "improved" if delta >= 0.05 else "matched" if delta >= 0 else "did not beat"
+    if protocol == "reference":
+        d = delta["value"]
+        return "improved" if d >= 0.05 else "matched" if d >= 0 else "did not beat"
+    return "improved" if delta["ci_low"] > 0 else "worse" if delta["ci_high"] < 0 else "matched"
 
 
 # %%
 _au = {"val": {"pixel_l2": 0.45, "ssim": 0.52}, "test": {"pixel_l2": 0.58, "ssim": 0.51}}
 test_eq(choose_baseline(_au, "reference")["strongest"], "pixel_l2")
 test_eq(choose_baseline(_au, "symmetric"), {"signs": {"pixel_l2": -1, "ssim": 1}, "strongest": "pixel_l2", "chosen_on": "val"})
-test_eq([verdict(d, False) for d in (0.06, 0.01, -0.01)] + [verdict(0.2, True)], ["improved", "matched", "did not beat", "collapsed"])
+_dl = lambda v, lo, hi: {"value": v, "ci_low": lo, "ci_high": hi}
+test_eq([verdict(_dl(d, -0.1, 0.1), False, "reference") for d in (0.06, 0.01, -0.01)] + [verdict(_dl(0.2, 0.1, 0.3), True, "reference")],
+        ["improved", "matched", "did not beat", "collapsed"])
+# under symmetric only the interval decides: a large point Δ whose interval contains 0 is "matched"
+test_eq([verdict(_dl(*d), False, "symmetric") for d in ((0.06, -0.01, 0.13), (0.01, 0.002, 0.02), (-0.03, -0.05, -0.01))],
+        ["matched", "improved", "worse"])
 
 # %% [markdown]
 # ## On fixture pairs

@@ -28,13 +28,13 @@
 #    the executed notebook is filed in its run directory as `run.ipynb`, so every number in the
 #    paper leads back to an executed notebook. A run whose directory is complete is not re-run,
 #    and every embedding and pixel score comes from the shared cache.
-# 3. **aggregate** (`collect`, the `*_table` functions, the figures): run directories → one long
-#    table of metrics → the cross-run table (both protocols side by side), predictor × optimiser,
-#    and the seed sweep (mean ± SD and CI[mean] = mean ± 1.96·SD/√n, PROTOCOL A7, with the
-#    per-seed baselines the release left out).
+# 3. **aggregate** (`collect`, the `*_table` functions): run directories → one long table of
+#    metrics → the cross-run table (both protocols side by side, with the leak probes and the
+#    re-photography pairs), predictor × optimiser, and the seed sweep (mean ± SD and the
+#    Student-t interval of the mean, with the per-seed baselines the release left out).
 #
-# `nbs/paper.ipynb` renders these into `paper/`; `make paper` (the `derma_jepa_paper` command)
-# does all three.
+# 17_render draws the figures and writes `paper/`; `nbs/paper.ipynb` runs it, and `make paper`
+# (the `derma_jepa_paper` command) does all three steps.
 
 # %%
 #| export
@@ -57,7 +57,6 @@ import yaml
 from derma_jepa.backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolve_weights
 from derma_jepa.data import DataError, atomic_write_bytes
 from derma_jepa.experiment import Config, ConfigError, resolve_data, run_id
-from derma_jepa.safety import write_marked_dir
 
 # %%
 from fastcore.test import test_eq, test_fail, test_close
@@ -174,7 +173,10 @@ test_fail(lambda: parse_backbones("resnet"), contains="unknown backbone 'resnet'
 # backbone the paper used and the one this row runs, `stand_in`, the run directory and its
 # status (`run` or the reason it cannot). Configs are built (and so validated) here, before any
 # work; `overrides` apply to every experiment (e.g. `data=fixture` for a dry run). The sweep's
-# seed-20260422 runs are the arc's own, so they share run directories and run once.
+# seed-20260422 runs are the arc's own, so they share run directories and run once. Likewise a
+# run that differs from an earlier one *only in its experiment label* is that run: EXP-004,
+# 006b, 007 and 008 differ only in the hub backbone, so on an offline stand-in they are one
+# run, which is made once and shown once, naming every experiment it stands for.
 
 # %%
 #| export
@@ -198,7 +200,12 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
                 rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
                              "sweep": in_sweep, "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
                              "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
-    return pd.DataFrame(rows)
+    plan = pd.DataFrame(rows)
+    same = [json.dumps({k: v for k, v in c.to_dict().items() if k not in ("experiment", "run_dir")}, sort_keys=True)
+            for c in plan.config]
+    first = {}
+    src = [first.setdefault(k, i) for i, k in enumerate(same)]       # the first row with this config runs it
+    return plan.assign(run_dir=plan.run_dir.to_numpy()[src], config=plan.config.to_numpy()[src])
 
 
 # %%
@@ -206,7 +213,11 @@ _plan = plan_arc(backbones="offline", overrides={"data": "fixture"}, runs_dir=_t
 test_eq(len(_plan), (9 + 2 * 5) * 2 * 3)
 test_eq(_plan[~_plan.stand_in].status.str.startswith("not run: weights for").all(), True)
 test_eq(set(_plan[_plan.stand_in].status), {"run"})
-test_eq(_plan[_plan.stand_in].run_dir.nunique(), (9 + 2 * 4) * 2 * 2)         # seed 20260422 of the sweep = the arc's runs
+# seed 20260422 of the sweep = the arc's runs; EXP-004/006b/007/008 are one run per stand-in and protocol,
+# and so are the sweep's EXP-007/008 at each seed
+test_eq(_plan[_plan.stand_in].run_dir.nunique(), (9 - 3 + 4) * 2 * 2)
+_shared = _plan[_plan.stand_in & ~_plan.sweep & _plan.protocol.eq("symmetric") & _plan.backbone.eq("color_texture")]
+test_eq(_shared.groupby("run_dir").experiment.apply(list).tolist()[3], ["EXP-004", "EXP-006b", "EXP-007", "EXP-008"])
 _plan[["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status"]].head(6)
 
 # %% [markdown]
@@ -300,34 +311,56 @@ def read_plan(path) -> pd.DataFrame:
 # ## From run directories to one table
 #
 # `collect` reads `metrics.json` and `timings.json` of every run row and returns one long table:
-# a row per (run, split, scorer) with the four metrics and the AUROC's CI, plus the run's
-# verdict. Rows that did not run keep one row carrying their status, so no table can forget them.
+# a row per (run, split, scorer) with the four metrics and the AUROC's CI, the re-photography
+# AUROC and CI where the run has those pairs, and the run's Δs (with CIs) and verdict. Rows that
+# did not run keep one row carrying their status, so no table can forget them. `experiments`
+# names every experiment a run stands for (one label when a run is its experiment's alone).
 
 # %%
 #| export
 METRICS = ("auroc", "auprc", "eer", "fpr_at_tpr")
+_RUN_COLS = ["strongest_baseline", "delta", "delta_lo", "delta_hi", "delta_identity", "delta_identity_lo", "delta_identity_hi",
+             "verdict", "verdict_rule", "bootstrap_unit", "predictor", "optimizer", "seconds", "fit_seconds"]
+
+
+def _run_fields(ev: dict, tim: dict) -> dict:
+    best = ev["strongest_baseline"]
+    d, di = ev["deltas"]["test"][f"predictor - {best}"], ev["deltas"]["test"].get("predictor - identity", {})
+    return {"strongest_baseline": best, "delta": d["value"], "delta_lo": d["ci_low"], "delta_hi": d["ci_high"],
+            "delta_identity": di.get("value", np.nan), "delta_identity_lo": di.get("ci_low", np.nan),
+            "delta_identity_hi": di.get("ci_high", np.nan), "verdict": ev["verdict"], "verdict_rule": ev["verdict_rule"],
+            "bootstrap_unit": ev["bootstrap"]["unit"], "predictor": ev["training"]["predictor"],
+            "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan)}
+
+
+def experiments_label(plan: pd.DataFrame) -> pd.Series:
+    "Per plan row: every experiment (of the same part, arc or sweep) whose run it is, joined with ' = '."
+    label = plan.groupby(["sweep", "run_dir"], sort=False).experiment.transform(lambda e: " = ".join(dict.fromkeys(e)))
+    return label
 
 
 def collect(plan: pd.DataFrame) -> pd.DataFrame:
     "One row per (plan row, split, scorer), metrics and CIs flattened; un-run rows keep their status."
     keys = ["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status", "run_dir"]
+    plan = plan.assign(experiments=experiments_label(plan))
     out = []
-    for r in plan[keys].to_dict("records"):
+    for r in plan[keys + ["experiments"]].to_dict("records"):
         mfile = Path(r["run_dir"]) / "metrics.json"
         if r["status"] != "run" or not mfile.exists():
             out.append({**r, "status": r["status"] if r["status"] != "run" else "not run: no metrics.json"}); continue
         ev = json.loads(mfile.read_text())
-        tim = json.loads((Path(r["run_dir"]) / "timings.json").read_text())
+        run = _run_fields(ev, json.loads((Path(r["run_dir"]) / "timings.json").read_text()))
         for split, scorers in ev["metrics"].items():
+            reph = ev.get("rephoto", {}).get(split, {})
             for scorer, m in scorers.items():
-                row = {**r, "split": split, "scorer": scorer, "strongest_baseline": ev["strongest_baseline"],
-                       "delta": ev["delta"], "verdict": ev["verdict"], "predictor": ev["training"]["predictor"],
-                       "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan)}
-                for name in METRICS: row[name] = m[name]["value"]
-                row["auroc_lo"], row["auroc_hi"] = m["auroc"]["ci_low"], m["auroc"]["ci_high"]
+                row = {**r, "split": split, "scorer": scorer, **run, **{name: m[name]["value"] for name in METRICS},
+                       "auroc_lo": m["auroc"]["ci_low"], "auroc_hi": m["auroc"]["ci_high"]}
+                if scorer in reph:
+                    row.update(rephoto_auroc=reph[scorer]["auroc"]["value"], rephoto_lo=reph[scorer]["auroc"]["ci_low"],
+                               rephoto_hi=reph[scorer]["auroc"]["ci_high"])
                 out.append(row)
-    cols = [*keys, "split", "scorer", "strongest_baseline", "delta", "verdict", "predictor", "optimizer", "seconds",
-            "fit_seconds", *METRICS, "auroc_lo", "auroc_hi"]
+    cols = [*keys, "experiments", "split", "scorer", *_RUN_COLS, *METRICS, "auroc_lo", "auroc_hi",
+            "rephoto_auroc", "rephoto_lo", "rephoto_hi"]
     return pd.DataFrame(out, columns=cols)         # the same columns when nothing ran
 
 
@@ -342,7 +375,14 @@ def backbone_label(backbone: str, stand_in: bool) -> str:
 #
 # A cell reads `0.644 [0.620, 0.668]`: the test AUROC and its 95% bootstrap CI. Rows are the
 # arc's experiments with the backbone each ran on; the two protocols sit side by side, so a
-# result that exists only under `reference` is visible at a glance.
+# result that exists only under `reference` is visible at a glance. Per protocol, the arc table
+# shows the predictor, the strongest baseline, Δ = predictor − strongest baseline with its paired
+# interval, the verdict (the release's rule under `reference`, labelled so; Δ's interval under
+# `symmetric`), the two **single-side probes** (a logistic regression that sees only the target,
+# or only the context, embedding: 0.5 when one side alone carries no label, so these are the leak
+# detectors) and the predictor's AUROC on the **real re-photography pairs** against the changing
+# pairs (symmetric runs only). Intervals are made as each protocol says (10_experiment):
+# context-lesion clusters under `symmetric`, the release's pair-level resamples under `reference`.
 
 # %%
 #| export
@@ -353,21 +393,35 @@ def _test(long: pd.DataFrame) -> pd.DataFrame:
     return long[long.split.eq("test")] if "split" in long else long.iloc[:0]
 
 
+ARC_COLUMNS = ("predictor AUROC [95% CI]", "strongest baseline", "Δ [95% CI]", "verdict", "target-only probe",
+               "context-only probe", "re-photo AUROC [95% CI]")
+
+
+def _ci_cell(row, v="auroc", lo="auroc_lo", hi="auroc_hi") -> str:
+    return "–" if pd.isna(row[v]) else fmt_ci(row[v], row[lo], row[hi])
+
+
+def arc_cells(t: pd.DataFrame) -> dict:
+    "The arc table's cells for one run's test rows."
+    by = t.set_index("scorer")
+    p, b = by.loc["predictor"], by.loc[by.loc["predictor"].strongest_baseline]
+    rule = " (release rule)" if p.bootstrap_unit == "pair" else ""
+    return dict(zip(ARC_COLUMNS, [_ci_cell(p), f"{p.strongest_baseline} {b.auroc:.3f}",
+                                  "–" if pd.isna(p.delta_lo) else f"{p.delta:+.3f} [{p.delta_lo:+.3f}, {p.delta_hi:+.3f}]",
+                                  p.verdict + rule, _ci_cell(by.loc["target_only_probe"]), _ci_cell(by.loc["context_only_probe"]),
+                                  _ci_cell(p, "rephoto_auroc", "rephoto_lo", "rephoto_hi")]))
+
+
 def arc_table(long: pd.DataFrame) -> pd.DataFrame:
-    "Cross-run table (seed-20260422 arc runs): per protocol, predictor AUROC [CI], the strongest baseline, Δ and verdict."
-    arc = long[~long.sweep]
+    """Cross-run table (seed-20260422 arc runs), per protocol: predictor AUROC [CI], the strongest baseline, Δ [CI],
+    verdict, the single-side probes and the re-photography AUROC. A run several experiments share is one row."""
+    arc = long[~long.sweep].drop_duplicates(["run_dir", "split", "scorer"])
     rows = {}
-    for (exp, bb, si, prot), g in arc.groupby(["experiment", "backbone", "stand_in", "protocol"], sort=False):
-        key = (exp, backbone_label(bb, si))
+    for (exp, bb, si, prot), g in arc.groupby(["experiments", "backbone", "stand_in", "protocol"], sort=False):
         t = _test(g)
-        if t.empty:
-            cells = {"predictor AUROC [95% CI]": g.status.iloc[0], "strongest baseline": "–", "Δ": "–", "verdict": "–"}
-        else:
-            p = t[t.scorer.eq("predictor")].iloc[0]
-            b = t[t.scorer.eq(p.strongest_baseline)].iloc[0]
-            cells = {"predictor AUROC [95% CI]": fmt_ci(p.auroc, p.auroc_lo, p.auroc_hi),
-                     "strongest baseline": f"{b.scorer} {b.auroc:.3f}", "Δ": f"{p.delta:+.3f}", "verdict": p.verdict}
-        rows.setdefault(key, {}).update({(prot, k): v for k, v in cells.items()})
+        cells = (arc_cells(t) if not t.empty else
+                 {c: (g.status.iloc[0] if c == ARC_COLUMNS[0] else "–") for c in ARC_COLUMNS})
+        rows.setdefault((exp, backbone_label(bb, si)), {}).update({(prot, k): v for k, v in cells.items()})
     df = pd.DataFrame.from_dict(rows, orient="index")
     df.index = pd.MultiIndex.from_tuples(df.index, names=["experiment", "backbone"])
     df.columns = pd.MultiIndex.from_tuples(df.columns, names=["protocol", ""])
@@ -394,53 +448,71 @@ def optimiser_table(long: pd.DataFrame, experiments=("EXP-004", "EXP-005", "EXP-
 # %% [markdown]
 # ### The seed sweep
 #
-# Over the seeds of one (experiment, backbone, protocol): mean ± unbiased SD, and the release's
-# "95% CI[mean]" = mean ± 1.96·SD/√n (PROTOCOL A7, normal approximation, as the paper did). The
-# release reported the predictor only; here every scorer is aggregated per seed, because the seed
-# changes the split and the pairs, so the baselines move with it too.
+# Over the seeds of one (experiment, backbone, protocol): mean ± unbiased SD, and the 95% interval
+# of the mean from Student's t with n − 1 degrees of freedom, mean ± t(0.975, n−1)·SD/√n
+# (`scipy.stats.t`). The release used 1.96 in place of t (PROTOCOL A7, the normal
+# approximation); with n = 5 seeds t = 2.776, so its interval is about 30% too narrow. It is
+# kept in a column of its own that says so. The release reported the predictor only; here every
+# scorer is aggregated per seed, because the seed changes the split and the pairs, so the
+# baselines move with it too.
 
 # %%
 #| export
-def mean_sd_ci(values) -> dict:
-    "n, mean, unbiased SD and the normal-approximation CI of the mean (mean ± 1.96·SD/√n)."
+def mean_sd_ci(values, level: float = 0.95) -> dict:
+    "n, mean, unbiased SD, the Student-t CI of the mean and, beside it, the release's normal one (1.96·SD/√n)."
+    from scipy import stats
     v = np.asarray(values, float)
     n, m = len(v), float(v.mean())
     sd = float(v.std(ddof=1)) if n > 1 else float("nan")
-    half = 1.96 * sd / math.sqrt(n) if n > 1 else float("nan")
-    return {"n": n, "mean": m, "sd": sd, "ci_low": m - half, "ci_high": m + half}
+    se = sd / math.sqrt(n) if n > 1 else float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * se if n > 1 else float("nan")
+    return {"n": n, "mean": m, "sd": sd, "ci_low": m - half, "ci_high": m + half,
+            "release_ci_low": m - 1.96 * se, "release_ci_high": m + 1.96 * se}
 
 
-def sweep_summary(long: pd.DataFrame, scorers=("predictor", "identity", "bias_only", "pixel_l2", "ssim")) -> pd.DataFrame:
-    "Per (experiment, backbone, protocol, scorer): the test AUROC over the sweep's seeds."
-    t = _test(long[long.sweep])
+SWEEP_SCORERS = ("predictor", "identity", "bias_only", "pixel_l2", "ssim")
+
+
+def sweep_summary(long: pd.DataFrame, scorers=SWEEP_SCORERS) -> pd.DataFrame:
+    "Per (experiments, backbone, protocol, scorer): the test AUROC over the sweep's seeds, each run counted once."
+    t = _test(long[long.sweep]).drop_duplicates(["run_dir", "scorer"])
     t = t[t.scorer.isin(scorers)]
     rows = []
-    for (exp, bb, si, prot, sc), g in t.groupby(["experiment", "backbone", "stand_in", "protocol", "scorer"], sort=False):
+    for (exp, bb, si, prot, sc), g in t.groupby(["experiments", "backbone", "stand_in", "protocol", "scorer"], sort=False):
         rows.append({"experiment": exp, "backbone": backbone_label(bb, si), "protocol": prot, "scorer": sc,
                      "seeds": ",".join(map(str, sorted(g.seed))), **mean_sd_ci(g.auroc)})
     return pd.DataFrame(rows)
 
 
 def sweep_table(long: pd.DataFrame) -> pd.DataFrame:
-    "The sweep as printed: 'mean ± SD [CI]' per scorer, a row per (experiment, backbone, protocol); un-run rows say why."
+    """The sweep as printed: 'mean ± SD [t CI]' per scorer and the release's 1.96 interval of the predictor, a row per
+    (experiments, backbone, protocol); un-run rows say why."""
     s = sweep_summary(long)
-    cols = ["predictor", "identity", "bias_only", "pixel_l2", "ssim"]
-    if not s.empty: s["cell"] = [f"{r.mean:.3f} ± {r.sd:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in s.itertuples()]
-    idle = long[long.sweep & ~long.status.eq("run")].drop_duplicates(["experiment", "backbone", "protocol"])
-    s = pd.concat([s, pd.DataFrame({"experiment": idle.experiment, "protocol": idle.protocol, "n": 0, "scorer": "predictor",
+    release = "predictor: release's ±1.96·SD/√n"
+    if not s.empty:
+        s["cell"] = [f"{r.mean:.3f} ± {r.sd:.3f} [{r.ci_low:.3f}, {r.ci_high:.3f}]" for r in s.itertuples()]
+        pred = s[s.scorer.eq("predictor")]
+        s = pd.concat([s, pred.assign(scorer=release, cell=[f"[{r.release_ci_low:.3f}, {r.release_ci_high:.3f}]"
+                                                            for r in pred.itertuples()])], ignore_index=True)
+    idle = long[long.sweep & ~long.status.eq("run")].drop_duplicates(["experiments", "backbone", "protocol"])
+    s = pd.concat([s, pd.DataFrame({"experiment": idle.experiments, "protocol": idle.protocol, "n": 0, "scorer": "predictor",
                                     "backbone": [backbone_label(b, si) for b, si in zip(idle.backbone, idle.stand_in)],
                                     "cell": idle.status})], ignore_index=True)
     if s.empty: return s
     t = s.pivot_table(index=["experiment", "backbone", "protocol", "n"], columns="scorer", values="cell", aggfunc="first", sort=False)
-    order = {e: k for k, e in enumerate(dict.fromkeys(long.experiment))}
+    order = {e: k for k, e in enumerate(dict.fromkeys(long.experiments))}
     t = t.sort_index(key=lambda ix: ix.map(order) if ix.name == "experiment" else ix, sort_remaining=False)
-    return t[[c for c in cols if c in t.columns]].fillna("–")
+    return t[[c for c in [*SWEEP_SCORERS, release] if c in t.columns]].fillna("–")
 
 
 # %%
+from scipy import stats
 _v = [0.61, 0.66, 0.64, 0.70, 0.63]
 _s = mean_sd_ci(_v)
-test_close(_s["sd"], np.std(_v, ddof=1)); test_close(_s["ci_high"] - _s["mean"], 1.96 * np.std(_v, ddof=1) / np.sqrt(5))
+test_close(_s["sd"], np.std(_v, ddof=1))
+test_close(_s["ci_high"] - _s["mean"], stats.t.ppf(0.975, 4) * np.std(_v, ddof=1) / np.sqrt(5), eps=1e-12)   # t(0.975, 4) = 2.776
+test_close(_s["release_ci_high"] - _s["mean"], 1.96 * np.std(_v, ddof=1) / np.sqrt(5), eps=1e-12)
+test_close((_s["ci_high"] - _s["mean"]) / (_s["release_ci_high"] - _s["mean"]), 2.776 / 1.96, eps=1e-3)
 
 
 # %% [markdown]
@@ -449,12 +521,18 @@ test_close(_s["sd"], np.std(_v, ddof=1)); test_close(_s["ci_high"] - _s["mean"],
 
 # %%
 def _fake(exp, prot, seed, sweep, auroc, status="run", bb="color_texture", si=True):
-    if status != "run": return [dict(experiment=exp, protocol=prot, seed=seed, sweep=sweep, backbone=bb, stand_in=si, status=status)]
-    return [dict(experiment=exp, protocol=prot, seed=seed, sweep=sweep, backbone=bb, stand_in=si, status=status, split=sp,
-                 scorer=sc, auroc=auroc + d, auroc_lo=auroc + d - 0.02, auroc_hi=auroc + d + 0.02, strongest_baseline="pixel_l2",
-                 delta=-d, verdict="matched", predictor="linear", optimizer="sgd", fit_seconds=1.0)
+    run_dir = f"runs/{exp}-{prot}-{seed}-{bb}"
+    base = dict(experiment=exp, experiments=exp, protocol=prot, seed=seed, sweep=sweep, backbone=bb, stand_in=si, status=status,
+                run_dir=run_dir)
+    if status != "run": return [base]
+    return [dict(base, split=sp, scorer=sc, auroc=auroc + d, auroc_lo=auroc + d - 0.02, auroc_hi=auroc + d + 0.02,
+                 strongest_baseline="pixel_l2", delta=-0.05, delta_lo=-0.08, delta_hi=-0.01, verdict="worse",
+                 bootstrap_unit="pair" if prot == "reference" else "context lesion", predictor="linear", optimizer="sgd",
+                 fit_seconds=1.0, rephoto_auroc=np.nan if prot == "reference" else auroc + 0.1,
+                 rephoto_lo=auroc + 0.05, rephoto_hi=auroc + 0.15)
             for sp in ("train", "test") for sc, d in (("predictor", 0.0), ("pixel_l2", 0.05), ("bias_only", -0.01),
-                                                      ("identity", 0.0), ("ssim", 0.0))]
+                                                      ("identity", 0.0), ("ssim", 0.0), ("target_only_probe", -0.1),
+                                                      ("context_only_probe", -0.2))]
 
 _long = pd.DataFrame([r for a in [_fake("EXP-004", "reference", 20260422, False, 0.64), _fake("EXP-004", "symmetric", 20260422, False, 0.70),
                                   _fake("EXP-007", "reference", 20260422, False, 0, "not run: weights for x not found", "dermlip_vitb16", False),
@@ -464,7 +542,12 @@ test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", "
 test_eq(_at.loc[("EXP-007", "DermLIP ViT-B/16"), ("reference", "predictor AUROC [95% CI]")], "not run: weights for x not found")
 _long = pd.concat([_long, pd.DataFrame(_fake("EXP-007", "symmetric", 1, True, 0, "not run: weights for x not found", "dermlip_vitb16", False))])
 _st = sweep_table(_long)
-test_eq(_st.loc[("EXP-007", "color_texture (offline stand-in)", "symmetric", 3), "predictor"], "0.620 ± 0.010 [0.609, 0.631]")
+test_eq(_st.loc[("EXP-007", "color_texture (offline stand-in)", "symmetric", 3), "predictor"], "0.620 ± 0.010 [0.595, 0.645]")
+test_eq(_st.loc[("EXP-007", "color_texture (offline stand-in)", "symmetric", 3), "predictor: release's ±1.96·SD/√n"], "[0.609, 0.631]")
+test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", "Δ [95% CI]")], "-0.050 [-0.080, -0.010]")
+test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("reference", "verdict")], "worse (release rule)")
+test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", "target-only probe")], "0.600 [0.580, 0.620]")
+test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("reference", "re-photo AUROC [95% CI]")], "–")
 test_eq(_st.loc[("EXP-007", "DermLIP ViT-B/16", "symmetric", 0), "predictor"], "not run: weights for x not found")
 _at
 
@@ -494,9 +577,10 @@ def tex_text(text) -> str:
 
 
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    "A table as a booktabs LaTeX table."
-    return df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp") \
-             .replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
+    "A table as a booktabs LaTeX table, scaled to the text width."
+    tex = df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp")
+    tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{\\begin{tabular}").replace("\\end{tabular}", "\\end{tabular}}")
+    return tex.replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("√", "$\\surd$").replace("·", "$\\cdot$")
 
 
 # %%
@@ -506,156 +590,17 @@ assert "\\toprule" in to_latex(_at, "x", "tab:x") and "color\\_texture" in to_la
 
 
 # %% [markdown]
-# ## Figures
-#
-# - **AUROC by backbone**: on the EXP-004 data (the experiments that vary only the backbone), the
-#   predictor's test AUROC with its CI beside the raw cosine (`identity`) and pixel L2, one panel
-#   per protocol.
-# - **train vs test**: every run's predictor, train AUROC against test AUROC. Under `reference`,
-#   train changing pairs were never trained on, so the gap shows what the fit memorised.
-# - **score histograms by class**: the predictor's test scores of stable and changing pairs for each
-#   EXP-004-data run, read from `scores.parquet`.
+# Figures are saved as PNG without a timestamp (byte-identical when redrawn) and closed, for
+# 17_render and the EXP-009 section.
 
 # %%
 #| export
-def fig_auroc_by_backbone(long: pd.DataFrame, experiments=("EXP-004", "EXP-006b", "EXP-007", "EXP-008"),
-                          scorers=("predictor", "identity", "pixel_l2")):
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    t = _test(long[~long.sweep & long.experiment.isin(experiments)])
-    t = t[t.scorer.isin(scorers)].assign(backbone_label=lambda d: [
-        f"{e} · {backbone_label(b, s)}" for e, b, s in zip(d.experiment, d.backbone, d.stand_in)])
-    prots = sorted(long.protocol.unique())
-    fig, axes = plt.subplots(1, len(prots), figsize=(5.5 * len(prots), 0.5 + 0.45 * max(1, t.backbone_label.nunique()) * len(scorers)),
-                             squeeze=False, sharex=True)
-    colours = dict(zip(scorers, sns.color_palette("colorblind", len(scorers))))
-    for ax, prot in zip(axes[0], prots):
-        g = t[t.protocol.eq(prot)]
-        labels = list(dict.fromkeys(g.backbone_label))
-        for k, sc in enumerate(scorers):
-            s = g[g.scorer.eq(sc)].set_index("backbone_label").reindex(labels)
-            y = np.arange(len(labels)) + (k - (len(scorers) - 1) / 2) * 0.22
-            ax.errorbar(s.auroc, y, xerr=[s.auroc - s.auroc_lo, s.auroc_hi - s.auroc], fmt="o", capsize=2,
-                        color=colours[sc], label=sc)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.axvline(0.5, color="k", ls=":", lw=0.8)
-        ax.set_title(f"{prot}: test AUROC (95% CI)"); ax.invert_yaxis()
-    axes[0][0].legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    return fig
-
-
-def fig_train_vs_test(long: pd.DataFrame):
-    import seaborn as sns
-    p = long[long.scorer.eq("predictor") & long.split.isin(["train", "test"])] if "scorer" in long else long.iloc[:0]
-    w = p.pivot_table(index=["experiment", "protocol", "seed", "backbone", "stand_in"], columns="split", values="auroc").reset_index()
-    w["backbone"] = [backbone_label(b, s) for b, s in zip(w.backbone, w.stand_in)]
-    g = sns.relplot(data=w, x="train", y="test", hue="experiment", style="backbone", col="protocol", height=3.6,
-                    s=60, facet_kws={"xlim": (0, 1), "ylim": (0, 1)})
-    for ax in g.axes.flat: ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.axhline(0.5, color="grey", lw=0.5)
-    g.set_axis_labels("predictor train AUROC", "predictor test AUROC")
-    return g.figure
-
-
-def fig_score_histograms(plan: pd.DataFrame, experiment: str = "EXP-004"):
-    import seaborn as sns
-    rows = plan[(plan.experiment == experiment) & ~plan.sweep & (plan.status == "run")].drop_duplicates("run_dir")
-    parts = []
-    for r in rows.itertuples():
-        s = pd.read_parquet(Path(r.run_dir) / "scores.parquet")
-        s = s[s.split.eq("test") & s.scorer.eq("predictor") & s.kind.isin(["stable", "changing"])]
-        parts.append(s.assign(protocol=r.protocol, backbone=backbone_label(r.backbone, r.stand_in)))
-    if not parts: return None
-    g = sns.displot(data=pd.concat(parts, ignore_index=True), x="score", hue="kind", row="backbone", col="protocol",
-                    kind="hist", stat="density", common_norm=False, element="step", height=2.4, aspect=1.5,
-                    facet_kws={"sharex": False, "sharey": False})
-    g.set_titles("{row_name} · {col_name}"); g.set_xlabels(f"{experiment} predictor score (test)")
-    return g.figure
-
-
-# %%
-fig_auroc_by_backbone(_long);
-
-# %% [markdown]
-# ## Rendering the paper
-#
-# `render_paper` writes `tables/*.{tex,md}`, `figures/*.png`, `runs.md` (every row of the plan
-# with its run directory, so each number can be traced to its executed notebook) and `main.tex`,
-# which inputs the tables and includes the figures. Everything is written to a temporary folder
-# and moved into place, and nothing in it depends on the time of rendering, so an unchanged set of
-# runs renders byte-identical files.
-
-# %%
-#| export
-MAIN_TEX = r"""\documentclass[11pt]{article}
-\usepackage[margin=1.5cm,landscape]{geometry}
-\usepackage{booktabs,multirow,graphicx,caption}
-\title{DermaJEPA, re-run: the experiment arc under the reference and symmetric protocols}
-\author{derma-jepa}
-\date{}
-\begin{document}
-\maketitle
-\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% bootstrap CIs (1000 resamples of pairs). Rows marked ``not run'' had no weights on the machine that rendered this paper.
-
-\section{The arc}
-\input{tables/arc.tex}
-
-\section{Predictor and optimiser}
-\input{tables/optimisers.tex}
-
-\section{Seed sweep}
-Mean $\pm$ SD over seeds, and the normal-approximation CI of the mean (mean $\pm$ 1.96 SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed.
-\input{tables/sweep.tex}
-
-\IfFileExists{exp009/exp009.tex}{\input{exp009/exp009.tex}}{}
-
-\section{Figures}
-%(figures)s
-\end{document}
-"""
-
-
 def _fig_bytes(fig) -> bytes:
     import io
     import matplotlib.pyplot as plt
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
-
-
-def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") -> dict:
-    "Tables, figures, runs.md and main.tex from the runs of `plan`, written atomically into `paper_dir`."
-    long = collect(plan)
-    tables = {"arc": (arc_table(long), "The arc: test AUROC of the predictor, the strongest baseline, $\\Delta$ and verdict."),
-              "optimisers": (optimiser_table(long), "Predictor $\\times$ optimiser on the EXP-004 data."),
-              "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [95\\% CI of the mean].")}
-    files = {}
-    for name, (df, cap) in tables.items():
-        if df.empty: df = pd.DataFrame({"status": ["none of these runs could be made on this machine"]})
-        files[f"tables/{name}.md"] = to_markdown(df).encode()
-        files[f"tables/{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
-    ran = long.scorer.notna().any()
-    figs = {"auroc_by_backbone": fig_auroc_by_backbone(long) if ran else None,
-            "train_vs_test": fig_train_vs_test(long) if ran else None,
-            "score_histograms": fig_score_histograms(plan)}
-    figs = {k: v for k, v in figs.items() if v is not None}
-    files.update({f"figures/{k}.png": _fig_bytes(f) for k, f in figs.items()})
-    runs = plan.drop(columns="config").drop_duplicates(["experiment", "protocol", "seed", "backbone"])
-    runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
-    runs = runs.drop(columns="run_dir")
-    files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
-    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth]{{figures/{k}.png}}"
-                        f"\\caption{{{k.replace('_', ' ')}}}\\end{{figure}}" for k in figs)
-    label = {"hub": "the paper's hub backbones only", "offline": "the paper's hub backbones and the offline stand-ins random\\_vitb16 and color\\_texture"}
-    files["main.tex"] = (MAIN_TEX % {"backbones": label.get(backbones, "the paper's hub backbones and the offline stand-ins "
-                                                       + tex_text(backbones)), "figures": fig_tex}).encode()
-    out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
-    for sub in ("tables", "figures"):
-        write_marked_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")}, kind="paper",
-                         what="paper folder")
-    for k in ("runs.md", "main.tex"): atomic_write_bytes(out / k, files[k])
-    return {"long": long, "tables": {k: v[0] for k, v in tables.items()}, "figures": figs, "files": sorted(files)}
-
-
 
 
 # %% [markdown]

@@ -29,9 +29,11 @@
 # | `ijepa` | joint-embedding predictive | predict the EMA target encoder's representation of 4 masked blocks from a context block | lightly `IJEPAMaskCollator`, `IJEPAPredictorTIMM`, `update_momentum` |
 #
 # Every random draw (data order, augmentation, masks) derives from `(seed, step)`, so a run
-# interrupted after a checkpoint and resumed gives the same weights as one that was not. bf16
-# autocast is available on the CPU (`dtype="bf16"`); `auto` picks it only where it is faster
-# (CUDA or AMX, 06_embed). The *collapse monitor* logs the standard deviation, across the batch,
+# interrupted after a checkpoint and resumed gives the same weights as one that was not.
+# Pretraining runs on the **CPU**: `pretrain` places the model and every batch there (there is no
+# device parameter; a GPU is not used even where one exists). bf16 autocast is available there
+# (`dtype="bf16"`); `auto` resolves with 06_embed's rule for the CPU device, which picks bf16 only
+# on CPUs with AMX tiles and fp32 otherwise. The *collapse monitor* logs the standard deviation, across the batch,
 # of the L2-normalised features (averaged over dimensions): about 1/√192 ≈ 0.072 for spread-out
 # features, towards 0 when every image maps to the same point.
 
@@ -388,7 +390,7 @@ for _obj in OBJECTIVES:
 {k: v["history"][-1] for k, v in _runs.items()}
 
 # %% [markdown]
-# The same steps under bf16 autocast (what `auto` picks on CUDA and AMX CPUs), where modules return
+# The same steps under bf16 autocast (what `auto` picks on a CPU with AMX), where modules return
 # bf16 while layer norms return fp32:
 
 # %%

@@ -67,7 +67,7 @@ out = Path(runs_dir) / "exp009"
 {k: (v if k != "pretrain" else {o: c.steps for o, c in v.items()}) for k, v in settings.items()}
 
 # %% [markdown]
-# ## 1. The overlap audit, and the certified corpus
+# ## 1. The overlap audit, and the audited corpus
 #
 # Calibrated on HAM10000 itself (synthetic near-duplicates vs distinct lesions), then every
 # HAM10000 image against every corpus image. The record goes to `paper/audit/`.
@@ -75,13 +75,15 @@ out = Path(runs_dir) / "exp009"
 # %%
 audit = run_overlap_audit(ham_dir, settings["corpus"], Path(paper_dir) / "audit", **settings["audit"])
 print(audit["verdict"])
-print(json.dumps({k: audit["calibration"][k] for k in ("thresholds", "votes", "recall", "fpr") if k in audit["calibration"]}))
+print(json.dumps({k: audit["calibration"][k] for k in ("thresholds", "votes", "recall_two_stage", "fpr_two_stage_held_out",
+                                                       "fpr_two_stage_held_out_upper_95", "n_neg_held_out")}))
+pd.DataFrame(audit.get("adjudication", []))
 audit_figure(audit["report"]);
 
 # %%
 corpus_paths = image_paths(settings["corpus"])
 kept, excluded = certified_corpus(corpus_paths, audit["report"])
-print(f"corpus: {len(corpus_paths)} images, {len(excluded)} left out, {len(kept)} certified for pretraining")
+print(f"corpus: {len(corpus_paths)} images, {len(excluded)} left out, {len(kept)} kept for pretraining")
 excluded
 
 # %% [markdown]

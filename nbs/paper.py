@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from derma_jepa.report import read_plan, render_paper, sweep_summary
+from derma_jepa.render import FIGURES, render_paper
+from derma_jepa.report import read_plan, sweep_summary
 
 # %% tags=["parameters"]
 plan_file = "runs/plan-hub.json"
@@ -49,8 +50,11 @@ print("\n".join(f"{paper_dir}/{f}" for f in paper["files"]))
 # %% [markdown]
 # ## The arc
 #
-# Test AUROC of the predictor with its 95% bootstrap CI, the strongest baseline (chosen on test
-# under `reference`, on val and oriented under `symmetric`), Δ and the release's verdict.
+# Per protocol: test AUROC of the predictor with its 95% bootstrap CI, the strongest baseline
+# (chosen on test under `reference`, on val and oriented under `symmetric`), Δ with its paired
+# interval, the verdict (the release's rule under `reference`, Δ's interval under `symmetric`),
+# the target-only and context-only probes (the leak detectors: 0.5 when one side alone carries
+# no label) and the predictor's AUROC on the real re-photography pairs.
 
 # %%
 paper["tables"]["arc"]
@@ -68,9 +72,9 @@ paper["tables"]["optimisers"]
 # %% [markdown]
 # ## Seed sweep
 #
-# Mean ± SD over seeds [95% CI of the mean], for the predictor and, unlike the release, for the
-# controls and baselines at each seed: the seed changes the split and the pairs, so a baseline
-# moves with it.
+# Mean ± SD over seeds [Student-t 95% CI of the mean], for the predictor and, unlike the release,
+# for the controls and baselines at each seed: the seed changes the split and the pairs, so a
+# baseline moves with it. The release's 1.96 interval is in its own column.
 
 # %%
 paper["tables"]["sweep"]
@@ -85,4 +89,4 @@ if not _s.empty:
 
 # %%
 for _name, _fig in paper["figures"].items():
-    print(_name); display(_fig)
+    print(f"{_name}: {FIGURES[_name][0]}"); display(_fig)

@@ -44,7 +44,7 @@ preset = "auto"
 pairs_per_split = 100
 split_fractions = (0.70, 0.15, 0.15)
 image_size = 224
-rephoto = False
+rephoto = "auto"
 lofo_fold = -1
 seed = 20260422
 backbone = "color_texture"
@@ -114,7 +114,7 @@ import dataclasses
 import matplotlib.pyplot as plt
 from derma_jepa.experiment import data_stage
 _other = "symmetric" if config.protocol == "reference" else "reference"
-_other_manifest = data_stage(dataclasses.replace(config, protocol=_other, preset="auto", rephoto=False))[2]
+_other_manifest = data_stage(dataclasses.replace(config, protocol=_other, preset="auto", rephoto="auto"))[2]
 for _prot, _m in [(config.protocol, result.manifest), (_other, _other_manifest)]:
     _fig = pair_gallery(_m[_m.split.eq("test") & _m.kind.isin(["stable", "changing"])], result.records, n=2)
     _fig.suptitle(f"{_prot} protocol" + (" (this run)" if _prot == config.protocol else ""), y=1.01); plt.show()
@@ -161,8 +161,13 @@ if result.predictor is not None:
 #
 # The predictor was fitted on the train split's stable pairs only; every pair of every split was
 # scored by it, by the controls and by the baselines. The table: test-split metrics with 95%
-# bootstrap intervals (1,000 resamples of pairs). A control far from 0.5 is a leak; `bias_only`
-# close to the predictor means the predictor learned a translation, not a map.
+# bootstrap intervals, made as the protocol says (printed below the table). How to read the
+# controls: `identity` (the raw cosine) and `flipped_cosine` (its mirror) are *meant* to be far
+# from 0.5 whenever the backbone tells lesions apart; `bias_only` close to the predictor means
+# the predictor learned a translation, not a map. Only the two **single-side probes** are leak
+# detectors: a classifier that sees one embedding of the pair cannot know whether the two sides
+# show the same lesion, so anything it scores above 0.5 comes from a difference in how the labels'
+# sides were made.
 
 # %%
 if result.evaluation is not None:
@@ -173,6 +178,42 @@ if result.evaluation is not None:
     display(pd.DataFrame(_rows).set_index("scorer"))
     display(pd.DataFrame({sp: {n: round(ev["metrics"][sp][n]["auroc"]["value"], 3) for n in ev["metrics"][sp]}
                           for sp in ("train", "val", "test")}).rename_axis("AUROC"))
+    print("intervals:", json.dumps(ev["bootstrap"]))
+
+# %% [markdown]
+# Δ between the predictor and the strongest baseline, and between the predictor and `identity`
+# (the raw cosine the predictor starts from), with intervals from the same resamples. Under
+# `symmetric` the table also shows, for the test split, each scorer's interval under the
+# release's pair-level resampling beside the lesion-level one: the ratio of widths is how much
+# the release's intervals understate the uncertainty.
+
+# %%
+if result.evaluation is not None:
+    display(pd.DataFrame([{"split": sp, "Δ": k, "value": round(d["value"], 4), "ci_low": round(d["ci_low"], 4),
+                           "ci_high": round(d["ci_high"], 4)} for sp, ds in ev["deltas"].items() for k, d in ds.items()]))
+    if "pair_level_test" in ev:
+        _w = pd.DataFrame({n: {"lesion-level CI": f"[{m['auroc']['ci_low']:.3f}, {m['auroc']['ci_high']:.3f}]",
+                               "pair-level CI": f"[{ev['pair_level_test'][n]['ci_low']:.3f}, {ev['pair_level_test'][n]['ci_high']:.3f}]",
+                               "width ratio": round((m["auroc"]["ci_high"] - m["auroc"]["ci_low"]) /
+                                                    (ev["pair_level_test"][n]["ci_high"] - ev["pair_level_test"][n]["ci_low"]), 2)}
+                           for n, m in ev["metrics"]["test"].items()}).T
+        display(_w)
+
+# %% [markdown]
+# ## The real re-photography pairs
+#
+# Under `symmetric`, every split also holds one pair per lesion photographed more than once: two
+# *different* photographs of the same lesion, each side with its own draw of the family. These are
+# the only stable pairs whose nuisance is real (a new acquisition, not a synthetic recipe); they
+# are scored against the same changing pairs, with intervals from the same resamples.
+
+# %%
+if result.evaluation is not None and "rephoto" in ev:
+    display(pd.DataFrame({sp: {n: f"{m['auroc']['value']:.3f} [{m['auroc']['ci_low']:.3f}, {m['auroc']['ci_high']:.3f}]"
+                               for n, m in ev["rephoto"][sp].items()} for sp in ev["rephoto"]}).rename_axis("AUROC, rephoto vs changing"))
+    print(result.manifest[result.manifest.kind.eq("rephoto")].groupby("split").size().rename("re-photography pairs").to_dict())
+elif result.evaluation is not None:
+    print("no re-photography pairs in this run (the reference protocol has none)")
 
 # %%
 if result.figures is not None:
@@ -180,7 +221,7 @@ if result.figures is not None:
 
 # %%
 if result.figures is not None:
-    display(result.figures["roc_test"], result.figures["train_vs_test_auroc"])
+    display(result.figures["roc_test"], result.figures["train_vs_test_auroc"])    # closed after saving: shown once each
 
 # %% [markdown]
 # ## Verdict
@@ -189,14 +230,18 @@ if result.figures is not None:
 if result.evaluation is not None:
     _p = ev["metrics"]["test"]["predictor"]["auroc"]
     _b = ev["metrics"]["test"][ev["strongest_baseline"]]["auroc"]
-    _probe = ev["metrics"]["test"]["target_only_probe"]["auroc"]["value"]
+    _d = ev["delta"]
     print(f"Protocol {config.protocol}, backbone {config.backbone}: the {config.predictor} predictor scores test AUROC "
           f"{_p['value']:.3f} [{_p['ci_low']:.3f}, {_p['ci_high']:.3f}] against the strongest baseline, "
           f"{ev['strongest_baseline']} (chosen on {ev['baselines']['chosen_on']}), at {_b['value']:.3f}: "
-          f"delta {ev['delta']:+.3f}, verdict '{ev['verdict']}'.")
-    print(f"Leak check: a probe that sees only the target embedding scores test AUROC {_probe:.3f}"
-          + (" -- far from 0.5, so one side alone gives the label away." if abs(_probe - 0.5) > 0.1 else
-             " -- close to 0.5, as it should be when the protocol does not leak."))
+          f"delta {_d['value']:+.3f} [{_d['ci_low']:+.3f}, {_d['ci_high']:+.3f}], verdict '{ev['verdict']}' ({ev['verdict_rule']}).")
+    _tp = ev["metrics"]["test"]["target_only_probe"]["auroc"]
+    _cp = ev["metrics"]["test"]["context_only_probe"]["auroc"]
+    _leaks = [n for n, a in (("target-only", _tp), ("context-only", _cp)) if a["ci_low"] > 0.5]
+    print(f"Leak check (single-side probes, test AUROC): target-only {_tp['value']:.3f} [{_tp['ci_low']:.3f}, {_tp['ci_high']:.3f}], "
+          f"context-only {_cp['value']:.3f} [{_cp['ci_low']:.3f}, {_cp['ci_high']:.3f}] -- "
+          + (f"the {' and '.join(_leaks)} probe's interval lies above 0.5: one side alone gives the label away." if _leaks else
+             "both intervals reach 0.5: no single side carries the label that this test can detect."))
     print(f"Representation health (un-normalised predictions): {ev['health']['unnormalised']}; collapsed: {ev['health']['collapsed']}")
 
 # %%

@@ -43,13 +43,19 @@ def test_paper_rendered_from_executed_runs(rendered):
     for name in ("arc", "optimisers", "sweep"):
         assert (paper / "tables" / f"{name}.md").stat().st_size > 0 and (paper / "tables" / f"{name}.tex").stat().st_size > 0
         assert f"\\input{{tables/{name}.tex}}" in (paper / "main.tex").read_text()
-    assert {f.name for f in (paper / "figures").iterdir()} == {".derma_jepa.json", "auroc_by_backbone.png", "train_vs_test.png",
-                                                             "score_histograms.png"}
+    figures = {"leak", "pair_gallery", "delta_forest", "roc_exp004", "score_histograms", "auroc_by_backbone", "train_vs_test"}
+    assert {f.name for f in (paper / "figures").iterdir()} == {".derma_jepa.json", *(f"{k}.png" for k in figures)}
+    main, readme = (paper / "main.tex").read_text(), (paper / "README.md").read_text()
+    for k in figures:                              # every figure with a caption that says what it shows
+        assert f"figures/{k}.png}}\\caption{{" in main and f"`figures/{k}.png`: " in readme, k
     arc = (paper / "tables" / "arc.md").read_text()
+    for column in ("Δ [95% CI]", "target-only probe", "context-only probe", "re-photo AUROC [95% CI]", "(release rule)"):
+        assert column in arc, column
     assert "not run: weights for timm/vit_base_patch14_dinov2.lvd142m not found" in arc
     assert "color_texture (offline stand-in)" in arc and "DINOv2 ViT-B/14" in arc
     sweep = (paper / "tables" / "sweep.md").read_text()
     assert "±" in sweep and "|   2 |" in sweep                    # two seeds aggregated
+    assert "release's ±1.96·SD/√n" in sweep
     plan = json.loads((tmp / "runs" / "plan-color_texture.json").read_text())
     ran = {r["run_dir"] for r in plan if r["status"] == "run"}
     assert len(ran) == 6                                           # 2 experiments x 2 protocols + seed 1 of the sweep x 2

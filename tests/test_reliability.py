@@ -330,7 +330,7 @@ def test_csv_not_utf8(world):
     (dict(seed="2.0x"), "parameter seed='2.0x' is not a valid int"),
     (dict(pairs_per_split="10.5"), "parameter pairs_per_split='10.5' is not a valid int"),
     (dict(epochs=True), "parameter epochs=True is not a valid int"),
-    (dict(rephoto="maybe"), "parameter rephoto='maybe' is not a valid bool"),
+    (dict(rephoto="maybe"), "parameter rephoto='maybe': choose auto, on or off"),
     (dict(split_fractions="a,b,c"), "parameter split_fractions='a,b,c' is not a valid tuple"),
     (dict(backbone=2.5), "parameter backbone=2.5 is not a valid str"),
     (dict(missing_lesion="ignore"), "unknown missing_lesion 'ignore'"),

@@ -28,7 +28,8 @@ def test_manifest_stage(tmp_path, protocol):
     assert p.returncode == 0, p.stderr[-3000:]
     m = pd.read_parquet(run_dir / "manifest.parquet")
     assert MANIFEST_COLUMNS <= set(m.columns)
-    assert set(m.kind) == {"stable", "changing"} and set(m.label) == {0, 1}
+    # symmetric runs carry the real re-photography pairs (label 0) beside the synthetic ones; reference has none
+    assert set(m.kind) == ({"stable", "changing"} | ({"rephoto"} if protocol == "symmetric" else set())) and set(m.label) == {0, 1}
     families = {json.loads(r)["family"] for r in m.context_recipe}
     assert families == ({"none"} if protocol == "reference" else {"strong", "strong_held_out", "strong_held_out_2"})
     audit = json.loads((run_dir / "audit.json").read_text())
@@ -66,9 +67,14 @@ def test_full_run_contract(tmp_path):
             for metric in ("auroc", "auprc", "eer", "fpr_at_tpr"):
                 block = metrics["metrics"][split][scorer][metric]
                 assert set(block) == {"value", "ci_low", "ci_high"}
-    assert {"health", "strongest_baseline", "delta", "verdict"} <= set(metrics)
+    assert {"health", "strongest_baseline", "delta", "deltas", "verdict", "verdict_rule", "bootstrap"} <= set(metrics)
     assert {"manifest", "embed", "baselines", "fit", "metrics"} <= set(json.loads((run_dir / "timings.json").read_text()))
     scores = pd.read_parquet(run_dir / "scores.parquet")
     assert set(scores.scorer) == scorers and len(scores) == len(pd.read_parquet(run_dir / "manifest.parquet")) * len(scorers)
     assert sorted(p.name for p in (run_dir / "figures").iterdir()) == ["roc_test.png", "score_histograms.png",
                                                                      "train_vs_test_auroc.png"]
+    nb = json.loads((tmp_path / "out.ipynb").read_text())
+    pngs = [o["data"]["image/png"] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+            if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 6 and len(pngs) == len(set(pngs)), "a figure is shown twice in the executed notebook"
+    assert "re-photography pairs" in json.dumps(nb) and "width ratio" in json.dumps(nb)
