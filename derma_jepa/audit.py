@@ -18,10 +18,11 @@ from PIL import Image
 from .data import DataError, atomic_write_bytes, audit_files, cache_dir, open_rgb, read_cached_table
 
 # %% auto #0
-__all__ = ['HASHES', 'SIG', 'SCALES', 'ADJ', 'image_hashes', 'hamming', 'hash_files', 'match', 'min_distances', 'signature',
-           'similarity', 'near_duplicate', 'calibration_sets', 'calibrate', 'passes', 'calibrate_verification',
-           'split_negatives', 'upper_95', 'held_out_fpr', 'aligned_ssim', 'adjudication_reference', 'adjudicate',
-           'overlap_audit', 'audit_figure', 'image_paths', 'audit_record', 'audit_verdict', 'run_overlap_audit']
+__all__ = ['HASHES', 'SIG', 'SCALES', 'ADJ', 'ADJ_BLUR', 'image_hashes', 'hamming', 'hash_files', 'match', 'min_distances',
+           'signature', 'similarity', 'near_duplicate', 'calibration_sets', 'calibrate', 'passes',
+           'calibrate_verification', 'split_negatives', 'upper_95', 'held_out_fpr', 'aligned_match',
+           'adjudication_reference', 'decide', 'adjudicate', 'overlap_audit', 'audit_figure', 'image_paths',
+           'audit_record', 'audit_verdict', 'run_overlap_audit']
 
 # %% ../nbs/12_audit.ipynb #f2c8e39d
 HASHES = ("phash", "dhash", "whash")
@@ -220,55 +221,58 @@ def held_out_fpr(N_held: pd.DataFrame, cal: dict) -> dict:
             "fpr_two_stage_held_out_upper_95": round(upper_95(k, n), 8)}
 
 # %% ../nbs/12_audit.ipynb #8a671a54
-ADJ = 128
+ADJ, ADJ_BLUR = 192, 3.0
 
 
-def _grey(img: Image.Image, n: int) -> np.ndarray:
-    return np.asarray(img.convert("L").resize((n, n), Image.BILINEAR), np.float32)
+def _fine(img: Image.Image, n: int) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+    a = np.asarray(img.convert("L").resize((n, n), Image.BILINEAR), np.float32)
+    return a - gaussian_filter(a, ADJ_BLUR)
 
 
-def aligned_ssim(a: Image.Image, b: Image.Image, scales=SCALES) -> float:
-    "SSIM of a's central 80% (grey, 128²) with its best-matching window in b (`match_template` over `scales`)."
+def aligned_match(a: Image.Image, b: Image.Image, scales=SCALES) -> float:
+    "Peak normalised cross-correlation of a's high-passed central 80% (grey, 192²) over b, at `scales` (`match_template`)."
     from skimage.feature import match_template
-    from skimage.metrics import structural_similarity
     m = round(ADJ * 0.1)
-    tpl = _grey(a, ADJ)[m:ADJ - m, m:ADJ - m]
-    best, win = -np.inf, None
-    for sc in scales:
-        gb = _grey(b, round(ADJ * sc))
-        if min(gb.shape) < tpl.shape[0]: continue
-        r = match_template(gb, tpl)
-        i, j = np.unravel_index(int(r.argmax()), r.shape)
-        if r[i, j] > best: best, win = r[i, j], gb[i:i + tpl.shape[0], j:j + tpl.shape[1]]
-    return float(structural_similarity(tpl, win, data_range=255.0))
+    tpl = _fine(a, ADJ)[m:ADJ - m, m:ADJ - m]
+    return float(max(match_template(_fine(b, round(ADJ * sc)), tpl).max() for sc in scales))
 
 
 def adjudication_reference(records: pd.DataFrame, N_held: pd.DataFrame, cal: dict, n: int = 100, seed: int = 0,
-                           crop: float = 0.05) -> dict:
-    "Aligned SSIM of `n` synthetic near-duplicates (as calibrated) and of held-out hard negatives: the yardstick."
+                           crop: float = 0.05, n_neg: int = 200) -> dict:
+    "The aligned score of `n` synthetic near-duplicates (as calibrated) and of held-out hard negatives: the yardstick."
     rng = np.random.default_rng([seed, 11])
     pick = rng.choice(len(records), min(n, len(records)), replace=False)
     pos = []
     for i in pick:
         im = open_rgb(records.path.iloc[i])
-        pos.append(aligned_ssim(im, near_duplicate(im, np.random.default_rng([seed, int(i)]), crop)))
-    hard = N_held[passes(N_held, cal)].head(n)
-    neg = [aligned_ssim(open_rgb(a), open_rgb(b)) for a, b in zip(hard.path_a, hard.path_b)]
-    return {"duplicate_ssim_threshold": round(float(np.quantile(pos, 0.01)), 4), "positives": len(pos),
-            "positive_ssim_quantiles_0_0.01_0.5": np.round(np.quantile(pos, [0, 0.01, 0.5]), 4).tolist(),
-            "hard_negatives": len(neg), "hard_negative_ssim_max": round(float(max(neg)), 4) if neg else None}
+        pos.append(aligned_match(im, near_duplicate(im, np.random.default_rng([seed, int(i)]), crop)))
+    hard = N_held[passes(N_held, cal)].head(n_neg)
+    neg = [aligned_match(open_rgb(a), open_rgb(b)) for a, b in zip(hard.path_a, hard.path_b)]
+    q = lambda v: np.round(np.quantile(v, [0, 0.01, 0.5, 1]), 4).tolist() if len(v) else None
+    return {"score": "peak NCC of high-passed grey 192² after alignment (match_template)", "positives": len(pos),
+            "positive_quantiles_0_0.01_0.5_1": q(pos), "hard_negatives": len(neg), "hard_negative_quantiles_0_0.01_0.5_1": q(neg),
+            "positive_min": round(float(min(pos)), 4), "positive_q01": round(float(np.quantile(pos, 0.01)), 4),
+            "hard_negative_max": round(float(max(neg)), 4) if neg else None}
+
+
+def decide(score: float, ref: dict) -> str:
+    "duplicate / not a duplicate / undecided, for an aligned score against the yardstick `ref`."
+    neg_max = -np.inf if ref["hard_negative_max"] is None else ref["hard_negative_max"]
+    if score > neg_max and score >= ref["positive_q01"]: return "duplicate"
+    if score <= neg_max and score < ref["positive_min"]: return "not a duplicate"
+    return "undecided"
 
 
 def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict) -> pd.DataFrame:
-    "Each flagged pair: aligned SSIM, the HAM10000 lesion and diagnosis, how many lesions share its corpus image, a decision."
+    "Each flagged pair: aligned score, the HAM10000 lesion and diagnosis, how many lesions share its corpus image, a decision."
     meta = records_a.set_index("path")
     out = near[["path_a", "path_b", "similarity"]].copy()
-    out["aligned_ssim"] = [round(aligned_ssim(open_rgb(a), open_rgb(b)), 4) for a, b in zip(out.path_a, out.path_b)]
-    out["lesion_id"] = meta.lesion_id.reindex(out.path_a).to_numpy() if "lesion_id" in meta else None
+    out["aligned_score"] = [round(aligned_match(open_rgb(a), open_rgb(b)), 4) for a, b in zip(out.path_a, out.path_b)]
+    out["lesion_id"] = meta.lesion_id.reindex(out.path_a).to_numpy()
     out["dx"] = meta.dx.reindex(out.path_a).to_numpy() if "dx" in meta else None
     out["lesions_matched_to_b"] = out.groupby("path_b").lesion_id.transform("nunique") if len(out) else []
-    thr = reference["duplicate_ssim_threshold"]
-    out["decision"] = ["duplicate" if s >= thr else f"not a duplicate: aligned SSIM {s:.3f} < {thr:.3f}" for s in out.aligned_ssim]
+    out["decision"] = [decide(s, reference) for s in out.aligned_score]
     return out
 
 # %% ../nbs/12_audit.ipynb #26c8b2cb
@@ -337,7 +341,7 @@ def audit_record(report: dict, root_b=None) -> dict:
             "calibration": report["calibration"], "verdict": report["verdict"],
             **({"adjudication_reference": report["adjudication_reference"],
                 "adjudication": [{"a": Path(r.path_a).name, "b": name(r.path_b, root_b), "lesion_id": r.lesion_id, "dx": r.dx,
-                                  "aligned_ssim": float(r.aligned_ssim), "lesions_matched_to_b": int(r.lesions_matched_to_b),
+                                  "aligned_score": float(r.aligned_score), "lesions_matched_to_b": int(r.lesions_matched_to_b),
                                   "decision": r.decision} for r in report["adjudication"].itertuples()]}
                if "adjudication" in report else {}),
             "closest_distance_quantiles_0_0.001_0.01_0.5": {
@@ -346,21 +350,23 @@ def audit_record(report: dict, root_b=None) -> dict:
 
 def audit_verdict(rep: dict, cal: dict, adj: pd.DataFrame, ref: dict) -> str:
     "What the audit measured, in words: recall, held-out FPR, and what adjudication found."
-    dup = adj[adj.decision.eq("duplicate")] if len(adj) else adj
-    head = (f"{len(rep['exact_pairs'])} exact copies and {len(dup)} adjudicated near-duplicate(s) of HAM10000 images found"
-            if len(rep["exact_pairs"]) or len(dup) else "no exact copy and no adjudicated near-duplicate of a HAM10000 image found")
+    n = {k: int(adj.decision.eq(k).sum()) if len(adj) else 0 for k in ("duplicate", "undecided", "not a duplicate")}
+    head = (f"{len(rep['exact_pairs'])} exact copies and {n['duplicate']} adjudicated near-duplicate pair(s) of HAM10000 images "
+            f"found in the corpus" if len(rep["exact_pairs"]) or n["duplicate"] else
+            "no exact copy and no adjudicated near-duplicate of a HAM10000 image found in the corpus")
     tail = ""
     if len(adj):
-        tail = (f"; the {len(adj)} pair(s) flagged by hashes and pixel correlation were adjudicated by SSIM after alignment: "
-                f"{', '.join(f'{s:.3f}' for s in adj.aligned_ssim)}, against {ref['duplicate_ssim_threshold']:.3f} for 99% of "
-                f"synthetic near-duplicates (held-out hard negatives reach {ref['hard_negative_ssim_max']})")
+        tail = (f"; the {len(adj)} pair(s) flagged by hashes and pixel correlation were adjudicated by aligned fine-structure "
+                f"correlation ({n['duplicate']} duplicate: above every held-out hard negative, max {ref['hard_negative_max']}, and at "
+                f"least the synthetic copies' 1st percentile, {ref['positive_q01']:.3f}; {n['undecided']} undecided; "
+                f"{n['not a duplicate']} not a duplicate: no higher than a hard negative, below every synthetic copy)")
         multi = adj[adj.lesions_matched_to_b > 1]
         if len(multi): tail += (f"; {multi.path_b.nunique()} corpus image(s) matched {int(multi.lesions_matched_to_b.max())} "
-                                "different HAM10000 lesions, which one photograph cannot copy at once")
-        tail += "; every flagged corpus image is left out of pretraining all the same"
-    return (f"{head} in the corpus, at two-stage recall {cal['recall_two_stage']:.3f} on {cal['n_pos']} synthetic "
-            f"near-duplicates and false-positive rate {cal['fpr_two_stage_held_out']:.2g} (95% upper bound "
-            f"{cal['fpr_two_stage_held_out_upper_95']:.2g}) on {cal['n_neg_held_out']} held-out negatives{tail}")
+                                "different HAM10000 lesion ids")
+        tail += "; every flagged corpus image is left out of pretraining"
+    return (f"{head}, at two-stage recall {cal['recall_two_stage']:.3f} on {cal['n_pos']} synthetic near-duplicates and "
+            f"false-positive rate {cal['fpr_two_stage_held_out']:.2g} (95% upper bound {cal['fpr_two_stage_held_out_upper_95']:.2g}) "
+            f"on {cal['n_neg_held_out']} held-out negatives{tail}")
 
 
 def run_overlap_audit(ham_dir, corpus_dir, out_dir, n_pos: int = 1000, n_neg: int = 500_000) -> dict:

@@ -276,7 +276,7 @@ def _reference_split(y, scores: dict, seed: int, split: str, n_boot: int, deltas
     for bs, names in by_seed.items():
         pb = paired_bootstrap(y, {n: scores[n] for n in names}, bootstrap_counts(len(y), n_boot, bs))
         out["metrics"].update(pb["metrics"])
-    pb = paired_bootstrap(y, {n: scores[n] for n in {a for d in deltas for a in d}},
+    pb = paired_bootstrap(y, {n: scores[n] for n in dict.fromkeys(a for d in deltas for a in d)},
                           bootstrap_counts(len(y), n_boot, _boot_seed(seed, "predictor", split)), deltas)
     out["deltas"] = pb["deltas"]
     out["metrics"] = {n: out["metrics"][n] for n in scores}

@@ -190,8 +190,9 @@ def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int 
                 recipe = p[f"{side}_recipe"]
                 im = render_side(records[cfg.data], p[f"{side}_image_id"], recipe)
                 ax.imshow(im.resize((size, round(size * im.height / im.width))))
-                ax.set_title(f"{r.protocol} {side}: {json.loads(recipe)['family']}", fontsize=6)
-                if j == 0 and k == 0: ax.set_ylabel(f"{split} {kind}\n({p.dx})", fontsize=7)
+                ax.set_title(f"{r.protocol} {side} ({p.dx}): {json.loads(recipe)['family']}", fontsize=6)
+    for i, (split, kind) in enumerate(GALLERY_ROWS):
+        axes[i][0].set_ylabel(f"{split} {kind}" + ("\n(real re-photograph)" if kind == "rephoto" else ""), fontsize=7)
     fig.tight_layout()
     return fig
 

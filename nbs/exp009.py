@@ -36,7 +36,7 @@ import yaml
 
 from derma_jepa.data import atomic_write_bytes
 from derma_jepa.audit import audit_figure, image_paths, run_overlap_audit
-from derma_jepa.exp009 import (certified_corpus, fig_pretraining, load_exp009, plan_exp009, pretrain_all, probe_all,
+from derma_jepa.exp009 import (audited_corpus, fig_pretraining, load_exp009, plan_exp009, pretrain_all, probe_all,
                                render_exp009)
 from derma_jepa.experiment import Config, resolve_data
 from derma_jepa.report import run_plan
@@ -82,7 +82,7 @@ audit_figure(audit["report"]);
 
 # %%
 corpus_paths = image_paths(settings["corpus"])
-kept, excluded = certified_corpus(corpus_paths, audit["report"])
+kept, excluded = audited_corpus(corpus_paths, audit["report"])
 print(f"corpus: {len(corpus_paths)} images, {len(excluded)} left out, {len(kept)} kept for pretraining")
 excluded
 
