@@ -14,7 +14,7 @@ import pandas as pd
 from .data import atomic_write_bytes, load_records
 from .experiment import Config, resolve_data
 from .pairs import render_side
-from .report import (_fig_bytes, _test, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_text,
+from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_text,
                                to_latex, to_markdown)
 from .safety import write_marked_dir
 

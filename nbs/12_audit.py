@@ -429,7 +429,6 @@ _ref = {"positive_min": 0.41, "positive_q01": 0.44, "hard_negative_max": 0.37}
 test_eq([decide(v, _ref) for v in (0.5, 0.3, 0.4, 0.42)], ["duplicate", "not a duplicate", "undecided", "undecided"])
 test_eq(decide(0.45, {**_ref, "hard_negative_max": None}), "duplicate")
 
-
 # %% [markdown]
 # On the fixture the machinery runs, but its numbers mean little: the synthetic lesions are smooth
 # blobs that look alike to a 64-bit hash (distinct lesions at wHash distance 0 are common), so the

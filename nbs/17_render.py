@@ -50,7 +50,7 @@ import pandas as pd
 from derma_jepa.data import atomic_write_bytes, load_records
 from derma_jepa.experiment import Config, resolve_data
 from derma_jepa.pairs import render_side
-from derma_jepa.report import (_fig_bytes, _test, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_text,
+from derma_jepa.report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_text,
                                to_latex, to_markdown)
 from derma_jepa.safety import write_marked_dir
 
