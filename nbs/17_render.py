@@ -104,7 +104,7 @@ def fig_leak(long: pd.DataFrame):
             _ci_points(ax, t[t.protocol.eq(prot) & t.scorer.eq(sc)], labels, "auroc", "auroc_lo", "auroc_hi",
                        (k - 0.5) * 0.25, color=colour, label=sc.replace("_", " "))
         ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_xlim(0, 1.02)
-        ax.set_title(f"{prot}: single-side probe, test AUROC (95% CI)", fontsize=9); ax.set_xlabel("AUROC")
+        ax.set_title(prot, fontsize=9); ax.set_xlabel("single-side probe, test AUROC (95% CI)", fontsize=8)
     _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
@@ -143,7 +143,7 @@ def fig_auroc_by_backbone(long: pd.DataFrame, experiments=("EXP-004", "EXP-006b"
         for k, sc in enumerate(scorers):
             _ci_points(ax, t[t.protocol.eq(prot) & t.scorer.eq(sc)], labels, "auroc", "auroc_lo", "auroc_hi",
                        (k - (len(scorers) - 1) / 2) * 0.22, color=colours[sc], label=sc)
-        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(f"{prot}: test AUROC (95% CI)", fontsize=9)
+        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(prot, fontsize=9); ax.set_xlabel("test AUROC (95% CI)", fontsize=8)
     _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
