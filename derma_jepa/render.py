@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from .data import atomic_write_bytes, load_records
-from .experiment import Config, resolve_data
+from .experiment import resolve_data
 from .pairs import render_side
-from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_text,
-                               to_latex, to_markdown)
+from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_symbols,
+                               tex_text, to_latex, to_markdown)
 from .safety import write_marked_dir
 
 # %% auto #0
@@ -176,7 +176,7 @@ def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int 
     records = {}
     fig, axes = plt.subplots(len(GALLERY_ROWS), 2 * len(rows), figsize=(2.1 * 2 * len(rows), 2 * len(GALLERY_ROWS)), squeeze=False)
     for j, r in enumerate(rows.itertuples()):
-        cfg = r.config if isinstance(r.config, Config) else Config.from_params(r.config)
+        cfg = r.config
         if cfg.data not in records:
             records[cfg.data] = load_records(resolve_data(cfg), missing_lesion=cfg.resolved_missing_lesion)
         m = pd.read_parquet(Path(r.run_dir) / "manifest.parquet")
@@ -289,10 +289,6 @@ Thumbnails of HAM10000 images in `figures/pair_gallery.png` and `audit/`: HAM100
 """
 
 
-def _caption_tex(text: str) -> str:
-    return tex_text(text).replace("Δ", "$\\Delta$").replace("−", "$-$")
-
-
 def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") -> dict:
     "Tables, figures, runs.md, main.tex and README.md from the runs of `plan`, written into `paper_dir`."
     long = collect(plan)
@@ -312,7 +308,7 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     runs = runs.drop(columns="run_dir")
     files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
     fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height=0.8\\textheight,"
-                        f"keepaspectratio]{{figures/{k}.png}}\\caption{{{_caption_tex(FIGURES[k][0])}}}\\label{{fig:{k}}}"
+                        f"keepaspectratio]{{figures/{k}.png}}\\caption{{{tex_symbols(tex_text(FIGURES[k][0]))}}}\\label{{fig:{k}}}"
                         f"\\end{{figure}}" for k in figs)
     label = {"hub": "the paper's hub backbones only",
              "offline": "the paper's hub backbones and the offline stand-ins random_vitb16 and color_texture"}

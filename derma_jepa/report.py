@@ -24,11 +24,11 @@ from .data import DataError, atomic_write_bytes
 from .experiment import Config, ConfigError, resolve_data, run_id
 
 # %% auto #0
-__all__ = ['ARC_KEYS', 'SWEEP_KEYS', 'BACKBONE_LABELS', 'STAND_INS', 'METRICS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'repo_root',
-           'experiments_dir', 'load_arc', 'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run',
-           'plan_records', 'run_plan', 'read_plan', 'experiments_label', 'collect', 'backbone_label', 'fmt_ci',
-           'arc_cells', 'arc_table', 'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table', 'to_markdown',
-           'tex_text', 'to_latex', 'paper_main']
+__all__ = ['ARC_KEYS', 'SWEEP_KEYS', 'BACKBONE_LABELS', 'STAND_INS', 'METRICS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'TEX_SYMBOLS',
+           'repo_root', 'experiments_dir', 'load_arc', 'weights_status', 'parse_backbones', 'plan_arc', 'is_complete',
+           'execute_run', 'plan_records', 'run_plan', 'read_plan', 'experiments_label', 'collect', 'backbone_label',
+           'fmt_ci', 'arc_cells', 'arc_table', 'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table',
+           'to_markdown', 'tex_text', 'tex_symbols', 'to_latex', 'paper_main']
 
 # %% ../nbs/11_report.ipynb #79ba482a
 def repo_root(start=None) -> Path:
@@ -186,8 +186,7 @@ def _run_fields(ev: dict, tim: dict) -> dict:
 
 def experiments_label(plan: pd.DataFrame) -> pd.Series:
     "Per plan row: every experiment (of the same part, arc or sweep) whose run it is, joined with ' = '."
-    label = plan.groupby(["sweep", "run_dir"], sort=False).experiment.transform(lambda e: " = ".join(dict.fromkeys(e)))
-    return label
+    return plan.groupby(["sweep", "run_dir"], sort=False).experiment.transform(lambda e: " = ".join(dict.fromkeys(e)))
 
 
 def collect(plan: pd.DataFrame) -> pd.DataFrame:
@@ -339,11 +338,20 @@ def tex_text(text) -> str:
     return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
 
 
+TEX_SYMBOLS = {"±": "$\\pm$", "Δ": "$\\Delta$", "√": "$\\surd$", "·": "$\\cdot$", "−": "$-$"}
+
+
+def tex_symbols(tex: str) -> str:
+    "The symbols tables and captions print (±, Δ, √, ·, −) as LaTeX math."
+    for k, v in TEX_SYMBOLS.items(): tex = tex.replace(k, v)
+    return tex
+
+
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     "A table as a booktabs LaTeX table, scaled to the text width."
     tex = df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp")
     tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{\\begin{tabular}").replace("\\end{tabular}", "\\end{tabular}}")
-    return tex.replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("√", "$\\surd$").replace("·", "$\\cdot$")
+    return tex_symbols(tex)
 
 # %% ../nbs/11_report.ipynb #b94a5690
 def _fig_bytes(fig) -> bytes:

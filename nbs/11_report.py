@@ -335,8 +335,7 @@ def _run_fields(ev: dict, tim: dict) -> dict:
 
 def experiments_label(plan: pd.DataFrame) -> pd.Series:
     "Per plan row: every experiment (of the same part, arc or sweep) whose run it is, joined with ' = '."
-    label = plan.groupby(["sweep", "run_dir"], sort=False).experiment.transform(lambda e: " = ".join(dict.fromkeys(e)))
-    return label
+    return plan.groupby(["sweep", "run_dir"], sort=False).experiment.transform(lambda e: " = ".join(dict.fromkeys(e)))
 
 
 def collect(plan: pd.DataFrame) -> pd.DataFrame:
@@ -576,11 +575,20 @@ def tex_text(text) -> str:
     return str(text).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("%", "\\%").replace("&", "\\&").replace("#", "\\#")
 
 
+TEX_SYMBOLS = {"±": "$\\pm$", "Δ": "$\\Delta$", "√": "$\\surd$", "·": "$\\cdot$", "−": "$-$"}
+
+
+def tex_symbols(tex: str) -> str:
+    "The symbols tables and captions print (±, Δ, √, ·, −) as LaTeX math."
+    for k, v in TEX_SYMBOLS.items(): tex = tex.replace(k, v)
+    return tex
+
+
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
     "A table as a booktabs LaTeX table, scaled to the text width."
     tex = df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp")
     tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{\\begin{tabular}").replace("\\end{tabular}", "\\end{tabular}}")
-    return tex.replace("±", "$\\pm$").replace("Δ", "$\\Delta$").replace("√", "$\\surd$").replace("·", "$\\cdot$")
+    return tex_symbols(tex)
 
 
 # %%
