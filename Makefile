@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper audit exp009 test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-pretrain clean-venv
+.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-pretrain clean-venv
 
 # pyproject.toml is left out: nbdev_export rewrites it (same content, new mtime) on every export.
 $(STAMP): settings.ini setup.py
@@ -57,8 +57,43 @@ exp009: $(STAMP)
 	  nbs/exp009.ipynb $(RUNS_DIR)/exp009/exp009.ipynb -p runs_dir $(RUNS_DIR) $(EXP009_ARGS)
 	@echo "executed notebook: $(RUNS_DIR)/exp009/exp009.ipynb; tables and figures: paper/exp009/"
 
-## The test command: notebooks and package in sync, then nbdev_test, then pytest.
-test: check-clean nbtest pytest
+## Every notebook in nbs/ executed in place and stamped (18_notebooks): the numbered ones on the real copy where they
+## use data (HAM10000_DIR, ISIC_NONHAM_DIR), run.ipynb as EXP-004 under `symmetric`, paper.ipynb by `make paper`,
+## exp009.ipynb by `make exp009`. Finished runs and cached embeddings are reused; NB_WORKERS notebooks at a time.
+## It starts with `make sync`, so an edited .py reaches its .ipynb before the .ipynb is re-executed (and rewritten).
+## The numbered notebooks run in nbs/, so the data paths are made absolute for them.
+NB_WORKERS ?= 2
+# NOTEBOOKS= (empty) skips the numbered notebooks, e.g. to redo only the papermill ones
+NOTEBOOKS ?= nbs/[0-9]*.ipynb
+NB := $(PY) -c "from derma_jepa.notebooks import main; main()"
+# what 18_notebooks.execution_env gives a kernel, for the three papermill notebooks too (but not nbs/matplotlibrc:
+# they run from the checkout's root, as `make paper` and `make exp009` always do, so paper/ is the same bytes either way)
+NB_ENV := TQDM_DISABLE=1 PYTHONWARNINGS="ignore:IProgress not found"
+notebooks: sync
+	@test -n "$$HAM10000_DIR" || { echo "make notebooks: set HAM10000_DIR (the committed notebooks show the real copy)"; exit 2; }
+	printf "%s\n" $(NOTEBOOKS) | HAM10000_DIR=$(abspath $(HAM10000_DIR)) ISIC_NONHAM_DIR=$(abspath $(ISIC_NONHAM_DIR)) \
+	  PATH=$(abspath $(BIN)):$$PATH xargs -r -P $(NB_WORKERS) -n 1 $(NB) execute
+	@mkdir -p $(RUNS_DIR)/notebooks
+	$(NB_ENV) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING \
+	  nbs/run.ipynb $(RUNS_DIR)/notebooks/run.ipynb -f nbs/experiments/exp004.yaml \
+	  -p protocol symmetric -p backbone color_texture -p run_dir $(RUNS_DIR)/notebooks/exp004-symmetric
+	$(NB) adopt $(RUNS_DIR)/notebooks/run.ipynb nbs/run.ipynb
+	$(NB_ENV) $(MAKE) --no-print-directory paper BACKBONES=color_texture
+	$(NB) adopt $(RUNS_DIR)/paper.ipynb nbs/paper.ipynb
+	$(NB_ENV) $(MAKE) --no-print-directory exp009 EXP009_ARGS="-p compare color_texture"
+	$(NB) adopt $(RUNS_DIR)/exp009/exp009.ipynb nbs/exp009.ipynb
+	$(BIN)/nbdev_clean && $(BIN)/jupytext --sync nbs/*.ipynb >/dev/null && $(NB) check
+
+## The documentation site (19_docs), built offline from the committed notebooks, README.md and paper/ into _docs/.
+docs: $(STAMP)
+	$(PY) -c "from derma_jepa.docs import main; main()"
+
+# Committed outputs present, stamped and current (18_notebooks).
+check-notebooks: $(STAMP)
+	@$(NB) check
+
+## The test command: notebooks and package in sync, outputs current, then nbdev_test, then pytest.
+test: check-clean check-notebooks nbtest pytest
 
 # nbdev_export and nbdev_clean must leave the tree exactly as it was.
 check-clean: $(STAMP)

@@ -104,8 +104,8 @@ def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool =
             info = {"seconds": round(time.perf_counter() - t0, 1), "images_per_s": round(out["images_per_s"], 1),
                     "dtype": out["dtype"], "n_images": len(corpus_paths), "corpus_digest": digest}
             atomic_write_bytes(d / "train.json", (json.dumps(info, indent=1) + "\n").encode())
-            log(f"{obj}: {cfg.steps} steps in {info['seconds']:.0f} s ({d})")
-        else: log(f"{obj}: finished earlier, reused ({d})")
+            log(f"{obj}: {cfg.steps} steps trained ({d.name}; wall time and rate in its train.json)")
+        else: log(f"{obj}: finished earlier, reused ({d.name})")
         rows.append({"encoder": obj, "objective": obj, "steps": cfg.steps, "images_seen": cfg.steps * cfg.batch_size,
                      "path": str(d / "encoder.safetensors"), **json.loads((d / "train.json").read_text())})
     cfg0 = next(iter(settings["pretrain"].values()))
@@ -182,7 +182,7 @@ def exp009_table(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, e
         r = enc.get(bb)
         rows[label][("", "pretraining")] = ("–" if r is None else "random init" if r["objective"] == "none" else
                                            f"{r['steps']} steps, {r['images_seen']:,} images seen "
-                                           f"({r['images_seen'] / r['n_images']:.1f} passes), {r['seconds'] / 60:.1f} min")
+                                           f"({r['images_seen'] / r['n_images']:.1f} passes)")
         q = _probe_cell(probes, label)
         rows[label][("diagnosis probe", "balanced acc. [95% CI]")] = "–" if q is None else fmt_ci(q.balanced_accuracy, q.ba_ci_low, q.ba_ci_high)
         rows[label][("diagnosis probe", "Δ vs random init")] = ("–" if q is None or base is None or label == rnd
@@ -313,12 +313,12 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
 
 
 def budget_text(encoders: pd.DataFrame) -> str:
-    "How the pretraining budgets compare: equal images seen (or not), and the spread of wall time."
+    "How the pretraining budgets compare: equal images seen, or not (wall times are in each encoder's train.json)."
     t = encoders[encoders.objective.ne("none")]
     if t.empty: return "no objective trained"
     seen = sorted(set(t.images_seen))
     same = f"{seen[0]:,} images each" if len(seen) == 1 else "NOT equal: " + ", ".join(f"{o} {n:,}" for o, n in zip(t.objective, t.images_seen))
-    return f"{same}; wall time {t.seconds.min() / 60:.1f} to {t.seconds.max() / 60:.1f} min"
+    return same
 
 
 def plan_config0(encoders: pd.DataFrame) -> PretrainConfig:

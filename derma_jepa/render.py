@@ -21,7 +21,7 @@ from .safety import write_marked_dir
 # %% auto #0
 __all__ = ['PROTOCOL_COLOURS', 'ROC_SCORERS', 'GALLERY_ROWS', 'FIGURES', 'PLAN_FIGURES', 'MAIN_TEX', 'README', 'arc_runs',
            'fig_leak', 'fig_delta_forest', 'fig_auroc_by_backbone', 'fig_train_vs_test', 'experiment_runs', 'fig_roc',
-           'fig_score_histograms', 'fig_pair_gallery', 'make_paper_figures', 'render_paper']
+           'fig_score_histograms', 'fig_pair_gallery', 'make_paper_figures', 'run_notebooks', 'render_paper']
 
 # %% ../nbs/17_render.ipynb #2103d9de
 def arc_runs(long: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -257,6 +257,21 @@ Mean $\pm$ SD over seeds and the Student-$t$ 95\%% interval of the mean (mean $\
 \end{document}
 """
 
+def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, bytes]:
+    "The executed run.ipynb of `experiment` per protocol (first backbone that ran, arc rows only), cleaned of timestamps."
+    import nbformat
+    from nbdev.clean import clean_nb
+    ran = plan[(plan.status == "run") & ~plan.sweep.astype(bool) & (plan.experiment == experiment)]
+    out = {}
+    for prot, rows in ran.groupby("protocol", sort=True):
+        row = rows.iloc[0]
+        if not (Path(row.run_dir) / "run.ipynb").exists(): continue      # a run made by experiment.run, not papermill
+        nb = nbformat.read(Path(row.run_dir) / "run.ipynb", as_version=4)
+        clean_nb(nb, allowed_cell_metadata_keys=["tags"])
+        out[f"{experiment}-{prot}-{row.backbone}.ipynb"] = (nbformat.writes(nb) + "\n").encode()
+    return out
+
+
 README = """# paper/
 
 Rendered from run directories by `make paper` (through `nbs/paper.ipynb`, code in `nbs/17_render`);
@@ -272,6 +287,8 @@ Backbones: {backbones}.
   1.96 interval in its own column;
 - `runs.md`: every row of the plan and the executed `run.ipynb` behind it (run directories live under
   `runs/`, which is not committed);
+- `runs/`: the executed EXP-004 notebooks of the first backbone that ran, one per protocol, as the
+  arc ran them (cleaned of papermill's timestamps), so the paper's central run can be read without `runs/`;
 - `audit/`: the overlap audit of HAM10000 against the EXP-009 pretraining corpus (`make audit`, or step 1
   of `make exp009`);
 - `exp009/`: EXP-009, rendered by `make exp009` (`nbs/exp009.ipynb`).
@@ -318,7 +335,8 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     fig_md = "\n".join(f"- `figures/{k}.png`: {FIGURES[k][0]}" for k in figs) or "(none: nothing ran)"
     files["README.md"] = README.format(backbones=bb, n_boot=n_boot, figures=fig_md).encode()
     out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
-    for sub in ("tables", "figures"):
+    files.update({f"runs/{k}": v for k, v in run_notebooks(plan).items()})
+    for sub in ("tables", "figures", "runs"):
         write_marked_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")}, kind="paper",
                          what="paper folder")
     for k in ("runs.md", "main.tex", "README.md"): atomic_write_bytes(out / k, files[k])

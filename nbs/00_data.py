@@ -627,7 +627,9 @@ _ham = os.environ.get("HAM10000_DIR")
 if _ham:
     ham_records = load_records(_ham)
     ham_audit = summarise_audit(ham_records)
-    print(json.dumps({k: v for k, v in ham_audit.items() if k not in ("site_counts",)}, indent=1))
+    _shown = {k: v for k, v in ham_audit.items() if k not in ("site_counts",)}
+    _shown["metadata_csv"] = "$HAM10000_DIR/" + os.path.relpath(ham_audit["metadata_csv"], _ham)   # no machine paths in outputs
+    print(json.dumps(_shown, indent=1))
     assert ham_audit["n_rows"] == 10_015 and ham_audit["n_lesions"] == 7_470
     assert ham_audit["lesions_multi_image"] == 1_956 and ham_audit["images_in_multi_image_lesions"] == 4_501
     test_eq(ham_audit["dx_counts"], {"akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142})

@@ -61,7 +61,7 @@ METRICS = ("auroc", "auprc", "eer", "fpr_at_tpr")
 
 
 def eer(y, s) -> float:
-    "Equal error rate from `roc_curve` (intermediate points dropped): (FPR + FNR)/2 where |FPR − FNR| is smallest."
+    "Equal error rate from `roc_curve` (intermediate points dropped): (FPR + FNR)/2 at the point where FPR and FNR are closest."
     fpr, tpr, _ = roc_curve(y, s)
     i = int(np.argmin(np.abs(fpr - (1 - tpr))))
     return float((fpr[i] + 1 - tpr[i]) / 2)

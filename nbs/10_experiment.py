@@ -707,3 +707,16 @@ assert "| predictor |" in (_full.run_dir / "model_card.md").read_text()
 _sc = pd.read_parquet(_full.run_dir / "scores.parquet")
 test_eq(len(_sc), len(_full.manifest) * len(_mj["metrics"]["test"]))
 test_eq(sorted(p.name for p in (_full.run_dir / "figures").iterdir()), ["roc_test.png", "score_histograms.png", "train_vs_test_auroc.png"])
+
+# %% [markdown]
+# What that small run reports for the test split, and its ROC figure (fixture data at 30 pairs per
+# split, so the numbers show the shape of the report, not a finding; `run.ipynb` shows EXP-004 on
+# the real copy):
+
+# %%
+from IPython.display import display
+display(pd.DataFrame({n: {m: f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for m, v in d.items() if m != "n_boot_valid"}
+                      for n, d in _mj["metrics"]["test"].items()}).T.rename_axis("test, 95% CI"))
+print(f"strongest baseline: {_mj['strongest_baseline']}; Δ {_d['value']:+.3f} [{_d['ci_low']:+.3f}, {_d['ci_high']:+.3f}]; "
+      f"verdict {_mj['verdict']!r} ({_mj['verdict_rule']})")
+_full.figures["roc_test"]

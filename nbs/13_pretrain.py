@@ -387,7 +387,61 @@ for _obj in OBJECTIVES:
     _cfg = PretrainConfig(objective=_obj, steps=2, **_tiny)
     _runs[_obj] = pretrain(_cfg, _imgs, tempfile.mkdtemp())
     assert all(np.isfinite(h["loss"]) and h["feature_std"] > 0 for h in _runs[_obj]["history"]), _runs[_obj]
-{k: v["history"][-1] for k, v in _runs.items()}
+{k: {m: round(x, 4) for m, x in v["history"][-1].items()} for k, v in _runs.items()}
+
+# %% [markdown]
+# ## What each pretext is shown, on real images
+#
+# Four real HAM10000 images (the fixture when `HAM10000_DIR` is unset; pretraining itself reads
+# only the non-HAM10000 corpus, 12_audit), at the 112 px of EXP-009 and through the code above:
+# the weak view that MAE, the VAE and I-JEPA train on (crop 0.6–1, flips), two strong SimCLR views
+# of the same image (crop 0.35–1, colour jitter, sometimes grey), the 75% of 16 px patches MAE
+# hides, and I-JEPA's context (dimmed outside) with its four target blocks (outlined). What a
+# pretext can learn is bounded by what these views keep: the colour jitter removes exactly the
+# colour cue that the nuisance families perturb.
+
+# %%
+import os
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
+
+_src = load_records(os.environ["HAM10000_DIR"]) if os.environ.get("HAM10000_DIR") else load_records(fixture_dir(n_lesions=300, seed=0))
+_src = _src.sort_values("image_id").groupby("dx").head(1).head(4)
+_x = load_images(_src.path, 112)
+_cfg112 = PretrainConfig(objective="ijepa", image_size=112, patch_size=16, batch_size=4, steps=1)
+_g = torch.Generator().manual_seed(_cfg112.seed)
+_views = {"image": _x.float() / 255, "weak view": augment(_x, _g, False), "SimCLR view 1": augment(_x, _g, True),
+          "SimCLR view 2": augment(_x, _g, True)}
+_mean, _std = torch.tensor(MEAN)[:, None, None], torch.tensor(STD)[:, None, None]
+_shown = {k: (v if k == "image" else v * _std + _mean).clamp(0, 1) for k, v in _views.items()}
+_n = (112 // 16) ** 2
+torch.manual_seed(_cfg112.seed)
+from lightly.models import utils as _lu
+_keep, _ = _lu.random_token_mask((len(_x), _n + 1), 0.75, mask_class_token=False)
+_ij = IJEPA(_cfg112)
+with _ij.masks._itr_counter.get_lock(): _ij.masks._itr_counter.value = 0
+_, _m_enc, _m_pred = _ij.masks([torch.zeros(1)] * len(_x))
+_fig, _axes = plt.subplots(len(_x), 6, figsize=(9.6, 1.75 * len(_x)))
+for _i, _row in enumerate(_axes):
+    for _j, (_k, _v) in enumerate(_shown.items()):
+        _row[_j].imshow(_v[_i].permute(1, 2, 0).numpy())
+    _mae = _shown["image"][_i].clone()
+    _vis = torch.zeros(_n, dtype=bool); _vis[(_keep[_i][_keep[_i] > 0] - 1)] = True        # token 0 is the class token
+    for _p in range(_n):
+        if not _vis[_p]: _mae[:, (_p // 7) * 16:(_p // 7 + 1) * 16, (_p % 7) * 16:(_p % 7 + 1) * 16] = 0.5
+    _row[4].imshow(_mae.permute(1, 2, 0).numpy())
+    _ctx = torch.zeros(_n, dtype=bool); _ctx[_m_enc[0][_i]] = True
+    _img = _shown["image"][_i].clone()
+    for _p in range(_n):
+        if not _ctx[_p]: _img[:, (_p // 7) * 16:(_p // 7 + 1) * 16, (_p % 7) * 16:(_p % 7 + 1) * 16] *= 0.35
+    _row[5].imshow(_img.permute(1, 2, 0).numpy())
+    for _blk, _col in zip(_m_pred, ["#e41a1c", "#377eb8", "#4daf4a", "#ff7f00"]):
+        for _p in _blk[_i].tolist():
+            _row[5].add_patch(Rectangle(((_p % 7) * 16 - 0.5, (_p // 7) * 16 - 0.5), 16, 16, fill=False, ec=_col, lw=0.8))
+    _row[0].set_ylabel(_src.dx.iloc[_i], fontsize=8)
+for _ax, _t in zip(_axes[0], list(_shown) + ["MAE: 75% hidden", "I-JEPA: context + targets"]): _ax.set_title(_t, fontsize=8)
+for _ax in _axes.ravel(): _ax.set(xticks=[], yticks=[])
+_fig.tight_layout(); plt.show()
 
 # %% [markdown]
 # The same steps under bf16 autocast (what `auto` picks on a CPU with AMX), where modules return

@@ -432,3 +432,28 @@ test_eq(coerce("split_fractions", "0.8,0.1,0.1", "tuple"), (0.8, 0.1, 0.1))
 test_fail(lambda: coerce("split_fractions", 0.7, "tuple"), contains="split_fractions=0.7")
 test_fail(lambda: coerce("split_fractions", "a,b,c", "tuple"), contains="split_fractions='a,b,c' is not a valid tuple")
 test_fail(lambda: coerce("lr", float("nan"), "float"), contains="lr=nan")
+
+# %% [markdown]
+# ## The refusals, as a reader meets them
+#
+# One line each, naming the path or the parameter; nothing was written in any of these cases.
+# (Temporary folders are shown as `<tmp>`.)
+
+# %%
+import pandas as pd
+_t = Path(tempfile.mkdtemp())
+(_t / "notes").mkdir(); (_t / "notes" / "mine.txt").write_text("x"); (_t / "a_file").write_text("x")
+(_t / "data").mkdir()
+_cases = {"a file at run_dir": lambda: check_destination(_t / "a_file"),
+          "a folder of your own": lambda: check_destination(_t / "notes"),
+          "inside the data folder": lambda: check_destination(_t / "data" / "run", protected=[_t / "data"]),
+          "a parent of the data folder": lambda: check_destination(_t, protected=[_t / "data"]),
+          "seed=1.5": lambda: coerce("seed", 1.5, "int"),
+          "a file that is not a checkpoint": lambda: load_checkpoint(_pickled)}
+_pickled = _t / "model.pt"; _pickled.write_bytes(b"\x00 not a checkpoint")
+_rows = []
+for _case, _f in _cases.items():
+    try: _f(); _rows.append((_case, "(accepted)"))
+    except Exception as e: _rows.append((_case, f"{type(e).__name__}: {str(e).replace(str(_t), '<tmp>')}"))
+pd.set_option("display.max_colwidth", None)
+pd.DataFrame(_rows, columns=["case", "what the reader sees"]).set_index("case")

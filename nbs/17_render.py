@@ -307,8 +307,11 @@ def make_paper_figures(plan: pd.DataFrame, long: pd.DataFrame) -> dict:
 # `render_paper` writes `tables/*.{tex,md}`, `figures/*.png`, `runs.md` (every row of the plan
 # with its run directory, so each number can be traced to its executed notebook), `main.tex`,
 # which inputs the tables and includes the figures with their captions, and `README.md`, which
-# lists the same. Tables and figures are written as marked folders (16_safety), and nothing in them
-# depends on the time of rendering, so an unchanged set of runs renders byte-identical files.
+# lists the same. `runs/` holds the executed EXP-004 notebook of each protocol (the first backbone
+# that ran), cleaned by `nbdev_clean`'s rules (no execution counts, no papermill timestamps), so the
+# documentation site can show the central run under both protocols from a fresh clone. Tables,
+# figures and runs are written as marked folders (16_safety), and nothing in them depends on the
+# time of rendering, so an unchanged set of runs renders byte-identical files.
 
 # %%
 #| export
@@ -340,6 +343,21 @@ Mean $\pm$ SD over seeds and the Student-$t$ 95\%% interval of the mean (mean $\
 \end{document}
 """
 
+def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, bytes]:
+    "The executed run.ipynb of `experiment` per protocol (first backbone that ran, arc rows only), cleaned of timestamps."
+    import nbformat
+    from nbdev.clean import clean_nb
+    ran = plan[(plan.status == "run") & ~plan.sweep.astype(bool) & (plan.experiment == experiment)]
+    out = {}
+    for prot, rows in ran.groupby("protocol", sort=True):
+        row = rows.iloc[0]
+        if not (Path(row.run_dir) / "run.ipynb").exists(): continue      # a run made by experiment.run, not papermill
+        nb = nbformat.read(Path(row.run_dir) / "run.ipynb", as_version=4)
+        clean_nb(nb, allowed_cell_metadata_keys=["tags"])
+        out[f"{experiment}-{prot}-{row.backbone}.ipynb"] = (nbformat.writes(nb) + "\n").encode()
+    return out
+
+
 README = """# paper/
 
 Rendered from run directories by `make paper` (through `nbs/paper.ipynb`, code in `nbs/17_render`);
@@ -355,6 +373,8 @@ Backbones: {backbones}.
   1.96 interval in its own column;
 - `runs.md`: every row of the plan and the executed `run.ipynb` behind it (run directories live under
   `runs/`, which is not committed);
+- `runs/`: the executed EXP-004 notebooks of the first backbone that ran, one per protocol, as the
+  arc ran them (cleaned of papermill's timestamps), so the paper's central run can be read without `runs/`;
 - `audit/`: the overlap audit of HAM10000 against the EXP-009 pretraining corpus (`make audit`, or step 1
   of `make exp009`);
 - `exp009/`: EXP-009, rendered by `make exp009` (`nbs/exp009.ipynb`).
@@ -401,7 +421,8 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     fig_md = "\n".join(f"- `figures/{k}.png`: {FIGURES[k][0]}" for k in figs) or "(none: nothing ran)"
     files["README.md"] = README.format(backbones=bb, n_boot=n_boot, figures=fig_md).encode()
     out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
-    for sub in ("tables", "figures"):
+    files.update({f"runs/{k}": v for k, v in run_notebooks(plan).items()})
+    for sub in ("tables", "figures", "runs"):
         write_marked_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")}, kind="paper",
                          what="paper folder")
     for k in ("runs.md", "main.tex", "README.md"): atomic_write_bytes(out / k, files[k])
@@ -435,6 +456,25 @@ render_paper(_plan, _tmp / "paper", "color_texture")
 test_eq({f: f.read_bytes() for f in (_tmp / "paper").rglob("*") if f.is_file()}, _before)
 assert all(f"figures/{k}.png" in (_tmp / "paper" / "README.md").read_text() for k in FIGURES)
 _paper["tables"]["arc"]
+
+# %% [markdown]
+# `runs/` takes the executed notebook that papermill leaves in a run directory (these runs were made
+# by `experiment.run`, so one is planted here): papermill's timestamps and execution counts are
+# dropped, the `parameters` tag is kept.
+
+# %%
+import nbformat
+_rd = Path(_plan[_plan.status.eq("run") & _plan.protocol.eq("reference")].run_dir.iloc[0])
+nbformat.write(nbformat.v4.new_notebook(
+    cells=[nbformat.v4.new_code_cell("x = 1", execution_count=3, metadata={"papermill": {"duration": 1.5}, "tags": ["parameters"]})],
+    metadata={"papermill": {"start_time": "2026-11-23T10:00:00"}}), _rd / "run.ipynb")
+_runs = run_notebooks(_plan)
+test_eq(list(_runs), ["EXP-004-reference-color_texture.ipynb"])
+_c = nbformat.reads(_runs["EXP-004-reference-color_texture.ipynb"].decode(), as_version=4)
+assert "papermill" not in _c.metadata and _c.cells[0].metadata == {"tags": ["parameters"]} and _c.cells[0].execution_count is None
+render_paper(_plan, _tmp / "paper", "color_texture")
+test_eq((_tmp / "paper" / "runs" / "EXP-004-reference-color_texture.ipynb").read_bytes(), _runs["EXP-004-reference-color_texture.ipynb"])
+(_rd / "run.ipynb").unlink()
 
 # %%
 from IPython.display import display

@@ -54,6 +54,12 @@ audit_set = ""
 runs_dir = "runs"
 paper_dir = "paper"
 
+# %% tags=["injected-parameters"]
+# Parameters
+runs_dir = "runs"
+compare = "color_texture"
+
+
 # %%
 _split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
 _yaml = lambda v: yaml.safe_load(v) if v else None
@@ -64,7 +70,10 @@ recipe_overrides = _yaml(recipe_set) or {}
 recipe = Config.from_yaml(settings["recipe"], **recipe_overrides)
 ham_dir = resolve_data(recipe)
 out = Path(runs_dir) / "exp009"
-{k: (v if k != "pretrain" else {o: c.steps for o, c in v.items()}) for k, v in settings.items()}
+import os
+_shown = lambda k, v: ({o: c.steps for o, c in v.items()} if k == "pretrain" else
+                       os.path.relpath(v) if k in ("file", "recipe") else v)          # paths relative to the checkout
+{k: _shown(k, v) for k, v in settings.items()}
 
 # %% [markdown]
 # ## 1. The overlap audit, and the audited corpus
@@ -94,7 +103,7 @@ excluded
 
 # %%
 encoders = pretrain_all(settings, kept, runs_dir, progress=True)
-encoders
+encoders[["encoder", "steps", "images_seen", "n_images", "dtype", "path"]]    # wall time and rate: each train.json
 
 # %%
 fig_pretraining(encoders);

@@ -34,6 +34,13 @@ plan_file = "runs/plan-hub.json"
 paper_dir = "paper"
 backbones = "hub"
 
+# %% tags=["injected-parameters"]
+# Parameters
+plan_file = "runs/plan-color_texture.json"
+paper_dir = "paper"
+backbones = "color_texture"
+
+
 # %% [markdown]
 # ## The plan
 #

@@ -21,6 +21,10 @@
 #
 # `make paper` runs the whole arc this way and files each executed notebook into its run
 # directory as `run.ipynb`, beside `metrics.json`; `make demo` does the same for one run.
+#
+# The outputs committed here are EXP-004 under `symmetric` on the real HAM10000 copy with the
+# offline `color_texture` backbone (`make notebooks`); papermill's `injected-parameters` cell below
+# the defaults says so. A new papermill run replaces that cell with the parameters it is given.
 
 # %%
 import json
@@ -59,6 +63,22 @@ stop_after = "all"
 n_boot = 1000
 missing_lesion = "auto"
 run_dir = ""
+
+# %% tags=["injected-parameters"]
+# Parameters
+data = "$HAM10000_DIR"
+experiment = "EXP-004"
+train_families = "strong,strong_held_out"
+eval_family = "strong_held_out_2"
+changing_policy = "strict"
+pairs_per_split = 1000
+seed = 20260422
+backbone = "color_texture"
+predictor = "linear"
+optimizer = "sgd"
+protocol = "symmetric"
+run_dir = "runs/notebooks/exp004-symmetric"
+
 
 # %% [markdown]
 # ## Configuration
@@ -128,8 +148,8 @@ for _prot, _m in [(config.protocol, result.manifest), (_other, _other_manifest)]
 # the labels by itself; under `symmetric` only identity can.
 
 # %%
-if result.embeddings is not None:
-    print(json.dumps(result.timings, indent=1))
+if result.embeddings is not None:     # wall-clock times per stage are in the run directory's timings.json
+    print(f"{len(result.embeddings['sides'])} distinct sides embedded by {config.backbone}, {result.embeddings['z'].shape[1]}-d")
     _zc, _zt = pair_embeddings(result.manifest, result.embeddings["sides"], result.embeddings["z"])
     _dist = result.manifest[["split", "kind"]].assign(cosine_distance=1 - (_zc * _zt).sum(1))
     sns.displot(data=_dist, x="cosine_distance", hue="kind", col="split", kind="hist", stat="density",
@@ -245,4 +265,5 @@ if result.evaluation is not None:
     print(f"Representation health (un-normalised predictions): {ev['health']['unnormalised']}; collapsed: {ev['health']['collapsed']}")
 
 # %%
-print(f"run directory: {result.run_dir}")
+import os
+print(f"run directory: {os.path.relpath(result.run_dir)}")      # relative to where the run was started
