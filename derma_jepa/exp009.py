@@ -149,7 +149,7 @@ def probe_all(plan: pd.DataFrame, settings: dict, data, seed: int, log=print) ->
         t0 = time.perf_counter()
         p = probe_backbone(r.backbone, data, seed, fractions=tuple(settings["probe"]["fractions"]), n_boot=settings["probe"]["n_boot"])
         out.append(p.assign(label=r.label, encoder=r.encoder, backbone=r.backbone))
-        log(f"probe {r.label}: {time.perf_counter() - t0:.0f} s")
+        log(f"probe {r.label}: done")
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/15_exp009.ipynb #4f131b59

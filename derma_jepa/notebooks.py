@@ -62,7 +62,7 @@ def stamp_of(nb, package: Path) -> dict:
 LEAKS = {
     "an absolute path": re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private|var/folders|mnt|opt|srv)/[\w.-]"),
     "a progress bar": re.compile(r"\d+(?:\.\d+)?\s*(?:it|s)/(?:s|it)\b|\|[█▏▎▍▌▋▊▉ ]{3,}\|"),
-    "a wall-clock time": re.compile(r"\b(?:wall|elapsed|took|in)\b[^\n]{0,20}?\d+(?:\.\d+)?\s*(?:s|sec|seconds|ms|min)\b", re.I),
+    "a wall-clock time": re.compile(r"(?:\b(?:wall|elapsed|took|in)\b[^\n]{0,20}?|:\s*)\d+(?:\.\d+)?\s*(?:s|sec|seconds|ms|min)\b", re.I),
 }
 
 
@@ -146,6 +146,7 @@ def adopt(executed, dest, package: Path) -> Path:
     ran.metadata = {k: v for k, v in ran.metadata.items() if k != "papermill"}
     for c in ran.cells:                                   # papermill gives every cell `tags: []`; keep the .py pair clean
         if c.metadata.get("tags") == []: del c.metadata["tags"]
+        if "injected-parameters" in c.metadata.get("tags", []): c.id = "injected-parameters"   # papermill's id is random
     ran.metadata[STAMP_KEY] = stamp_of(ran, package)
     _atomic_write(ran, Path(dest))
     return Path(dest)

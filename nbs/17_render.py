@@ -354,6 +354,8 @@ def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, 
         if not (Path(row.run_dir) / "run.ipynb").exists(): continue      # a run made by experiment.run, not papermill
         nb = nbformat.read(Path(row.run_dir) / "run.ipynb", as_version=4)
         clean_nb(nb, allowed_cell_metadata_keys=["tags"])
+        for c in nb.cells:                                    # papermill's empty `tags: []` on every cell
+            if c.metadata.get("tags") == []: del c.metadata["tags"]
         out[f"{experiment}-{prot}-{row.backbone}.ipynb"] = (nbformat.writes(nb) + "\n").encode()
     return out
 

@@ -137,7 +137,7 @@ assert imported_modules("from derma_jepa import data, metrics\nimport derma_jepa
 LEAKS = {
     "an absolute path": re.compile(r"(?<![\w.])/(?:tmp|home|root|work|Users|private|var/folders|mnt|opt|srv)/[\w.-]"),
     "a progress bar": re.compile(r"\d+(?:\.\d+)?\s*(?:it|s)/(?:s|it)\b|\|[█▏▎▍▌▋▊▉ ]{3,}\|"),
-    "a wall-clock time": re.compile(r"\b(?:wall|elapsed|took|in)\b[^\n]{0,20}?\d+(?:\.\d+)?\s*(?:s|sec|seconds|ms|min)\b", re.I),
+    "a wall-clock time": re.compile(r"(?:\b(?:wall|elapsed|took|in)\b[^\n]{0,20}?|:\s*)\d+(?:\.\d+)?\s*(?:s|sec|seconds|ms|min)\b", re.I),
 }
 
 
@@ -205,7 +205,7 @@ assert "no stamp" in notebook_problems(_write([_ok], stamp=False), _pkg)[0]
 _p = _write([_ok]); (_pkg / "b.py").write_text("def f(): return 3\n")
 assert notebook_problems(_p, _pkg) == [f"{_p}: module(s) b changed since its outputs were made (re-execute: make notebooks)"]
 for _text, _what in [("saved to /tmp/x1/run\n", "an absolute path"), ("100%|██████████| 10/10 [00:01<00:00, 9.1it/s]\n", "a progress bar"),
-                     ("embedded 800 sides in 12.3 s\n", "a wall-clock time")]:
+                     ("embedded 800 sides in 12.3 s\n", "a wall-clock time"), ("probe mae: 16 s\n", "a wall-clock time")]:
     _c = nbformat.v4.new_code_cell("print()", outputs=[nbformat.v4.new_output("stream", name="stdout", text=_text)])
     _probs = notebook_problems(_write([_c]), _pkg)
     assert len(_probs) == 1 and _what in _probs[0], _probs
@@ -259,6 +259,7 @@ def adopt(executed, dest, package: Path) -> Path:
     ran.metadata = {k: v for k, v in ran.metadata.items() if k != "papermill"}
     for c in ran.cells:                                   # papermill gives every cell `tags: []`; keep the .py pair clean
         if c.metadata.get("tags") == []: del c.metadata["tags"]
+        if "injected-parameters" in c.metadata.get("tags", []): c.id = "injected-parameters"   # papermill's id is random
     ran.metadata[STAMP_KEY] = stamp_of(ran, package)
     _atomic_write(ran, Path(dest))
     return Path(dest)

@@ -16,7 +16,7 @@ from derma_jepa.docs import build_docs, reading_order
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-IMAGE_PAGES = ["nbs/03_nuisance.html", "nbs/04_pairs.html", "nbs/run.html", "paper/index.html"]
+IMAGE_PAGES = ["nbs/03_nuisance.html", "nbs/04_pairs.html", "nbs/run.html", "nbs/paper.html", "paper/index.html"]
 
 
 def _browser_or_skip():
@@ -105,7 +105,8 @@ def test_pages_in_chromium(site, served, browser, tmp_path_factory):
     for p in reading_order(ROOT / "nbs"):
         assert f"nbs/{p.stem}.html" in linked, f"the index does not link {p.name}"
     browser.get_log("browser")                                          # start each page's log afresh
-    pages = [f"nbs/{p.stem}.html" for p in reading_order(ROOT / "nbs")] + ["paper/index.html", "index.html"]
+    nb_pages = [f"nbs/{p.stem}.html" for p in reading_order(ROOT / "nbs")]
+    pages = nb_pages + [p for p in site["pages"] if p not in nb_pages]          # every page of the site, notebooks first
     for page in pages:
         browser.get(served + page)
         browser.execute_async_script(
