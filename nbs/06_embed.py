@@ -334,11 +334,11 @@ test_eq((_std.computed, _std.cache_hits, _zd[3].tobytes() == _zd[0].tobytes()), 
 # On 32 real images (the fixture when `HAM10000_DIR` is unset), every ViT architecture of the
 # registry that can be built here (the DINOv2 ViT-S/14, the timm ViT-B/16, open_clip's ViT-B/16
 # image tower from a random checkpoint; hub weights are not on this machine), in bf16 autocast and
-# in fp32: the mean cosine between the two embeddings of each image must be at least 0.999, and the
-# ratio of the two rates (measured in the same run, rounded to the nearest 0.5 so that re-executing
-# gives the same text; the rates themselves are in `benchmarks/bench_embed.py`'s results) shows which
-# precision `auto` should pick on this CPU. (The ViT-S/14 agreement is trivially 1: at random init it
-# is a constant, see 05_backbones.)
+# in fp32: the mean cosine between the two embeddings of each image must be at least 0.999. Which of
+# the two is faster depends on the CPU (the rates, measured side by side, are recorded by
+# `benchmarks/bench_embed.py`, not shown here: a rate measured while other work runs differs from
+# one execution to the next, and committed outputs must not). (The ViT-S/14 agreement is trivially
+# 1: at random init it is a constant, see 05_backbones.)
 
 # %%
 import json
@@ -359,11 +359,10 @@ for _name, _b in [("random_vits14", get_backbone("random_vits14")), ("random_vit
     _r = {}
     for _dt in ["fp32", "bf16"]:
         _zz, _ss = embed_sides(_b, _s32, dtype=_dt, cache_root=tempfile.mkdtemp(), batch_size=32, workers=0)
-        _r[_dt] = (_zz, _ss.sides_per_s)
-    _cos = (_r["fp32"][0] * _r["bf16"][0]).sum(1)
+        _r[_dt] = _zz
+    _cos = (_r["fp32"] * _r["bf16"]).sum(1)
     _cosines[_name], _bbs[_name] = _cos, _b
-    _agree[_name] = {"mean_cosine": round(float(_cos.mean()), 4), "min_cosine": round(float(_cos.min()), 4),
-                     "bf16 rate / fp32 rate (nearest 0.5)": round(2 * _r["bf16"][1] / _r["fp32"][1]) / 2}
+    _agree[_name] = {"mean_cosine": round(float(_cos.mean()), 4), "min_cosine": round(float(_cos.min()), 4)}
     assert _cos.mean() >= 0.999, (_name, _cos.mean())
 print(json.dumps({"amx": torch.cpu._is_amx_tile_supported(), "auto_dtype": resolve_dtype("auto"), **_agree}, indent=1))
 
