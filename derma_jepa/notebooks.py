@@ -146,7 +146,8 @@ def adopt(executed, dest, package: Path) -> Path:
     ran.metadata = {k: v for k, v in ran.metadata.items() if k != "papermill"}
     for c in ran.cells:                                   # papermill gives every cell `tags: []`; keep the .py pair clean
         if c.metadata.get("tags") == []: del c.metadata["tags"]
-        if "injected-parameters" in c.metadata.get("tags", []): c.id = "injected-parameters"   # papermill's id is random
+        if "injected-parameters" in c.metadata.get("tags", []):
+            c.id, c.source = "injected-parameters", c.source.rstrip()   # papermill's id is random; its blank lines break pairing
     ran.metadata[STAMP_KEY] = stamp_of(ran, package)
     _atomic_write(ran, Path(dest))
     return Path(dest)

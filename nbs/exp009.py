@@ -59,7 +59,6 @@ paper_dir = "paper"
 runs_dir = "runs"
 compare = "color_texture"
 
-
 # %%
 _split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
 _yaml = lambda v: yaml.safe_load(v) if v else None

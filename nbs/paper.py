@@ -40,7 +40,6 @@ plan_file = "runs/plan-color_texture.json"
 paper_dir = "paper"
 backbones = "color_texture"
 
-
 # %% [markdown]
 # ## The plan
 #

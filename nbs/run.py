@@ -79,7 +79,6 @@ optimizer = "sgd"
 protocol = "symmetric"
 run_dir = "runs/notebooks/exp004-symmetric"
 
-
 # %% [markdown]
 # ## Configuration
 #
