@@ -190,7 +190,7 @@ def site_sources(root: Path = ROOT) -> dict[str, bytes]:
             files[f"paper/{f.relative_to(paper)}"] = f.read_bytes()
         paper_toc.append("paper/index")
         for p in sorted((paper / "runs").glob("*.ipynb")):
-            exp, prot, bb = p.stem.split("-", 2)[0] + "-" + p.stem.split("-")[1], p.stem.split("-")[2], p.stem.split("-", 3)[3]
+            exp, prot, bb = re.fullmatch(r"(EXP-\w+)-(reference|symmetric)-(.+)", p.stem).groups()   # render.run_notebooks' names
             nb = retitled(nbformat.read(p, as_version=4), f"{exp} under the {prot} protocol ({bb}), as the arc ran it")
             files[f"paper/runs/{p.name}"] = nbformat.writes(nb).encode()
             paper_toc.append(f"paper/runs/{p.stem}")
