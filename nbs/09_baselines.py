@@ -215,7 +215,9 @@ assert (_p0.values >= 0).all() and _p0.shape == (len(_m), 2)
 # anything about lesions, so what separates the labels here is how the two sides were *made*:
 # under `reference` a changing pair is two untouched originals (pixel-close in acquisition, far in
 # content) while a stable pair's target is processed; under `symmetric` both sides of both labels
-# carry an independent draw of the family.
+# carry an independent draw of the family. An AUROC below 0.5 under `reference` is that asymmetry
+# read backwards: a stable pair (one photograph and its processed copy) is *further apart* in pixels
+# than two untouched photographs of different lesions taken under the same conditions.
 
 # %%
 import os

@@ -444,13 +444,13 @@ import pandas as pd
 _t = Path(tempfile.mkdtemp())
 (_t / "notes").mkdir(); (_t / "notes" / "mine.txt").write_text("x"); (_t / "a_file").write_text("x")
 (_t / "data").mkdir()
+_pickled = _t / "model.pt"; _pickled.write_bytes(b"\x00 not a checkpoint")
 _cases = {"a file at run_dir": lambda: check_destination(_t / "a_file"),
           "a folder of your own": lambda: check_destination(_t / "notes"),
           "inside the data folder": lambda: check_destination(_t / "data" / "run", protected=[_t / "data"]),
           "a parent of the data folder": lambda: check_destination(_t, protected=[_t / "data"]),
           "seed=1.5": lambda: coerce("seed", 1.5, "int"),
           "a file that is not a checkpoint": lambda: load_checkpoint(_pickled)}
-_pickled = _t / "model.pt"; _pickled.write_bytes(b"\x00 not a checkpoint")
 _rows = []
 for _case, _f in _cases.items():
     try: _f(); _rows.append((_case, "(accepted)"))

@@ -222,7 +222,9 @@ assert notebook_problems(_write([_c]), _pkg) == []
 # and stamps it; the notebook is written only when every cell ran, through a temporary file, so a
 # failure leaves the committed notebook as it was. `adopt` takes a notebook that papermill
 # executed elsewhere and files it as the committed one, after checking that it ran the committed
-# code: every code cell equal, apart from papermill's `injected-parameters` cell.
+# code: every code cell equal, apart from papermill's `injected-parameters` cell. That cell gets a
+# fixed id and loses its trailing blank lines, and papermill's empty `tags: []` are dropped, so a
+# re-run gives the same bytes and the jupytext pair still round-trips.
 
 # %%
 #| export
