@@ -66,21 +66,25 @@ NB_WORKERS ?= 2
 # NOTEBOOKS= (empty) skips the numbered notebooks, e.g. to redo only the papermill ones
 NOTEBOOKS ?= nbs/[0-9]*.ipynb
 NB := $(PY) -c "from derma_jepa.notebooks import main; main()"
+# The notebooks and tests make temporary folders (05_backbones writes ~1 GB of hub-layout checkpoints): each target
+# that runs them gets one scratch TMPDIR of its own, removed when the recipe line ends, pass or fail, so repeated test
+# runs leave nothing behind in /tmp.
+SCRATCH = scratch=$$(mktemp -d -t derma-jepa-XXXXXX) && trap 'rm -rf "$$scratch"' EXIT && export TMPDIR=$$scratch &&
 # what 18_notebooks.execution_env gives a kernel, for the three papermill notebooks too (but not nbs/matplotlibrc:
 # they run from the checkout's root, as `make paper` and `make exp009` always do, so paper/ is the same bytes either way)
 NB_ENV := TQDM_DISABLE=1 PYTHONWARNINGS="ignore:IProgress not found"
 notebooks: sync
 	@test -n "$$HAM10000_DIR" || { echo "make notebooks: set HAM10000_DIR (the committed notebooks show the real copy)"; exit 2; }
-	printf "%s\n" $(NOTEBOOKS) | HAM10000_DIR=$(abspath $(HAM10000_DIR)) ISIC_NONHAM_DIR=$(abspath $(ISIC_NONHAM_DIR)) \
+	$(SCRATCH) printf "%s\n" $(NOTEBOOKS) | HAM10000_DIR=$(abspath $(HAM10000_DIR)) ISIC_NONHAM_DIR=$(abspath $(ISIC_NONHAM_DIR)) \
 	  PATH=$(abspath $(BIN)):$$PATH xargs -r -P $(NB_WORKERS) -n 1 $(NB) execute
 	@mkdir -p $(RUNS_DIR)/notebooks
-	$(NB_ENV) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING \
+	$(SCRATCH) $(NB_ENV) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING \
 	  nbs/run.ipynb $(RUNS_DIR)/notebooks/run.ipynb -f nbs/experiments/exp004.yaml \
 	  -p protocol symmetric -p backbone color_texture -p run_dir $(RUNS_DIR)/notebooks/exp004-symmetric
 	$(NB) adopt $(RUNS_DIR)/notebooks/run.ipynb nbs/run.ipynb
-	$(NB_ENV) $(MAKE) --no-print-directory paper BACKBONES=color_texture
+	$(SCRATCH) $(NB_ENV) $(MAKE) --no-print-directory paper BACKBONES=color_texture
 	$(NB) adopt $(RUNS_DIR)/paper.ipynb nbs/paper.ipynb
-	$(NB_ENV) $(MAKE) --no-print-directory exp009 EXP009_ARGS="-p compare color_texture"
+	$(SCRATCH) $(NB_ENV) $(MAKE) --no-print-directory exp009 EXP009_ARGS="-p compare color_texture"
 	$(NB) adopt $(RUNS_DIR)/exp009/exp009.ipynb nbs/exp009.ipynb
 	$(BIN)/nbdev_clean && $(BIN)/jupytext --sync nbs/*.ipynb >/dev/null && $(NB) check
 
@@ -106,10 +110,10 @@ check-clean: $(STAMP)
 	fi; echo "nbdev_export / nbdev_clean: no diff"
 
 nbtest: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
+	$(SCRATCH) PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest: $(STAMP)
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q tests
+	$(SCRATCH) PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q tests
 
 ## After editing a notebook's .py (or .ipynb): pair, clean and export.
 sync: $(STAMP)
