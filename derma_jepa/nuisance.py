@@ -27,14 +27,14 @@ __all__ = ['OPS', 'REFERENCE_FAMILIES', 'PAPER_FAMILIES', 'PRESETS', 'HELD_OUT_F
            'side_key', 'side_keys_of', 'render', 'gallery']
 
 # %% ../nbs/03_nuisance.ipynb #db757751
-def _arr(img): return np.asarray(img, dtype=np.float64)
+def _arr(img, dtype="float64"): return np.asarray(img, dtype=dtype)
 def _img(a): return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
 def corner(img) -> tuple: return img.getpixel((0, 0))
 def generator_from(state) -> np.random.Generator:
-    "A PCG64 generator restored from a recorded `[state, inc]` pair."
+    "A PCG64 generator restored from a recorded `[state, inc]` or `[state, inc, cached 32-bit half]`."
     bg = np.random.PCG64()
     bg.state = {"bit_generator": "PCG64", "state": {"state": int(state[0]), "inc": int(state[1])},
-                "has_uint32": 0, "uinteger": 0}
+                "has_uint32": int(len(state) > 2), "uinteger": int(state[2]) if len(state) > 2 else 0}
     return np.random.Generator(bg)
 def noise_array(rng, sigma, shape): return rng.normal(0.0, sigma, size=shape)
 def salt_pepper_arrays(rng, fraction, width, height):
@@ -99,22 +99,25 @@ def erase(img, area, x, y, fill):
     return Image.fromarray(a, "RGB")
 
 
-def gamma(img, gamma): return _img(255.0 * (_arr(img) / 255.0) ** gamma)
+def gamma(img, gamma, dtype="float64"):
+    f = np.dtype(dtype).type
+    return _img((_arr(img, dtype) / f(255.0)) ** f(gamma) * f(255.0))
 
 
-def temperature(img, factor):
-    a = _arr(img); a[..., 0] *= factor; a[..., 2] /= factor
+def temperature(img, factor, dtype="float64"):
+    f = np.dtype(dtype).type
+    a = _arr(img, dtype); a[..., 0] *= f(factor); a[..., 2] /= f(factor)
     return _img(a)
 
 
-def vignette(img, strength, falloff):
+def vignette(img, strength, falloff, dtype="float64"):
     "Darken towards the corners: 1 - v·r² (`quadratic`, the release) or 1 - v·sin²(πr/2) (`cos2`)."
-    W, H = img.size
+    f, W, H = np.dtype(dtype).type, *img.size
     cx, cy = (W - 1) / 2, (H - 1) / 2
-    yy, xx = np.mgrid[0:H, 0:W]
-    r = np.clip(np.hypot(xx - cx, yy - cy) / math.hypot(cx, cy), 0, 1)
-    drop = r ** 2 if falloff == "quadratic" else np.sin(np.pi * r / 2) ** 2
-    return _img(_arr(img) * (1 - strength * drop)[..., None])
+    yy, xx = np.mgrid[0:H, 0:W].astype(dtype)
+    r = np.clip(np.hypot(xx - f(cx), yy - f(cy)) / f(math.hypot(cx, cy)), f(0), f(1))
+    drop = r ** 2 if falloff == "quadratic" else np.sin(f(np.pi) * r / f(2)) ** 2
+    return _img(_arr(img, dtype) * (f(1) - f(strength) * drop)[..., None])
 
 
 def salt_pepper(img, fraction, rng):
@@ -140,6 +143,7 @@ class Draw:
     post: Callable | None = None   # maps the drawn value to the recorded parameter
     consume: Callable | None = None  # for `state`: (rng, draws, W, H) -> the arrays the op will draw
     when: tuple | str | None = None
+    half: bool = False             # for `state`: the arrays are 32-bit draws, so a cached 32-bit half is state too
 
 
 @dataclass(frozen=True)
@@ -201,9 +205,10 @@ REFERENCE_FAMILIES = {f.name: f for f in [
     Family("strong_held_out_2",
            (Draw("gamma", "uniform", 0.6, 1.6), Draw("temperature", "uniform", 0.85, 1.15),
             Draw("vignette", "uniform", 0.25, 0.55), Draw("sp_fraction", "uniform", 0.005, 0.025),
-            Draw("sp", "state", consume=_SP), Draw("quality", "integers", 80, 96)),
-           (Step("gamma", {"gamma": "$gamma"}), Step("temperature", {"factor": "$temperature"}),
-            Step("vignette", {"strength": "$vignette", "falloff": "quadratic"}),
+            Draw("sp", "state", consume=_SP, half=True), Draw("quality", "integers", 80, 96)),
+           (Step("gamma", {"gamma": "$gamma", "dtype": "float32"}),
+            Step("temperature", {"factor": "$temperature", "dtype": "float32"}),
+            Step("vignette", {"strength": "$vignette", "falloff": "quadratic", "dtype": "float32"}),
             Step("salt_pepper", {"fraction": "$sp_fraction", "rng": "$sp"}), Step("jpeg", {"quality": "$quality"}))),
 ]}
 
@@ -240,8 +245,8 @@ PAPER_FAMILIES = {
                for s in _R["strong_held_out"].steps]),
     "strong_held_out_2": _edit(
         _R["strong_held_out_2"],
-        steps=_replace_step(_R["strong_held_out_2"], "vignette",
-                            Step("vignette", {"strength": "$vignette", "falloff": "cos2"}))),
+        steps=[Step("gamma", {"gamma": "$gamma"}), Step("temperature", {"factor": "$temperature"}),
+               Step("vignette", {"strength": "$vignette", "falloff": "cos2"}), *_R["strong_held_out_2"].steps[3:]]),
 }
 PRESETS = {"reference": REFERENCE_FAMILIES, "paper": PAPER_FAMILIES}
 HELD_OUT_FAMILIES = ("strong", "strong_held_out", "strong_held_out_2")
@@ -292,8 +297,8 @@ def _take(d: Draw, rng, draws, W, H, advance=True):
     elif d.dist == "choice": v = d.values[int(rng.integers(len(d.values)))]
     elif d.dist == "bernoulli": v = bool(rng.random() < d.lo)
     elif d.dist == "state":
-        st = rng.bit_generator.state["state"]
-        v = [int(st["state"]), int(st["inc"])]
+        full = rng.bit_generator.state
+        v = [int(full["state"]["state"]), int(full["state"]["inc"])] + ([int(full["uinteger"])] if d.half and full["has_uint32"] else [])
         if advance: d.consume(rng, draws, W, H)     # advance the stream exactly as the operation will
     else: raise ValueError(f"unknown distribution {d.dist!r}")
     return d.post(v) if d.post else v

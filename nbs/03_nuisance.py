@@ -56,18 +56,27 @@ from fastcore.test import test_eq, test_fail, test_ne
 # ## Operations
 #
 # Each takes a PIL RGB image and plain parameters, and returns a new image. Float arithmetic is
-# clipped to [0, 255] and truncated to uint8, as the release does.
+# clipped to [0, 255] and truncated to uint8, as the release does. The release computes gamma,
+# colour temperature and vignette in float32 (its arrays are float32 and every scalar joins them
+# as float32); `reference` recipes say so with `dtype: float32`, so those three operations run in
+# the same precision and truncate to the same integers. Without the parameter they compute in
+# float64 (the `paper` preset).
+#
+# A recorded generator state is `[state, inc]`, plus a third entry when the generator holds a
+# cached 32-bit half (numpy's PCG64 serves small-range integers 32 bits at a time and keeps the
+# unused half of a 64-bit output for the next such draw). Salt-and-pepper positions are such
+# draws: restored without that half, the release's stream is shifted by one 32-bit value.
 
 # %%
 #| export
-def _arr(img): return np.asarray(img, dtype=np.float64)
+def _arr(img, dtype="float64"): return np.asarray(img, dtype=dtype)
 def _img(a): return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGB")
 def corner(img) -> tuple: return img.getpixel((0, 0))
 def generator_from(state) -> np.random.Generator:
-    "A PCG64 generator restored from a recorded `[state, inc]` pair."
+    "A PCG64 generator restored from a recorded `[state, inc]` or `[state, inc, cached 32-bit half]`."
     bg = np.random.PCG64()
     bg.state = {"bit_generator": "PCG64", "state": {"state": int(state[0]), "inc": int(state[1])},
-                "has_uint32": 0, "uinteger": 0}
+                "has_uint32": int(len(state) > 2), "uinteger": int(state[2]) if len(state) > 2 else 0}
     return np.random.Generator(bg)
 def noise_array(rng, sigma, shape): return rng.normal(0.0, sigma, size=shape)
 def salt_pepper_arrays(rng, fraction, width, height):
@@ -132,22 +141,25 @@ def erase(img, area, x, y, fill):
     return Image.fromarray(a, "RGB")
 
 
-def gamma(img, gamma): return _img(255.0 * (_arr(img) / 255.0) ** gamma)
+def gamma(img, gamma, dtype="float64"):
+    f = np.dtype(dtype).type
+    return _img((_arr(img, dtype) / f(255.0)) ** f(gamma) * f(255.0))
 
 
-def temperature(img, factor):
-    a = _arr(img); a[..., 0] *= factor; a[..., 2] /= factor
+def temperature(img, factor, dtype="float64"):
+    f = np.dtype(dtype).type
+    a = _arr(img, dtype); a[..., 0] *= f(factor); a[..., 2] /= f(factor)
     return _img(a)
 
 
-def vignette(img, strength, falloff):
+def vignette(img, strength, falloff, dtype="float64"):
     "Darken towards the corners: 1 - v·r² (`quadratic`, the release) or 1 - v·sin²(πr/2) (`cos2`)."
-    W, H = img.size
+    f, W, H = np.dtype(dtype).type, *img.size
     cx, cy = (W - 1) / 2, (H - 1) / 2
-    yy, xx = np.mgrid[0:H, 0:W]
-    r = np.clip(np.hypot(xx - cx, yy - cy) / math.hypot(cx, cy), 0, 1)
-    drop = r ** 2 if falloff == "quadratic" else np.sin(np.pi * r / 2) ** 2
-    return _img(_arr(img) * (1 - strength * drop)[..., None])
+    yy, xx = np.mgrid[0:H, 0:W].astype(dtype)
+    r = np.clip(np.hypot(xx - f(cx), yy - f(cy)) / f(math.hypot(cx, cy)), f(0), f(1))
+    drop = r ** 2 if falloff == "quadratic" else np.sin(f(np.pi) * r / f(2)) ** 2
+    return _img(_arr(img, dtype) * (f(1) - f(strength) * drop)[..., None])
 
 
 def salt_pepper(img, fraction, rng):
@@ -202,6 +214,7 @@ class Draw:
     post: Callable | None = None   # maps the drawn value to the recorded parameter
     consume: Callable | None = None  # for `state`: (rng, draws, W, H) -> the arrays the op will draw
     when: tuple | str | None = None
+    half: bool = False             # for `state`: the arrays are 32-bit draws, so a cached 32-bit half is state too
 
 
 @dataclass(frozen=True)
@@ -263,9 +276,10 @@ REFERENCE_FAMILIES = {f.name: f for f in [
     Family("strong_held_out_2",
            (Draw("gamma", "uniform", 0.6, 1.6), Draw("temperature", "uniform", 0.85, 1.15),
             Draw("vignette", "uniform", 0.25, 0.55), Draw("sp_fraction", "uniform", 0.005, 0.025),
-            Draw("sp", "state", consume=_SP), Draw("quality", "integers", 80, 96)),
-           (Step("gamma", {"gamma": "$gamma"}), Step("temperature", {"factor": "$temperature"}),
-            Step("vignette", {"strength": "$vignette", "falloff": "quadratic"}),
+            Draw("sp", "state", consume=_SP, half=True), Draw("quality", "integers", 80, 96)),
+           (Step("gamma", {"gamma": "$gamma", "dtype": "float32"}),
+            Step("temperature", {"factor": "$temperature", "dtype": "float32"}),
+            Step("vignette", {"strength": "$vignette", "falloff": "quadratic", "dtype": "float32"}),
             Step("salt_pepper", {"fraction": "$sp_fraction", "rng": "$sp"}), Step("jpeg", {"quality": "$quality"}))),
 ]}
 
@@ -310,8 +324,8 @@ PAPER_FAMILIES = {
                for s in _R["strong_held_out"].steps]),
     "strong_held_out_2": _edit(
         _R["strong_held_out_2"],
-        steps=_replace_step(_R["strong_held_out_2"], "vignette",
-                            Step("vignette", {"strength": "$vignette", "falloff": "cos2"}))),
+        steps=[Step("gamma", {"gamma": "$gamma"}), Step("temperature", {"factor": "$temperature"}),
+               Step("vignette", {"strength": "$vignette", "falloff": "cos2"}), *_R["strong_held_out_2"].steps[3:]]),
 }
 PRESETS = {"reference": REFERENCE_FAMILIES, "paper": PAPER_FAMILIES}
 HELD_OUT_FAMILIES = ("strong", "strong_held_out", "strong_held_out_2")
@@ -393,8 +407,8 @@ def _take(d: Draw, rng, draws, W, H, advance=True):
     elif d.dist == "choice": v = d.values[int(rng.integers(len(d.values)))]
     elif d.dist == "bernoulli": v = bool(rng.random() < d.lo)
     elif d.dist == "state":
-        st = rng.bit_generator.state["state"]
-        v = [int(st["state"]), int(st["inc"])]
+        full = rng.bit_generator.state
+        v = [int(full["state"]["state"]), int(full["state"]["inc"])] + ([int(full["uinteger"])] if d.half and full["has_uint32"] else [])
         if advance: d.consume(rng, draws, W, H)     # advance the stream exactly as the operation will
     else: raise ValueError(f"unknown distribution {d.dist!r}")
     return d.post(v) if d.post else v
@@ -448,6 +462,26 @@ _b.normal(0, 1, (224, 224, 3))
 test_eq(_after, _b.random())
 # a private stream skips that replay but records the same recipe
 test_eq(draw_recipe("strong", np.random.default_rng(3), private=True), draw_recipe("strong", np.random.default_rng(3)))
+
+# %% [markdown]
+# In the release's single stream, a `strong_held_out_2` side starts right after the previous
+# side's JPEG quality, a small-range integer that leaves a cached 32-bit half behind. The
+# salt-and-pepper positions then begin with that half. The recorded state carries it, so the
+# replayed positions equal the ones the live stream draws; dropped, every position moves.
+
+# %%
+_live, _c = np.random.default_rng(11), np.random.default_rng(11)
+_live.integers(80, 96); _c.integers(80, 96)                  # the previous side's JPEG quality
+_sp = dict(draw_recipe("strong_held_out_2", _c)["ops"])["salt_pepper"]
+test_eq(len(_sp["rng"]), 3)                                    # state, inc and the cached half
+_gamma, _temp, _vig, _frac = (_live.uniform(*b) for b in [(0.6, 1.6), (0.85, 1.15), (0.25, 0.55), (0.005, 0.025)])
+test_eq(_frac, _sp["fraction"])
+_want = salt_pepper_arrays(_live, _frac, 224, 224)
+for _x, _y in zip(salt_pepper_arrays(generator_from(_sp["rng"]), _frac, 224, 224), _want): test_eq(_x, _y)
+assert not np.array_equal(salt_pepper_arrays(generator_from(_sp["rng"][:2]), _frac, 224, 224)[0], _want[0])
+# a 64-bit draw never reads the half, so the Gaussian-noise states of `strong` stay [state, inc]
+_n = np.random.default_rng(2); _n.integers(0, 5)
+test_eq(len(dict(draw_recipe("strong", _n, index=1)["ops"])["gaussian_noise"]["rng"]), 2)
 
 
 # %% [markdown]
