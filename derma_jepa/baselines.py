@@ -11,26 +11,26 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
-from .embed import EmbeddingCache, cached_compute, default_workers, side_keys
+from .embed import EmbeddingCache, cached_compute, default_workers, encoder, side_keys
 from .nuisance import exif_applies, load_rgb, render, side_keys_of
 
 # %% auto #0
-__all__ = ['PIXEL_FINGERPRINT', 'PIXEL_SCORERS', 'VERDICT_RULES', 'pixel_array', 'pixel_l2', 'ssim_distance', 'with_paths',
-           'PairPixels', 'pixel_scores', 'choose_baseline', 'verdict']
+__all__ = ['PIXEL_FINGERPRINT', 'PIXEL_SCORERS', 'BASELINE_SPLITS', 'VERDICT_RULES', 'pixel_array', 'pixel_l2', 'ssim_distance',
+           'with_paths', 'PairPixels', 'pixel_scores', 'choose_baseline', 'verdict']
 
 # %% ../nbs/09_baselines.ipynb #7ad96db3
 def pixel_array(img: Image.Image, size: int = 224) -> np.ndarray:
-    "The pixel baselines' preprocessing: shorter side → `size` (bicubic, rounded), centre crop, [0, 1] floats."
+    "The pixel baselines' preprocessing: shorter side → `size` (bicubic, rounded), centre crop, [0, 1] float32."
     img = img.convert("RGB")
     w, h = img.size
     s = size / min(w, h)
     nw, nh = max(size, round(w * s)), max(size, round(h * s))
     img = img.resize((nw, nh), Image.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
-    return np.asarray(img.crop((left, top, left + size, top + size)), np.float64) / 255.0
+    return np.asarray(img.crop((left, top, left + size, top + size)), np.float32) / np.float32(255)
 
 
-def pixel_l2(a: np.ndarray, b: np.ndarray) -> float: return float(np.sqrt(np.mean((a - b) ** 2)))
+def pixel_l2(a: np.ndarray, b: np.ndarray) -> float: return float(np.sqrt(np.mean(np.square(a - b))))
 
 
 def ssim_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -46,40 +46,82 @@ def with_paths(manifest: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         ids = manifest[f"{side}_image_id"]
         out[f"{side}_path"] = rec.path.reindex(ids).to_numpy()
         out[f"{side}_orientation"] = orient.reindex(ids).fillna(1).astype(int).to_numpy()
-        out[f"{side}_exif"] = [exif_applies(p, r, "pixels") for p, r in
-                               zip(manifest.get("protocol", pd.Series("symmetric", index=manifest.index)), manifest[f"{side}_recipe"])]
+        prot = manifest.get("protocol", pd.Series("symmetric", index=manifest.index))
+        for reader, col in (("pixels", "exif"), ("backbone", "backbone_exif")):
+            out[f"{side}_{col}"] = [exif_applies(p, r, reader) for p, r in zip(prot, manifest[f"{side}_recipe"])]
     return manifest.assign(**out)
 
 # %% ../nbs/09_baselines.ipynb #6008904d
-PIXEL_FINGERPRINT = "pixel-baselines-v1"
+PIXEL_FINGERPRINT = "pixel-baselines-v2"          # v2: float32 arrays, as the release
 PIXEL_SCORERS = ("pixel_l2", "ssim")
 
 
+_SIDE_COLS = ("path", "recipe", "exif", "backbone_exif", "orientation")
+
+
+def _side_frame(pairs: pd.DataFrame, side: str) -> pd.DataFrame:
+    "One side's columns under the names 06_embed uses, defaults filled in (no EXIF turn, orientation 1)."
+    optional = {"exif": False, "backbone_exif": False, "orientation": 1, "sha256": ""}
+    return pd.DataFrame({c: pairs[f"{side}_{c}"] if f"{side}_{c}" in pairs else optional[c]
+                         for c in ["path", "recipe", *optional]}, index=pairs.index)
+
+
 class PairPixels(torch.utils.data.Dataset):
-    "Item i: [pixel_l2, ssim distance] of pair i, rendered and compared in the worker."
-    def __init__(self, pairs: pd.DataFrame):
-        for side in ("context", "target"):
-            if f"{side}_exif" not in pairs: pairs = pairs.assign(**{f"{side}_exif": False})
-        self.rows = list(pairs[["context_path", "context_recipe", "context_exif", "target_path", "target_recipe",
-                                "target_exif"]].itertuples(index=False))
-    def __len__(self): return len(self.rows)
+    """Item i: [pixel_l2, ssim distance] of pair i, rendered and compared in the worker. With a backbone
+    `transform`, item i is (positions[i], scores, context input, target input): each side's backbone input comes
+    from the same render (or, where the protocol turns the side by its EXIF tag for one reader only, a second one)."""
+    def __init__(self, pairs: pd.DataFrame, transform=None, positions=None):
+        self.sides = [list(_side_frame(pairs, s)[list(_SIDE_COLS)].itertuples(index=False)) for s in ("context", "target")]
+        self.transform, self.positions = transform, np.arange(len(pairs)) if positions is None else np.asarray(positions)
+    def __len__(self): return len(self.sides[0])
+    def _side(self, row):
+        path, recipe, exif, bexif, orient = row
+        img = render(load_rgb(path, exif), recipe)
+        if self.transform is None: return pixel_array(img), None
+        same = exif == bexif or int(orient) in (0, 1)
+        return pixel_array(img), self.transform(img if same else render(load_rgb(path, bexif), recipe))
     def __getitem__(self, i):
-        cp, cr, ce, tp, tr, te = self.rows[i]
-        a, b = pixel_array(render(load_rgb(cp, ce), cr)), pixel_array(render(load_rgb(tp, te), tr))
-        return torch.tensor([pixel_l2(a, b), ssim_distance(a, b)], dtype=torch.float64)
+        (a, x), (b, y) = self._side(self.sides[0][i]), self._side(self.sides[1][i])
+        s = torch.tensor([pixel_l2(a, b), ssim_distance(a, b)], dtype=torch.float64)
+        return s if self.transform is None else (int(self.positions[i]), s, x, y)
 
 
-def pixel_scores(pairs: pd.DataFrame, workers: int | None = None, cache_root=None, progress=False) -> pd.DataFrame:
-    "pixel_l2 and ssim for every pair (columns context/target _path, _recipe, _sha256), via the cache."
+def pixel_scores(pairs: pd.DataFrame, workers: int | None = None, cache_root=None, progress=False,
+                 backbone=None, dtype: str = "fp32", embed_cache_root=None) -> pd.DataFrame:
+    """pixel_l2 and ssim for every pair (columns context/target _path, _recipe, _sha256), via the cache. With a
+    `backbone` (and its resolved `dtype`), the sides rendered for the pixels are also embedded into the backbone's
+    embedding cache, so 06_embed's `embed_sides` finds them there: each side is rendered once, not twice."""
     keys = side_keys(PIXEL_FINGERPRINT, "f32", pairs.context_sha256 + "|" + pairs.target_sha256,
                      [f"{c}|{t}" for c, t in zip(side_keys_of(pairs, "context_"), side_keys_of(pairs, "target_"))])
-    out, _ = cached_compute(EmbeddingCache(PIXEL_FINGERPRINT, "f32", cache_root), keys, 2,
-                            lambda todo: PairPixels(pairs.iloc[todo]), lambda x: x.numpy(), batch_size=16,
+    data, compute, flush = (lambda todo: PairPixels(pairs.iloc[todo])), (lambda x: x.numpy()), (lambda: None)
+    if backbone is not None:
+        ecache = EmbeddingCache(backbone.fingerprint, dtype, embed_cache_root)
+        ekeys = [side_keys(backbone.fingerprint, dtype, f.sha256, side_keys_of(f.assign(exif=f.backbone_exif)))
+                 for f in (_side_frame(pairs, "context"), _side_frame(pairs, "target"))]
+        if not all(ecache.lookup(np.unique(k), backbone.dim)[0].all() for k in ekeys):
+            forward, pend = encoder(backbone.model, backbone.device, dtype), []
+            def flush(at_least=1):
+                if sum(len(k) for k, _ in pend) < at_least: return
+                k, z = np.concatenate([k for k, _ in pend]), np.concatenate([z for _, z in pend])
+                first = np.unique(k, return_index=True)[1]
+                ecache.put(k[first], z[first]); pend.clear()
+            def compute(x):
+                pos, s, c, t = x
+                pos = pos.numpy()
+                pend.append((np.concatenate([ekeys[0][pos], ekeys[1][pos]]), forward(torch.cat([c, t]))))
+                flush(256)
+                return s.numpy()
+            data = lambda todo: PairPixels(pairs.iloc[todo], backbone.transform, todo)
+    out, _ = cached_compute(EmbeddingCache(PIXEL_FINGERPRINT, "f32", cache_root), keys, 2, data, compute, batch_size=16,
                             workers=default_workers() if workers is None else workers, progress=progress,
                             desc="pixel baselines")
+    flush()
     return pd.DataFrame(out.astype(np.float64), columns=list(PIXEL_SCORERS), index=pairs.index)
 
 # %% ../nbs/09_baselines.ipynb #e83b94ef
+BASELINE_SPLITS = {"reference": ("test",), "symmetric": ("val", "test")}
+
+
 def choose_baseline(auroc: dict[str, dict[str, float]], protocol: str) -> dict:
     """`auroc[split][baseline]` → signs and the strongest baseline. `reference`: no orientation, chosen on
     test. `symmetric`: sign flipped where val AUROC < 0.5, chosen on oriented val AUROC."""

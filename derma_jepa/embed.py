@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -21,22 +22,87 @@ from .data import atomic_write_bytes, cache_dir, quarantine
 from .nuisance import exif_applies, load_rgb, render, side_keys_of
 
 # %% auto #0
-__all__ = ['resolve_dtype', 'autocast', 'SideDataset', 'default_workers', 'side_keys', 'EmbeddingCache', 'EmbedStats',
-           'cached_compute', 'embed_sides', 'sides_table']
+__all__ = ['DTYPES', 'autocast', 'encoder', 'device_model', 'measure_precisions', 'choose_precision', 'precision_key',
+           'resolve_precision', 'SideDataset', 'default_workers', 'side_keys', 'EmbeddingCache', 'EmbedStats',
+           'cached_compute', 'side_precision', 'embed_sides', 'sides_table']
 
 # %% ../nbs/06_embed.ipynb #9ca30b45
-def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
-    "`bf16`, `fp16` or `fp32`: `auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with AMX, else fp32."
-    if dtype in ("bf16", "fp16", "fp32"): return dtype
-    if dtype != "auto": raise ValueError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
-    if device.startswith("cuda"): return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 def autocast(device: str, dtype: str):
     "The autocast context for a resolved dtype (a no-op for fp32)."
     return torch.autocast(device_type=device.split(":")[0], dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype),
                           enabled=dtype != "fp32")
+
+
+def encoder(model: torch.nn.Module, device: str, dtype: str):
+    "x (a batch of preprocessed images) -> L2-normalised float32 rows, under inference mode and the dtype's autocast."
+    def forward(x):
+        with torch.inference_mode(), autocast(device, dtype):
+            z = model(x.to(device, non_blocking=True)).float()
+        return torch.nn.functional.normalize(z.reshape(len(z), -1), dim=-1, eps=1e-12).cpu().numpy()
+    return forward
+
+
+def device_model(device: str) -> str:
+    "What the precision decision depends on besides torch and the model: the GPU's or the CPU's model name."
+    if device.startswith("cuda"): return torch.cuda.get_device_name(torch.device(device))
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")] if cpuinfo.exists() else []
+    import platform
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def measure_precisions(model: torch.nn.Module, images: torch.Tensor, device: str, reps: int = 2,
+                       candidates: tuple = DTYPES) -> dict:
+    "Model-only images/s of each candidate precision this device runs, and the mean cosine of its embeddings to fp32's."
+    cands = [d for d in candidates if d == "fp32" or d == "bf16" or (d == "fp16" and device.startswith("cuda"))]
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported(): cands = [d for d in cands if d != "bf16"]
+    out, ref = {}, None
+    for d in ["fp32"] + [c for c in cands if c != "fp32"]:
+        f = encoder(model, device, d)
+        z = f(images)                                          # warm-up, and the embeddings compared
+        if device.startswith("cuda"): torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps): f(images)
+        if device.startswith("cuda"): torch.cuda.synchronize()
+        ref = z if ref is None else ref
+        out[d] = {"images_per_s": round(reps * len(images) / (time.perf_counter() - t0), 2),
+                  "cosine_to_fp32": round(float((z * ref).sum(1).mean()), 6)}
+    return out
+
+
+def choose_precision(measured: dict, min_cosine: float = 0.999) -> str:
+    "The fastest measured precision whose embeddings agree with fp32's (mean cosine ≥ `min_cosine`)."
+    ok = [d for d, m in measured.items() if d == "fp32" or m["cosine_to_fp32"] >= min_cosine]
+    return max(ok, key=lambda d: measured[d]["images_per_s"])
+
+
+def precision_key(device: str, fingerprint: str) -> dict:
+    return {"device": device.split(":")[0], "device_model": device_model(device), "torch": torch.__version__,
+            "backbone": fingerprint}
+
+
+def resolve_precision(dtype: str, model: torch.nn.Module, device: str, fingerprint: str, sample=None,
+                      cache_root=None, candidates: tuple = DTYPES) -> dict:
+    """The precision to run `model` in: `dtype` itself when it names one; for `auto`, the cached decision for this
+    (device, device model, torch, fingerprint), else one measured now on `sample()` (a batch of preprocessed images).
+    Returns {"dtype", "how", and for a measured decision "measured" and "key"}."""
+    if dtype in DTYPES: return {"dtype": dtype, "how": "given"}
+    if dtype != "auto": raise ValueError(f"unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+    if not any(True for _ in model.parameters()): return {"dtype": "fp32", "how": "no parameters (nothing to cast)"}
+    key = precision_key(device, fingerprint)
+    path = Path(cache_root or cache_dir("precision")) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    try:
+        rec = json.loads(path.read_text())
+        if rec.get("key") == key and rec.get("dtype") in DTYPES: return {**rec, "how": "cached measurement"}
+    except (OSError, ValueError): pass
+    measured = measure_precisions(model, sample(), device, candidates=candidates)
+    rec = {"dtype": choose_precision(measured), "key": key, "measured": measured, "min_cosine": 0.999}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+    return {**rec, "how": "measured now"}
 
 # %% ../nbs/06_embed.ipynb #44bf5618
 class SideDataset(torch.utils.data.Dataset):
@@ -111,6 +177,7 @@ class EmbedStats:
     device: str
     batch_size: int
     workers: int
+    precision: dict | None = None      # how the dtype was chosen (06_embed's `resolve_precision`)
 
     @property
     def sides_per_s(self) -> float: return self.sides / self.seconds if self.seconds else float("inf")
@@ -150,25 +217,34 @@ def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_fo
     return out, int(found.sum())
 
 
-def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", batch_size: int = 32,
+def _side_data(backbone: Backbone, sides: pd.DataFrame):
+    exif = sides["exif"].to_numpy(bool) if "exif" in sides else np.zeros(len(sides), bool)
+    return lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform, exif[todo])
+
+
+def side_precision(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto") -> dict:
+    "`resolve_precision` for a backbone; a measurement (only when one must be made) runs on the first 16 of `sides`."
+    data = _side_data(backbone, sides)
+    return resolve_precision(dtype, backbone.model, backbone.device, backbone.fingerprint,
+                             lambda: torch.stack(list(data(np.arange(min(16, len(sides)))))))
+
+
+def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str | dict = "auto", batch_size: int = 32,
                 workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False):
-    "Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache."
+    """Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache.
+    `dtype` is a precision name, `auto`, or a decision `side_precision` already made."""
     t0 = time.perf_counter()
     device = backbone.device
-    dtype = resolve_dtype(dtype, device)
     workers = default_workers() if workers is None else workers
-    exif = sides["exif"].to_numpy(bool) if "exif" in sides else np.zeros(len(sides), bool)
+    data = _side_data(backbone, sides)
+    precision = dtype if isinstance(dtype, dict) else side_precision(backbone, sides, dtype)
+    dtype = precision["dtype"]
     keys = side_keys(backbone.fingerprint, dtype, sides.sha256, side_keys_of(sides))
-
-    def forward(x):
-        with torch.inference_mode(), autocast(device, dtype):
-            z = backbone.model(x.to(device, non_blocking=True)).float()
-        return torch.nn.functional.normalize(z, dim=-1, eps=1e-12).cpu().numpy()
-
-    out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim,
-                               lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform, exif[todo]),
-                               forward, batch_size, workers, shard_size, progress, f"embed {backbone.name}")
-    stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers)
+    out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim, data,
+                               encoder(backbone.model, device, dtype), batch_size, workers, shard_size, progress,
+                               f"embed {backbone.name}")
+    stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers,
+                       precision)
     return out, stats
 
 # %% ../nbs/06_embed.ipynb #688ecafc

@@ -22,8 +22,8 @@ from sklearn.metrics import roc_auc_score
 
 from .backbones import ALIASES, backbone_spec, get_backbone
 from .data import DataError, load_records, require_readable, summarise_audit
-from .baselines import VERDICT_RULES, choose_baseline, pixel_scores, verdict, with_paths
-from .embed import embed_sides, sides_table
+from .baselines import BASELINE_SPLITS, PIXEL_SCORERS, VERDICT_RULES, choose_baseline, pixel_scores, verdict, with_paths
+from .embed import device_model, embed_sides, side_precision, sides_table
 from .metrics import bootstrap_counts, cluster_counts, paired_bootstrap, representation_health
 from .predictors import Predictor, control_scores, cosine_distance
 from .fixture import fixture_dir
@@ -34,8 +34,8 @@ from .split import SPLITS, check_fractions, check_protocol, split_counts, split_
 
 # %% auto #0
 __all__ = ['STAGES', 'BOOTSTRAP_RULES', 'Config', 'resolve_data', 'run_id', 'run_path', 'protected_paths', 'destination',
-           'write_run_dir', 'RunResult', 'data_stage', 'environment', 'pair_embeddings', 'evaluate', 'make_figures',
-           'model_card', 'run']
+           'write_run_dir', 'RunResult', 'manifest_for', 'data_stage', 'environment', 'pair_embeddings', 'evaluate',
+           'make_figures', 'model_card', 'Stopwatch', 'run']
 
 # %% ../nbs/10_experiment.ipynb #6b520124
 STAGES = ("manifest", "embed", "all")
@@ -215,15 +215,21 @@ class RunResult:
     predictor: object = None
 
 
+def manifest_for(config: Config, records: pd.DataFrame):
+    "Split and manifest of audited `records` under `config`: (split records, manifest, construction log)."
+    split = split_records(records, config.seed, config.split_fractions, config.protocol)
+    manifest, log = build_manifest(split, config.protocol, config.train_families, config.eval_family or None,
+                                   config.changing_policy, config.resolved_preset, config.pairs_per_split,
+                                   config.seed, config.image_size, config.resolved_rephoto)
+    return split, manifest, log
+
+
 def data_stage(config: Config):
     "Audit, split and manifest for a config: (records, split records, manifest, audit dict)."
     records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion)
     audit = summarise_audit(records)
     require_readable(records)
-    split = split_records(records, config.seed, config.split_fractions, config.protocol)
-    manifest, log = build_manifest(split, config.protocol, config.train_families, config.eval_family or None,
-                                   config.changing_policy, config.resolved_preset, config.pairs_per_split,
-                                   config.seed, config.image_size, config.resolved_rephoto)
+    split, manifest, log = manifest_for(config, records)
     audit.update(split_counts(split))
     audit.update(n_pairs=int(len(manifest)), pairs_by_split_and_kind=
                  {s: {k: int(n) for k, n in g.kind.value_counts().sort_index().items()} for s, g in manifest.groupby("split")},
@@ -231,7 +237,7 @@ def data_stage(config: Config):
     return records, split, manifest, audit
 
 
-def environment(backbone=None, dtype: str | None = None) -> dict:
+def environment(backbone=None, dtype: str | None = None, precision: dict | None = None) -> dict:
     "Versions, machine and (when given) the backbone's identity, for environment.json."
     import platform, subprocess
     from importlib.metadata import version
@@ -244,7 +250,8 @@ def environment(backbone=None, dtype: str | None = None) -> dict:
                                                  "torchvision", "timm", "open_clip_torch"]}}
     if backbone is not None:
         env.update(device=backbone.device, dtype=dtype, backbone=backbone.name, backbone_fingerprint=backbone.fingerprint,
-                   weights=backbone.weights, weights_sha256=backbone.weights_digest, preprocess=backbone.preprocess)
+                   weights=backbone.weights, weights_sha256=backbone.weights_digest, preprocess=backbone.preprocess,
+                   device_model=device_model(backbone.device), precision=precision)
     return env
 
 
@@ -289,8 +296,8 @@ def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: l
     the protocol's rule, and Δs with CIs. Returns (metrics block, scores with baselines oriented)."""
     kind, split, y = manifest.kind.to_numpy(), manifest.split.to_numpy(), manifest.label.to_numpy()
     main = np.isin(kind, ["stable", "changing"])
-    auroc = {sp: {b: float(roc_auc_score(y[main & (split == sp)], scores[b][main & (split == sp)])) for b in baselines}
-             for sp in SPLITS}
+    auroc = {sp: {b: float(roc_auc_score(y[m], scores[b][m])) for b in baselines if not np.isnan(scores[b][m]).any()}
+             for sp in SPLITS for m in [main & (split == sp)]}
     choice = choose_baseline(auroc, protocol)
     scores = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
     best = choice["strongest"]
@@ -299,12 +306,14 @@ def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: l
            "baselines": {"names": baselines, **choice}, "strongest_baseline": best}
     for k, sp in enumerate(SPLITS):
         rows = split == sp
-        at = lambda mask: {n: v[rows & mask] for n, v in scores.items()}
+        # a scorer not computed on this split (a baseline outside BASELINE_SPLITS) is NaN there: left out
+        at = lambda mask: {n: v[rows & mask] for n, v in scores.items() if not np.isnan(v[rows & mask]).any()}
+        ds = [d for d in deltas if set(d) <= set(at(main))]
         if protocol == "reference":
-            res = _reference_split(y[rows & main], at(main), seed, sp, n_boot, deltas)
+            res = _reference_split(y[rows & main], at(main), seed, sp, n_boot, ds)
         else:
             counts = cluster_counts(manifest.context_lesion_id.to_numpy()[rows], kind[rows], n_boot, seed + 907 + k)
-            res = paired_bootstrap(y[rows & main], at(main), counts[:, main[rows]], deltas)
+            res = paired_bootstrap(y[rows & main], at(main), counts[:, main[rows]], ds)
             out["bootstrap"].setdefault("clusters", {})[sp] = int(manifest[rows & main].context_lesion_id.nunique())
             reph = np.isin(kind, ["rephoto", "changing"])
             if (rows & (kind == "rephoto")).any():
@@ -326,7 +335,7 @@ def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict
     figs = {}
     best = ev["strongest_baseline"]
     long = pd.concat([manifest.loc[main, ["split", "kind"]].assign(scorer=n, score=scores[n][main]) for n in ("predictor", best)],
-                     ignore_index=True)
+                     ignore_index=True).dropna(subset=["score"])
     g = sns.displot(data=long, x="score", hue="kind", row="scorer", col="split", kind="hist", stat="density",
                     common_norm=False, common_bins=True, element="step", height=2.4, aspect=1.3,
                     facet_kws={"sharex": False, "sharey": False})
@@ -341,6 +350,7 @@ def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict
     ax.legend(fontsize=7, loc="lower right"); figs["roc_test"] = fig
     fig, ax = plt.subplots(figsize=(5, 5))
     for n in scores:
+        if n not in ev["metrics"]["train"]: continue          # a baseline the protocol does not score on train
         a = {sp: ev["metrics"][sp][n]["auroc"] for sp in ("train", "test")}
         ax.errorbar(a["train"]["value"], a["test"]["value"], yerr=[[a["test"]["value"] - a["test"]["ci_low"]],
                     [a["test"]["ci_high"] - a["test"]["value"]]], fmt="o", capsize=2, label=n)
@@ -390,46 +400,74 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 # %% ../nbs/10_experiment.ipynb #bbbd29f0
+class Stopwatch:
+    """Wall and CPU seconds per stage. CPU counts this process and its finished children (the data loader's
+    workers), so a stage that fans out to two cores shows about twice its wall time."""
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self.start = self.last = self.now()
+
+    @staticmethod
+    def now() -> tuple[float, float]:
+        import resource, time
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.perf_counter(), time.process_time() + c.ru_utime + c.ru_stime
+
+    def lap(self, stage: str) -> float:
+        "Close `stage` (it ran since the previous lap) and return its wall seconds."
+        t = self.now()
+        self.wall[stage], self.cpu[stage] = round(t[0] - self.last[0], 3), round(t[1] - self.last[1], 3)
+        self.last = t
+        return self.wall[stage]
+
+    def totals(self) -> dict:
+        t = self.now()
+        return {"total": round(t[0] - self.start[0], 3), "cpu_total": round(t[1] - self.start[1], 3)}
+
+
 def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory."
-    import time
-    t, stage = {}, STAGES.index(config.stop_after)
-    start = t0 = time.perf_counter()
+    t, stage, clock = {}, STAGES.index(config.stop_after), Stopwatch()
     dest = destination(config)            # a destination the project may not write stops the run here
     backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
-    t["backbone_load"] = round(time.perf_counter() - t0, 3) if backbone else 0.0
-    t0 = time.perf_counter()
+    t["backbone_load"] = clock.lap("backbone_load")
     records, split, manifest, audit = data_stage(config)
-    t["manifest"] = round(time.perf_counter() - t0, 3)
+    t["manifest"] = clock.lap("manifest")
     files = {"config.yaml": yaml.safe_dump(config.to_dict(), sort_keys=True).encode(),
              "audit.json": json.dumps(audit, indent=1, sort_keys=True).encode(),
              "manifest.parquet": _parquet_bytes(manifest)}
     embeddings, extra = None, {}
+    sp, kind, y = manifest.split.to_numpy(), manifest.kind.to_numpy(), manifest.label.to_numpy()
     if backbone is not None:
         sides = sides_table(manifest, records)
-        z, st = embed_sides(backbone, sides, config.dtype, config.batch_size, progress=True)
+        precision = side_precision(backbone, sides, config.dtype)
+        t["precision"] = clock.lap("precision")
+        if stage >= STAGES.index("all"):
+            # the pixel baselines, only on the splits the protocol reads them on; the sides they render are embedded
+            # on the way (into the same cache), so `embed_sides` below renders only the other sides
+            need = np.isin(sp, BASELINE_SPLITS[config.protocol])
+            px = pixel_scores(with_paths(manifest[need], records), progress=True, backbone=backbone,
+                              dtype=precision["dtype"])
+            pixel = {n: np.full(len(manifest), np.nan) for n in PIXEL_SCORERS}
+            for n in PIXEL_SCORERS: pixel[n][need] = px[n].to_numpy()
+            t["baselines"] = clock.lap("baselines")
+        z, st = embed_sides(backbone, sides, precision, config.batch_size, progress=True)
         embeddings = {"sides": sides, "z": z}
-        t["embed"] = round(st.seconds, 3)
+        t["embed"] = clock.lap("embed")
         t["embed_detail"] = {k: v for k, v in st.to_dict().items() if k not in ("seconds", "dtype", "device")}
-        env = environment(backbone, st.dtype)
+        env = environment(backbone, st.dtype, precision)
     else: env = environment()
     files["environment.json"] = json.dumps(env, indent=1).encode()
     if stage >= STAGES.index("all"):
         zc, zt = pair_embeddings(manifest, embeddings["sides"], embeddings["z"])
-        sp, kind, y = manifest.split.to_numpy(), manifest.kind.to_numpy(), manifest.label.to_numpy()
         fit_on, train = (sp == "train") & (kind == "stable"), (sp == "train") & np.isin(kind, ["stable", "changing"])
-        t0 = time.perf_counter()
         predictor = Predictor(config.predictor, config.resolved_trainer, config.optimizer, config.epochs,
                               seed=config.seed).fit(zc[fit_on], zt[fit_on])
-        t["fit"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
-        px = pixel_scores(with_paths(manifest, records), progress=True)
+        t["fit"] = clock.lap("fit")
         cos_name = f"cosine_{backbone.name}"
-        t["baselines"] = round(time.perf_counter() - t0, 3)
-        t0 = time.perf_counter()
         scores = {"predictor": predictor.score(zc, zt),
                   **control_scores(zc, zt, zc[fit_on], zt[fit_on], zc[train], zt[train], y[train], config.seed),
-                  "pixel_l2": px.pixel_l2.to_numpy(), "ssim": px.ssim.to_numpy(), cos_name: cosine_distance(zc, zt)}
+                  **pixel, cos_name: cosine_distance(zc, zt)}
         ev, scores = evaluate(manifest, scores, ["pixel_l2", "ssim", cos_name], config.protocol, config.seed, config.n_boot)
         test_main = (sp == "test") & np.isin(kind, ["stable", "changing"])
         health = representation_health(predictor.predict(zc[test_main]))
@@ -440,9 +478,9 @@ def run(config: Config) -> RunResult:
                             "epochs": config.epochs, "batch_size": predictor.batch_size, "lr": predictor.lr,
                             "weight_decay": predictor.weight_decay, "train_stable_pairs": int(fit_on.sum()),
                             "loss_history": predictor.history_})
-        t["metrics"] = round(time.perf_counter() - t0, 3)
+        t["metrics"] = clock.lap("metrics")
         long = pd.concat([manifest[["pair_id", "split", "kind", "label"]].assign(scorer=n, score=v) for n, v in scores.items()],
-                         ignore_index=True)
+                         ignore_index=True).dropna(subset=["score"])
         figs = make_figures(manifest, scores, ev)
         from safetensors.numpy import save as st_save
         weights = st_save({k: np.ascontiguousarray(v) for k, v in predictor.params().items()},
@@ -451,7 +489,8 @@ def run(config: Config) -> RunResult:
                       "predictor.safetensors": weights, "model_card.md": model_card(config, ev, env).encode(),
                       **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
         extra = {"scores": long, "evaluation": ev, "figures": figs, "predictor": predictor}
-    t["total"] = round(time.perf_counter() - start, 3)
+        t["figures"] = clock.lap("figures")
+    t.update(clock.totals(), cpu=clock.cpu)
     files["timings.json"] = json.dumps(t, indent=1).encode()
     dest = write_run_dir(dest, files, protected_paths(config))
     return RunResult(config, dest, records, split, manifest, audit, t, embeddings, **extra)

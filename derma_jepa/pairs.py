@@ -200,12 +200,13 @@ def symmetric_manifest(split_df, train_families, eval_families, policy="strict",
         log["changing_tiers"][split] = dict(tiers)
         log["changing_anchors_reused"][split] = int(len(anchors) - len(set(anchors.tolist())))
         if rephoto:
-            multi = recs.drop_duplicates("sha256").groupby("lesion_id", sort=True).filter(lambda g: len(g) >= 2)
-            for i, (_, g) in enumerate(multi.groupby("lesion_id", sort=True)):
-                fam = fams[i % len(fams)]
+            uniq = recs.drop_duplicates("sha256")
+            groups = {k: uniq.index[v] for k, v in uniq.groupby("lesion_id", sort=True).indices.items() if len(v) >= 2}
+            for i, lesion in enumerate(sorted(groups)):
+                fam, g = fams[i % len(fams)], groups[lesion]
                 streams = pair_streams(seed, split, "rephoto", i)
                 pick = streams[2].choice(len(g), size=2, replace=False)
-                c, t = (items[j] for j in g.index[pick])
+                c, t = (items[j] for j in g[pick])
                 cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size, streams)
                 rows.append(_row(split, "rephoto", i, fam, c, t, cr, tr, "same-lesion", "symmetric"))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data import DataError, open_rgb
-from .embed import autocast, resolve_dtype
+from .embed import autocast, resolve_precision
 from .safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint, tensors_under
 
 # %% auto #0
@@ -248,9 +248,13 @@ def collapse_std(f: torch.Tensor) -> float:
 def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool = False, stop_at: int | None = None) -> dict:
     "Train `cfg.objective` on `images` (uint8 n×3×s×s); checkpoints in `out_dir`; returns the history."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    dtype = resolve_dtype(cfg.dtype, "cpu")
     torch.manual_seed(cfg.seed)
     model = MODELS[cfg.objective](cfg)
+    ident = f"pretrain-{cfg.arch}-{cfg.image_size}-{cfg.patch_size}-{cfg.batch_size}"
+    precision = resolve_precision(cfg.dtype, model.encoder.vit, "cpu", ident,
+                                  lambda: augment(images[:cfg.batch_size], torch.Generator().manual_seed(cfg.seed), False),
+                                  candidates=("fp32", "bf16"))
+    dtype = precision["dtype"]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history, last = 0, [], out_dir / "state.safetensors"
@@ -279,7 +283,7 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
     bar.close()
     if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.safetensors", history, step)
     return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * (2 if getattr(model, "two_views", False) else 1)
-            / max(1e-9, time.perf_counter() - t0), "dtype": dtype}
+            / max(1e-9, time.perf_counter() - t0), "dtype": dtype, "precision": precision}
 
 
 def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, steps_trained: int | None = None):

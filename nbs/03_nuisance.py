@@ -39,6 +39,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -106,7 +107,9 @@ def scale_translate(img, scale, tx, ty):
 
 def gaussian_noise(img, sigma, rng):
     "Add N(0, sigma) noise drawn from the recorded generator state `rng`."
-    return _img(_arr(img) + noise_array(generator_from(rng), sigma, (img.height, img.width, 3)))
+    a = noise_array(generator_from(rng), sigma, (img.height, img.width, 3))
+    a += _arr(img)
+    return _img(a)
 
 
 def jpeg(img, quality):
@@ -118,8 +121,7 @@ def jpeg(img, quality):
 def hue_shift(img, steps):
     "Add `steps` (of 256 per turn) to the hue channel of PIL's HSV, modulo 256."
     h, s, v = img.convert("HSV").split()
-    h = Image.fromarray(((np.asarray(h, np.int16) + steps) % 256).astype(np.uint8), "L")
-    return Image.merge("HSV", (h, s, v)).convert("RGB")
+    return Image.merge("HSV", (h.point([(x + steps) % 256 for x in range(256)]), s, v)).convert("RGB")
 
 
 def motion_blur(img, length, vertical, wrap):
@@ -141,25 +143,37 @@ def erase(img, area, x, y, fill):
     return Image.fromarray(a, "RGB")
 
 
+_LEVELS = np.arange(256)
+
+
+def _lut(img, tables):
+    "Apply one 256-entry table per channel: the same result as the float arithmetic on every pixel."
+    return img.point([int(v) for t in tables for v in np.clip(t, 0, 255).astype(np.uint8)])
+
+
 def gamma(img, gamma, dtype="float64"):
     f = np.dtype(dtype).type
-    return _img((_arr(img, dtype) / f(255.0)) ** f(gamma) * f(255.0))
+    return _lut(img, [(_LEVELS.astype(dtype) / f(255.0)) ** f(gamma) * f(255.0)] * 3)
 
 
 def temperature(img, factor, dtype="float64"):
+    f, x = np.dtype(dtype).type, _LEVELS.astype(dtype)
+    return _lut(img, [x * f(factor), x, x / f(factor)])
+
+
+@lru_cache(maxsize=16)
+def _falloff(W: int, H: int, falloff: str, dtype: str) -> np.ndarray:
     f = np.dtype(dtype).type
-    a = _arr(img, dtype); a[..., 0] *= f(factor); a[..., 2] /= f(factor)
-    return _img(a)
+    cx, cy = (W - 1) / 2, (H - 1) / 2
+    yy, xx = np.mgrid[0:H, 0:W].astype(dtype)
+    r = np.clip(np.hypot(xx - f(cx), yy - f(cy)) / f(math.hypot(cx, cy)), f(0), f(1))
+    return r ** 2 if falloff == "quadratic" else np.sin(f(np.pi) * r / f(2)) ** 2
 
 
 def vignette(img, strength, falloff, dtype="float64"):
     "Darken towards the corners: 1 - v·r² (`quadratic`, the release) or 1 - v·sin²(πr/2) (`cos2`)."
-    f, W, H = np.dtype(dtype).type, *img.size
-    cx, cy = (W - 1) / 2, (H - 1) / 2
-    yy, xx = np.mgrid[0:H, 0:W].astype(dtype)
-    r = np.clip(np.hypot(xx - f(cx), yy - f(cy)) / f(math.hypot(cx, cy)), f(0), f(1))
-    drop = r ** 2 if falloff == "quadratic" else np.sin(f(np.pi) * r / f(2)) ** 2
-    return _img(_arr(img, dtype) * (f(1) - f(strength) * drop)[..., None])
+    f = np.dtype(dtype).type
+    return _img(_arr(img, dtype) * (f(1) - f(strength) * _falloff(*img.size, falloff, dtype))[..., None])
 
 
 def salt_pepper(img, fraction, rng):

@@ -23,9 +23,10 @@
 # a killed run loses at most the shard in progress and resumes where it stopped.
 #
 # Speed: decoding, nuisance and preprocessing run in DataLoader worker processes while the main
-# process runs the model under `torch.inference_mode`. `dtype="auto"` picks bf16 autocast only
-# where it is fast: on CUDA, and on CPUs with AMX tiles. On a CPU with AVX-512-BF16 but no AMX,
-# bf16 autocast is *slower* than fp32 (measured below), so `auto` stays fp32 there.
+# process runs the model under `torch.inference_mode`. `dtype="auto"` decides the precision by
+# measurement, not by a CPU flag: whether bf16 pays depends on the machine (an Intel Xeon without
+# AMX ran ViT-B/16 slower in bf16 than in fp32; an AMD EPYC Zen 5 with AVX-512-BF16 runs it 2.6×
+# faster), and the machine changes from one session to the next.
 
 # %%
 #| export
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -52,21 +54,118 @@ from fastcore.test import test_eq, test_fail
 
 # %% [markdown]
 # ## Precision
+#
+#
+# `dtype="auto"`: at first use of a backbone on a machine, `measure_precisions` times the model
+# alone (preprocessed images already in memory, one warm-up batch, then `reps` timed batches) in
+# fp32, bf16 and, on CUDA, fp16, and compares each precision's embeddings of the same images with
+# fp32's. `choose_precision` keeps the fastest whose mean cosine to fp32 is at least 0.999 (fp32
+# itself always qualifies). The decision, both rates and the agreement are written as JSON under
+# the cache folder, keyed by (device, CPU or GPU model, torch version, backbone fingerprint), and
+# reused: a later run on the same machine does not measure again; another machine, torch or
+# backbone does. A model without parameters (the handcrafted `color_texture`) is always fp32.
 
 # %%
 #| export
-def resolve_dtype(dtype: str = "auto", device: str = "cpu") -> str:
-    "`bf16`, `fp16` or `fp32`: `auto` is bf16 on CUDA (fp16 where bf16 is unsupported) and on CPUs with AMX, else fp32."
-    if dtype in ("bf16", "fp16", "fp32"): return dtype
-    if dtype != "auto": raise ValueError(f"unknown dtype {dtype!r}: choose auto, bf16, fp16 or fp32")
-    if device.startswith("cuda"): return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if torch.cpu._is_amx_tile_supported() else "fp32"
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 def autocast(device: str, dtype: str):
     "The autocast context for a resolved dtype (a no-op for fp32)."
     return torch.autocast(device_type=device.split(":")[0], dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype),
                           enabled=dtype != "fp32")
+
+
+def encoder(model: torch.nn.Module, device: str, dtype: str):
+    "x (a batch of preprocessed images) -> L2-normalised float32 rows, under inference mode and the dtype's autocast."
+    def forward(x):
+        with torch.inference_mode(), autocast(device, dtype):
+            z = model(x.to(device, non_blocking=True)).float()
+        return torch.nn.functional.normalize(z.reshape(len(z), -1), dim=-1, eps=1e-12).cpu().numpy()
+    return forward
+
+
+def device_model(device: str) -> str:
+    "What the precision decision depends on besides torch and the model: the GPU's or the CPU's model name."
+    if device.startswith("cuda"): return torch.cuda.get_device_name(torch.device(device))
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [l.split(":", 1)[1].strip() for l in cpuinfo.read_text().splitlines() if l.startswith("model name")] if cpuinfo.exists() else []
+    import platform
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def measure_precisions(model: torch.nn.Module, images: torch.Tensor, device: str, reps: int = 2,
+                       candidates: tuple = DTYPES) -> dict:
+    "Model-only images/s of each candidate precision this device runs, and the mean cosine of its embeddings to fp32's."
+    cands = [d for d in candidates if d == "fp32" or d == "bf16" or (d == "fp16" and device.startswith("cuda"))]
+    if device.startswith("cuda") and not torch.cuda.is_bf16_supported(): cands = [d for d in cands if d != "bf16"]
+    out, ref = {}, None
+    for d in ["fp32"] + [c for c in cands if c != "fp32"]:
+        f = encoder(model, device, d)
+        z = f(images)                                          # warm-up, and the embeddings compared
+        if device.startswith("cuda"): torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps): f(images)
+        if device.startswith("cuda"): torch.cuda.synchronize()
+        ref = z if ref is None else ref
+        out[d] = {"images_per_s": round(reps * len(images) / (time.perf_counter() - t0), 2),
+                  "cosine_to_fp32": round(float((z * ref).sum(1).mean()), 6)}
+    return out
+
+
+def choose_precision(measured: dict, min_cosine: float = 0.999) -> str:
+    "The fastest measured precision whose embeddings agree with fp32's (mean cosine ≥ `min_cosine`)."
+    ok = [d for d, m in measured.items() if d == "fp32" or m["cosine_to_fp32"] >= min_cosine]
+    return max(ok, key=lambda d: measured[d]["images_per_s"])
+
+
+def precision_key(device: str, fingerprint: str) -> dict:
+    return {"device": device.split(":")[0], "device_model": device_model(device), "torch": torch.__version__,
+            "backbone": fingerprint}
+
+
+def resolve_precision(dtype: str, model: torch.nn.Module, device: str, fingerprint: str, sample=None,
+                      cache_root=None, candidates: tuple = DTYPES) -> dict:
+    """The precision to run `model` in: `dtype` itself when it names one; for `auto`, the cached decision for this
+    (device, device model, torch, fingerprint), else one measured now on `sample()` (a batch of preprocessed images).
+    Returns {"dtype", "how", and for a measured decision "measured" and "key"}."""
+    if dtype in DTYPES: return {"dtype": dtype, "how": "given"}
+    if dtype != "auto": raise ValueError(f"unknown dtype {dtype!r}: choose auto, {', '.join(DTYPES)}")
+    if not any(True for _ in model.parameters()): return {"dtype": "fp32", "how": "no parameters (nothing to cast)"}
+    key = precision_key(device, fingerprint)
+    path = Path(cache_root or cache_dir("precision")) / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    try:
+        rec = json.loads(path.read_text())
+        if rec.get("key") == key and rec.get("dtype") in DTYPES: return {**rec, "how": "cached measurement"}
+    except (OSError, ValueError): pass
+    measured = measure_precisions(model, sample(), device, candidates=candidates)
+    rec = {"dtype": choose_precision(measured), "key": key, "measured": measured, "min_cosine": 0.999}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+    return {**rec, "how": "measured now"}
+
+
+# %% [markdown]
+# On a tiny model: measured once, then read back (the second call's sample would raise if it were
+# measured again); another fingerprint is measured anew; a named dtype and a model without
+# parameters need no measurement; the choice is the fastest precision that agrees with fp32, never
+# a faster one that does not.
+
+# %%
+import tempfile
+_tiny = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 16))
+_proot, _x = tempfile.mkdtemp(), torch.rand(8, 3, 8, 8)
+_p1 = resolve_precision("auto", _tiny, "cpu", "tiny-0", lambda: _x, cache_root=_proot)
+test_eq((_p1["how"], set(_p1["measured"]), _p1["dtype"]), ("measured now", {"fp32", "bf16"}, choose_precision(_p1["measured"])))
+_p2 = resolve_precision("auto", _tiny, "cpu", "tiny-0", lambda: 1 / 0, cache_root=_proot)
+test_eq((_p2["how"], _p2["dtype"]), ("cached measurement", _p1["dtype"]))
+test_eq(resolve_precision("auto", _tiny, "cpu", "tiny-1", lambda: _x, cache_root=_proot)["how"], "measured now")
+test_eq(resolve_precision("bf16", _tiny, "cpu", "x")["dtype"], "bf16")
+test_eq(resolve_precision("auto", torch.nn.Identity(), "cpu", "x")["dtype"], "fp32")
+test_fail(lambda: resolve_precision("fp8", _tiny, "cpu", "x"), contains="unknown dtype 'fp8'")
+_m = lambda r32, r16, c16: {"fp32": {"images_per_s": r32, "cosine_to_fp32": 1.0}, "bf16": {"images_per_s": r16, "cosine_to_fp32": c16}}
+test_eq([choose_precision(_m(1, 3, 0.9999)), choose_precision(_m(1, 3, 0.99)), choose_precision(_m(2, 1, 1.0))],
+        ["bf16", "fp32", "fp32"])
 
 
 # %% [markdown]
@@ -176,6 +275,7 @@ class EmbedStats:
     device: str
     batch_size: int
     workers: int
+    precision: dict | None = None      # how the dtype was chosen (06_embed's `resolve_precision`)
 
     @property
     def sides_per_s(self) -> float: return self.sides / self.seconds if self.seconds else float("inf")
@@ -215,25 +315,34 @@ def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_fo
     return out, int(found.sum())
 
 
-def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto", batch_size: int = 32,
+def _side_data(backbone: Backbone, sides: pd.DataFrame):
+    exif = sides["exif"].to_numpy(bool) if "exif" in sides else np.zeros(len(sides), bool)
+    return lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform, exif[todo])
+
+
+def side_precision(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto") -> dict:
+    "`resolve_precision` for a backbone; a measurement (only when one must be made) runs on the first 16 of `sides`."
+    data = _side_data(backbone, sides)
+    return resolve_precision(dtype, backbone.model, backbone.device, backbone.fingerprint,
+                             lambda: torch.stack(list(data(np.arange(min(16, len(sides)))))))
+
+
+def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str | dict = "auto", batch_size: int = 32,
                 workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False):
-    "Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache."
+    """Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache.
+    `dtype` is a precision name, `auto`, or a decision `side_precision` already made."""
     t0 = time.perf_counter()
     device = backbone.device
-    dtype = resolve_dtype(dtype, device)
     workers = default_workers() if workers is None else workers
-    exif = sides["exif"].to_numpy(bool) if "exif" in sides else np.zeros(len(sides), bool)
+    data = _side_data(backbone, sides)
+    precision = dtype if isinstance(dtype, dict) else side_precision(backbone, sides, dtype)
+    dtype = precision["dtype"]
     keys = side_keys(backbone.fingerprint, dtype, sides.sha256, side_keys_of(sides))
-
-    def forward(x):
-        with torch.inference_mode(), autocast(device, dtype):
-            z = backbone.model(x.to(device, non_blocking=True)).float()
-        return torch.nn.functional.normalize(z, dim=-1, eps=1e-12).cpu().numpy()
-
-    out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim,
-                               lambda todo: SideDataset(sides.path.iloc[todo], sides.recipe.iloc[todo], backbone.transform, exif[todo]),
-                               forward, batch_size, workers, shard_size, progress, f"embed {backbone.name}")
-    stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers)
+    out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim, data,
+                               encoder(backbone.model, device, dtype), batch_size, workers, shard_size, progress,
+                               f"embed {backbone.name}")
+    stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers,
+                       precision)
     return out, stats
 
 
@@ -364,7 +473,7 @@ for _name, _b in [("random_vits14", get_backbone("random_vits14")), ("random_vit
     _cosines[_name], _bbs[_name] = _cos, _b
     _agree[_name] = {"mean_cosine": round(float(_cos.mean()), 4), "min_cosine": round(float(_cos.min()), 4)}
     assert _cos.mean() >= 0.999, (_name, _cos.mean())
-print(json.dumps({"amx": torch.cpu._is_amx_tile_supported(), "auto_dtype": resolve_dtype("auto"), **_agree}, indent=1))
+print(json.dumps(_agree, indent=1))
 
 # %% [markdown]
 # What each ViT is given, and how close bf16 stays to fp32 image by image: four of the 32 images,

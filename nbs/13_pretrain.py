@@ -31,9 +31,11 @@
 # Every random draw (data order, augmentation, masks) derives from `(seed, step)`, so a run
 # interrupted after a checkpoint and resumed gives the same weights as one that was not.
 # Pretraining runs on the **CPU**: `pretrain` places the model and every batch there (there is no
-# device parameter; a GPU is not used even where one exists). bf16 autocast is available there
-# (`dtype="bf16"`); `auto` resolves with 06_embed's rule for the CPU device, which picks bf16 only
-# on CPUs with AMX tiles and fp32 otherwise. The *collapse monitor* logs the standard deviation, across the batch,
+# device parameter; a GPU is not used even where one exists: the objectives build their masks on
+# the CPU and have not been run on one). bf16 autocast is available there (`dtype="bf16"`);
+# `auto` takes 06_embed's measured decision for this encoder on this machine
+# (`resolve_precision`: model-only rate of fp32 and bf16 on a batch of the training images, bf16
+# only if it is faster and its features agree with fp32's). The *collapse monitor* logs the standard deviation, across the batch,
 # of the L2-normalised features (averaged over dimensions): about 1/√192 ≈ 0.072 for spread-out
 # features, towards 0 when every image maps to the same point.
 
@@ -54,7 +56,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from derma_jepa.data import DataError, open_rgb
-from derma_jepa.embed import autocast, resolve_dtype
+from derma_jepa.embed import autocast, resolve_precision
 from derma_jepa.safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint, tensors_under
 
 # %%
@@ -329,9 +331,13 @@ def collapse_std(f: torch.Tensor) -> float:
 def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool = False, stop_at: int | None = None) -> dict:
     "Train `cfg.objective` on `images` (uint8 n×3×s×s); checkpoints in `out_dir`; returns the history."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    dtype = resolve_dtype(cfg.dtype, "cpu")
     torch.manual_seed(cfg.seed)
     model = MODELS[cfg.objective](cfg)
+    ident = f"pretrain-{cfg.arch}-{cfg.image_size}-{cfg.patch_size}-{cfg.batch_size}"
+    precision = resolve_precision(cfg.dtype, model.encoder.vit, "cpu", ident,
+                                  lambda: augment(images[:cfg.batch_size], torch.Generator().manual_seed(cfg.seed), False),
+                                  candidates=("fp32", "bf16"))
+    dtype = precision["dtype"]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, history, last = 0, [], out_dir / "state.safetensors"
@@ -360,7 +366,7 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
     bar.close()
     if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.safetensors", history, step)
     return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * (2 if getattr(model, "two_views", False) else 1)
-            / max(1e-9, time.perf_counter() - t0), "dtype": dtype}
+            / max(1e-9, time.perf_counter() - t0), "dtype": dtype, "precision": precision}
 
 
 def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, steps_trained: int | None = None):
