@@ -18,9 +18,10 @@ import torch
 from .data import DataError
 
 # %% auto #0
-__all__ = ['REGISTRY', 'ALIASES', 'OFFLINE_BACKBONES', 'BackboneSpec', 'backbone_spec', 'WeightsNotFound', 'hub_cache_dir',
-           'resolve_weights', 'load_state_dict', 'tensor_digest', 'ColorTexture', 'Backbone', 'resolve_device',
-           'get_backbone', 'write_hub_checkpoint']
+__all__ = ['IMAGENET', 'OPENAI_CLIP', 'REGISTRY', 'ALIASES', 'OFFLINE_BACKBONES', 'USER_BACKBONES', 'BackboneSpec',
+           'backbone_spec', 'WeightsNotFound', 'hub_cache_dir', 'resolve_weights', 'load_state_dict', 'tensor_digest',
+           'ColorTexture', 'Backbone', 'resolve_device', 'FloorCenterCrop', 'protocol_a_transform', 'get_backbone',
+           'write_hub_checkpoint']
 
 # %% ../nbs/05_backbones.ipynb #30f6b459
 @dataclass(frozen=True)
@@ -35,16 +36,27 @@ class BackboneSpec:
     random_seed: int | None = None
     image_size: int = 224
     note: str = ""
+    reference_preprocess: dict | None = None   # PROTOCOL A's preprocessing, used under `reference`
 
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+OPENAI_CLIP = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+# PROTOCOL A1: the release ran DINOv2 through HF's image processor (shorter side -> 256, bicubic, centre crop 224,
+# ImageNet mean/std) and OpenAI CLIP through CLIPImageProcessor (shorter side -> 224, bicubic, crop 224, CLIP mean/std).
+_HF_DINOV2 = {"resize_shorter": 256, "crop": 224, **IMAGENET, "source": "PROTOCOL A: HF AutoImageProcessor (facebook/dinov2)"}
+_HF_CLIP = {"resize_shorter": 224, "crop": 224, **OPENAI_CLIP, "source": "PROTOCOL A: HF CLIPImageProcessor"}
 
 _OC_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec("dinov2_vits14", "timm", "vit_small_patch14_dinov2.lvd142m", "timm/vit_small_patch14_dinov2.lvd142m",
-                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-S/14 (facebook/dinov2-small), normed CLS"),
+                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-S/14 (facebook/dinov2-small), normed CLS",
+                 reference_preprocess=_HF_DINOV2),
     BackboneSpec("dinov2_vitb14", "timm", "vit_base_patch14_dinov2.lvd142m", "timm/vit_base_patch14_dinov2.lvd142m",
-                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-B/14 (facebook/dinov2-base), normed CLS"),
+                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-B/14 (facebook/dinov2-base), normed CLS",
+                 reference_preprocess=_HF_DINOV2),
     BackboneSpec("clip_vitb16", "open_clip", "ViT-B-16", "timm/vit_base_patch16_clip_224.openai", _OC_FILES,
-                 quick_gelu=True, note="OpenAI CLIP ViT-B/16 (open_clip pretrained='openai'), encode_image"),
+                 quick_gelu=True, note="OpenAI CLIP ViT-B/16 (open_clip pretrained='openai'), encode_image",
+                 reference_preprocess=_HF_CLIP),
     BackboneSpec("dermlip_vitb16", "open_clip", "hf-hub:redlessone/DermLIP_ViT-B-16", "redlessone/DermLIP_ViT-B-16",
                  _OC_FILES, "open_clip_config.json", note="DermLIP ViT-B/16, encode_image"),
     BackboneSpec("biomedclip_vitb16", "open_clip", "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
@@ -61,11 +73,27 @@ ALIASES = {"dinov2": "dinov2_vitb14", "dinov2_small": "dinov2_vits14", "clip": "
 OFFLINE_BACKBONES = tuple(n for n, s in REGISTRY.items() if not s.hub_id)
 
 
+USER_BACKBONES = {   # prefix -> (what follows it, how the spec is built)
+    "ssl:": ("a checkpoint path: ssl:<path to encoder.safetensors>",
+             lambda n, r: BackboneSpec(n, "ssl", r, note="self-supervised checkpoint (13_pretrain)")),
+    "timm:": ("a timm model name: timm:<name>[.<pretrained tag>]",
+              lambda n, r: BackboneSpec(n, "timm", r, f"timm/{r}", ("model.safetensors", "pytorch_model.bin"), image_size=0,
+                                        note=f"timm {r}: pooled output, timm's data config")),
+    "open_clip:": ("an open_clip architecture: open_clip:<arch> (with weights=<checkpoint>)",
+                   lambda n, r: BackboneSpec(n, "open_clip", r, "", _OC_FILES, note=f"open_clip {r}, encode_image")),
+    "hf-hub:": ("a Hugging Face repo of an open_clip model: hf-hub:<org>/<name>",
+                lambda n, r: BackboneSpec(n, "open_clip", n, r, _OC_FILES, "open_clip_config.json",
+                                          note=f"open_clip hf-hub:{r}, encode_image")),
+}
+
+
 def backbone_spec(name: str) -> BackboneSpec:
-    "The registry row for a backbone name or alias; `ssl:<path>` is a checkpoint of 13_pretrain."
-    if name.startswith("ssl:"):
-        if not name[4:]: raise DataError("backbone 'ssl:' needs a checkpoint path: ssl:<path to encoder.safetensors>")
-        return BackboneSpec(name, "ssl", name[4:], note="self-supervised checkpoint (13_pretrain)")
+    """The registry row for a backbone name or alias; or a backbone the user names: `ssl:<path>` (13_pretrain),
+    `timm:<model>`, `open_clip:<arch>`, `hf-hub:<repo>` (weights from `weights=` or the Hugging Face cache)."""
+    for prefix, (what, make) in USER_BACKBONES.items():
+        if name.startswith(prefix):
+            if not name[len(prefix):]: raise DataError(f"backbone {prefix!r} needs {what}")
+            return make(name, name[len(prefix):])
     key = ALIASES.get(name, name)
     if key not in REGISTRY:
         raise DataError(f"unknown backbone {name!r}: choose one of {', '.join(list(REGISTRY) + list(ALIASES))}")
@@ -130,7 +158,7 @@ def tensor_digest(state: dict) -> str:
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 # %% ../nbs/05_backbones.ipynb #b8fc627e
@@ -170,13 +198,14 @@ class ColorTexture(torch.nn.Module):
 # %% ../nbs/05_backbones.ipynb #dfee1361
 def _timm_model(spec: BackboneSpec, paths: dict | None):
     import timm
-    kw = dict(num_classes=0, img_size=spec.image_size)
+    kw = dict(num_classes=0, **({"img_size": spec.image_size} if spec.image_size else {}))   # 0: the model's own size
     if paths is None:
         torch.manual_seed(spec.random_seed or 0)
         model = timm.create_model(spec.arch, pretrained=False, **kw)
     else:
         model = timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(paths["weights"])), **kw)
-    cfg = timm.data.resolve_data_config({"input_size": (3, spec.image_size, spec.image_size)}, model=model)
+    size = {"input_size": (3, spec.image_size, spec.image_size)} if spec.image_size else {}
+    cfg = timm.data.resolve_data_config(size, model=model)
     return model, timm.data.create_transform(**cfg), {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
@@ -225,10 +254,31 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None) -> Backbone:
-    "A frozen backbone by registry name: weights from `weights` or the HF cache, the library's preprocessing."
+class FloorCenterCrop:
+    "Centre crop with the top-left corner at ((W - size) // 2, (H - size) // 2), as HF's image processors place it."
+    def __init__(self, size: int): self.size = size
+    def __call__(self, img):
+        left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
+        return img.crop((left, top, left + self.size, top + self.size))
+    def __repr__(self): return f"FloorCenterCrop({self.size})"
+
+
+def protocol_a_transform(p: dict):
+    "PROTOCOL A's preprocessing: shorter side -> p['resize_shorter'] (bicubic), HF's centre crop, [0, 1], mean/std."
+    from torchvision import transforms as T
+    return T.Compose([T.Resize(p["resize_shorter"], interpolation=T.InterpolationMode.BICUBIC), FloorCenterCrop(p["crop"]),
+                      T.ToTensor(), T.Normalize(p["mean"], p["std"])])
+
+
+def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None, protocol: str = "symmetric") -> Backbone:
+    """A frozen backbone by name (06's registry or a user prefix): weights from `weights` or the HF cache. Its
+    preprocessing: under `reference` PROTOCOL A's where the release ran the model through HF's processor (DINOv2,
+    CLIP), else the library's own (timm's data config, open_clip's eval transform from the model or hub config)."""
     spec = backbone_spec(name)
     device = resolve_device(device)
+    if spec.library in ("timm", "open_clip") and not spec.hub_id and spec.random_seed is None and not weights:
+        raise WeightsNotFound(f"backbone {name}: no hub repository to look in; give its checkpoint with weights=<path> "
+                              f"(papermill: -p weights <path>)")
     if spec.library == "handcrafted":
         model = ColorTexture()
         return Backbone(spec.name, spec, model, model.transform, model.dim,
@@ -241,6 +291,10 @@ def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None) 
     else:
         paths = resolve_weights(spec, weights, hub_cache) if spec.hub_id or weights else None
         model, tf, pre = (_timm_model if spec.library == "timm" else _open_clip_model)(spec, paths)
+        if not spec.image_size: spec = dataclasses.replace(spec, image_size=int(pre["input_size"][-1]))
+    if protocol == "reference" and spec.reference_preprocess:
+        tf, pre = protocol_a_transform(spec.reference_preprocess), {**spec.reference_preprocess, "interpolation": "bicubic",
+                                                                    "crop_corner": "floor ((W - crop) // 2), as HF"}
     model = model.eval().requires_grad_(False).to(device)
     digest = tensor_digest(model.state_dict())
     with torch.inference_mode():

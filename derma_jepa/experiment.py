@@ -429,7 +429,8 @@ def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory."
     t, stage, clock = {}, STAGES.index(config.stop_after), Stopwatch()
     dest = destination(config)            # a destination the project may not write stops the run here
-    backbone = get_backbone(config.backbone, config.weights or None) if stage >= STAGES.index("embed") else None
+    backbone = (get_backbone(config.backbone, config.weights or None, protocol=config.protocol)
+                if stage >= STAGES.index("embed") else None)
     t["backbone_load"] = clock.lap("backbone_load")
     records, split, manifest, audit = data_stage(config)
     t["manifest"] = clock.lap("manifest")

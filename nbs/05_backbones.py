@@ -74,16 +74,27 @@ class BackboneSpec:
     random_seed: int | None = None
     image_size: int = 224
     note: str = ""
+    reference_preprocess: dict | None = None   # PROTOCOL A's preprocessing, used under `reference`
 
+
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+OPENAI_CLIP = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]}
+# PROTOCOL A1: the release ran DINOv2 through HF's image processor (shorter side -> 256, bicubic, centre crop 224,
+# ImageNet mean/std) and OpenAI CLIP through CLIPImageProcessor (shorter side -> 224, bicubic, crop 224, CLIP mean/std).
+_HF_DINOV2 = {"resize_shorter": 256, "crop": 224, **IMAGENET, "source": "PROTOCOL A: HF AutoImageProcessor (facebook/dinov2)"}
+_HF_CLIP = {"resize_shorter": 224, "crop": 224, **OPENAI_CLIP, "source": "PROTOCOL A: HF CLIPImageProcessor"}
 
 _OC_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 REGISTRY: dict[str, BackboneSpec] = {s.name: s for s in [
     BackboneSpec("dinov2_vits14", "timm", "vit_small_patch14_dinov2.lvd142m", "timm/vit_small_patch14_dinov2.lvd142m",
-                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-S/14 (facebook/dinov2-small), normed CLS"),
+                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-S/14 (facebook/dinov2-small), normed CLS",
+                 reference_preprocess=_HF_DINOV2),
     BackboneSpec("dinov2_vitb14", "timm", "vit_base_patch14_dinov2.lvd142m", "timm/vit_base_patch14_dinov2.lvd142m",
-                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-B/14 (facebook/dinov2-base), normed CLS"),
+                 ("model.safetensors", "pytorch_model.bin"), note="DINOv2 ViT-B/14 (facebook/dinov2-base), normed CLS",
+                 reference_preprocess=_HF_DINOV2),
     BackboneSpec("clip_vitb16", "open_clip", "ViT-B-16", "timm/vit_base_patch16_clip_224.openai", _OC_FILES,
-                 quick_gelu=True, note="OpenAI CLIP ViT-B/16 (open_clip pretrained='openai'), encode_image"),
+                 quick_gelu=True, note="OpenAI CLIP ViT-B/16 (open_clip pretrained='openai'), encode_image",
+                 reference_preprocess=_HF_CLIP),
     BackboneSpec("dermlip_vitb16", "open_clip", "hf-hub:redlessone/DermLIP_ViT-B-16", "redlessone/DermLIP_ViT-B-16",
                  _OC_FILES, "open_clip_config.json", note="DermLIP ViT-B/16, encode_image"),
     BackboneSpec("biomedclip_vitb16", "open_clip", "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
@@ -100,11 +111,27 @@ ALIASES = {"dinov2": "dinov2_vitb14", "dinov2_small": "dinov2_vits14", "clip": "
 OFFLINE_BACKBONES = tuple(n for n, s in REGISTRY.items() if not s.hub_id)
 
 
+USER_BACKBONES = {   # prefix -> (what follows it, how the spec is built)
+    "ssl:": ("a checkpoint path: ssl:<path to encoder.safetensors>",
+             lambda n, r: BackboneSpec(n, "ssl", r, note="self-supervised checkpoint (13_pretrain)")),
+    "timm:": ("a timm model name: timm:<name>[.<pretrained tag>]",
+              lambda n, r: BackboneSpec(n, "timm", r, f"timm/{r}", ("model.safetensors", "pytorch_model.bin"), image_size=0,
+                                        note=f"timm {r}: pooled output, timm's data config")),
+    "open_clip:": ("an open_clip architecture: open_clip:<arch> (with weights=<checkpoint>)",
+                   lambda n, r: BackboneSpec(n, "open_clip", r, "", _OC_FILES, note=f"open_clip {r}, encode_image")),
+    "hf-hub:": ("a Hugging Face repo of an open_clip model: hf-hub:<org>/<name>",
+                lambda n, r: BackboneSpec(n, "open_clip", n, r, _OC_FILES, "open_clip_config.json",
+                                          note=f"open_clip hf-hub:{r}, encode_image")),
+}
+
+
 def backbone_spec(name: str) -> BackboneSpec:
-    "The registry row for a backbone name or alias; `ssl:<path>` is a checkpoint of 13_pretrain."
-    if name.startswith("ssl:"):
-        if not name[4:]: raise DataError("backbone 'ssl:' needs a checkpoint path: ssl:<path to encoder.safetensors>")
-        return BackboneSpec(name, "ssl", name[4:], note="self-supervised checkpoint (13_pretrain)")
+    """The registry row for a backbone name or alias; or a backbone the user names: `ssl:<path>` (13_pretrain),
+    `timm:<model>`, `open_clip:<arch>`, `hf-hub:<repo>` (weights from `weights=` or the Hugging Face cache)."""
+    for prefix, (what, make) in USER_BACKBONES.items():
+        if name.startswith(prefix):
+            if not name[len(prefix):]: raise DataError(f"backbone {prefix!r} needs {what}")
+            return make(name, name[len(prefix):])
     key = ALIASES.get(name, name)
     if key not in REGISTRY:
         raise DataError(f"unknown backbone {name!r}: choose one of {', '.join(list(REGISTRY) + list(ALIASES))}")
@@ -191,7 +218,7 @@ def tensor_digest(state: dict) -> str:
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
@@ -280,13 +307,14 @@ assert not np.allclose(_d, _ct.describe(_img.convert("L").convert("RGB")))
 #| export
 def _timm_model(spec: BackboneSpec, paths: dict | None):
     import timm
-    kw = dict(num_classes=0, img_size=spec.image_size)
+    kw = dict(num_classes=0, **({"img_size": spec.image_size} if spec.image_size else {}))   # 0: the model's own size
     if paths is None:
         torch.manual_seed(spec.random_seed or 0)
         model = timm.create_model(spec.arch, pretrained=False, **kw)
     else:
         model = timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(paths["weights"])), **kw)
-    cfg = timm.data.resolve_data_config({"input_size": (3, spec.image_size, spec.image_size)}, model=model)
+    size = {"input_size": (3, spec.image_size, spec.image_size)} if spec.image_size else {}
+    cfg = timm.data.resolve_data_config(size, model=model)
     return model, timm.data.create_transform(**cfg), {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
 
 
@@ -344,10 +372,31 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None) -> Backbone:
-    "A frozen backbone by registry name: weights from `weights` or the HF cache, the library's preprocessing."
+class FloorCenterCrop:
+    "Centre crop with the top-left corner at ((W - size) // 2, (H - size) // 2), as HF's image processors place it."
+    def __init__(self, size: int): self.size = size
+    def __call__(self, img):
+        left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
+        return img.crop((left, top, left + self.size, top + self.size))
+    def __repr__(self): return f"FloorCenterCrop({self.size})"
+
+
+def protocol_a_transform(p: dict):
+    "PROTOCOL A's preprocessing: shorter side -> p['resize_shorter'] (bicubic), HF's centre crop, [0, 1], mean/std."
+    from torchvision import transforms as T
+    return T.Compose([T.Resize(p["resize_shorter"], interpolation=T.InterpolationMode.BICUBIC), FloorCenterCrop(p["crop"]),
+                      T.ToTensor(), T.Normalize(p["mean"], p["std"])])
+
+
+def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None, protocol: str = "symmetric") -> Backbone:
+    """A frozen backbone by name (06's registry or a user prefix): weights from `weights` or the HF cache. Its
+    preprocessing: under `reference` PROTOCOL A's where the release ran the model through HF's processor (DINOv2,
+    CLIP), else the library's own (timm's data config, open_clip's eval transform from the model or hub config)."""
     spec = backbone_spec(name)
     device = resolve_device(device)
+    if spec.library in ("timm", "open_clip") and not spec.hub_id and spec.random_seed is None and not weights:
+        raise WeightsNotFound(f"backbone {name}: no hub repository to look in; give its checkpoint with weights=<path> "
+                              f"(papermill: -p weights <path>)")
     if spec.library == "handcrafted":
         model = ColorTexture()
         return Backbone(spec.name, spec, model, model.transform, model.dim,
@@ -360,6 +409,10 @@ def get_backbone(name: str, weights=None, device: str = "auto", hub_cache=None) 
     else:
         paths = resolve_weights(spec, weights, hub_cache) if spec.hub_id or weights else None
         model, tf, pre = (_timm_model if spec.library == "timm" else _open_clip_model)(spec, paths)
+        if not spec.image_size: spec = dataclasses.replace(spec, image_size=int(pre["input_size"][-1]))
+    if protocol == "reference" and spec.reference_preprocess:
+        tf, pre = protocol_a_transform(spec.reference_preprocess), {**spec.reference_preprocess, "interpolation": "bicubic",
+                                                                    "crop_corner": "floor ((W - crop) // 2), as HF"}
     model = model.eval().requires_grad_(False).to(device)
     digest = tensor_digest(model.state_dict())
     with torch.inference_mode():
@@ -439,11 +492,14 @@ with torch.inference_mode(): torch.testing.assert_close(_bb.model(_x), _ref(_x))
 
 
 # %%
-# open_clip: a random CLIP image tower in a full-model checkpoint (text tensors included, and ignored)
-def _oc_state(model_cfg, quick_gelu, seed):
+# open_clip: a random CLIP image tower in a full-model checkpoint with the real files' key names and shapes (the
+# image tower's `visual.*`; a few of the text tower's small tensors, included and ignored)
+def _oc_state(model_cfg, quick_gelu, seed, text=None):
     torch.manual_seed(seed)
     v = _build_vision_tower(model_cfg["embed_dim"], model_cfg["vision_cfg"], quick_gelu=quick_gelu).eval()
-    return v, {**{f"visual.{k}": t for k, t in v.state_dict().items()}, "text_projection": torch.zeros(512, 512)}
+    text = text or {"text_projection": (512, 512), "positional_embedding": (77, 512), "ln_final.weight": (512,),
+                    "ln_final.bias": (512,), "logit_scale": ()}
+    return v, {**{f"visual.{k}": t for k, t in v.state_dict().items()}, **{k: torch.randn(s) for k, s in text.items()}}
 
 _cfg = open_clip.get_model_config("ViT-B-16")
 _v, _state = _oc_state(_cfg, True, 2)
@@ -453,24 +509,32 @@ test_eq((_clip.dim, _clip.preprocess["mean"][0]), (512, 0.48145466))
 _xc = _clip.transform(_img)[None]
 with torch.inference_mode(): torch.testing.assert_close(_clip.model(_xc), _v(_xc))
 
-# an hf-hub: model (DermLIP's layout): config + checkpoint; the config's preprocessing is used
-_hubcfg = {"model_cfg": _cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
-_v2, _state2 = _oc_state(_cfg, False, 3)
-_snap2 = write_hub_checkpoint(REGISTRY["dermlip_vitb16"], _state2, _hub, _hubcfg)
+# DermLIP's layout: OpenAI's ViT-B/16 CLIP architecture, its config and OpenAI's mean/std (as its model card
+# describes them; the file's exact text could not be fetched here), checkpoint open_clip_model.safetensors
+_derm_json = {"model_cfg": {"embed_dim": 512, "vision_cfg": {"image_size": 224, "layers": 12, "width": 768, "patch_size": 16},
+                            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 512, "heads": 8, "layers": 12}},
+              "preprocess_cfg": OPENAI_CLIP}
+_v2, _state2 = _oc_state(_derm_json["model_cfg"], False, 3)
+_snap2 = write_hub_checkpoint(REGISTRY["dermlip_vitb16"], _state2, _hub, _derm_json)
 _derm = get_backbone("dermlip", hub_cache=_hub)
-test_eq(_derm.preprocess["mean"], [0.5, 0.5, 0.5])
+test_eq(_derm.preprocess["mean"], OPENAI_CLIP["mean"])
 _xd = _derm.transform(_img)[None]
 with torch.inference_mode(): torch.testing.assert_close(_derm.model(_xd), _v2(_xd))
 
-# BiomedCLIP's layout: its image tower is a timm ViT inside open_clip (`timm_model_name`), with a
-# linear projection; its config is written here as the hub's open_clip_config.json describes it
-_bm_cfg = {"embed_dim": 512, "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
-                                             "timm_pool": "", "timm_proj": "linear", "image_size": 224},
-           "text_cfg": {"hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract", "proj": "mlp"}}
-_v3, _state3 = _oc_state(_bm_cfg, False, 4)
-_snap3 = write_hub_checkpoint(REGISTRY["biomedclip_vitb16"], _state3, _hub,
-                              {"model_cfg": _bm_cfg, "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073],
-                                                                         "std": [0.26862954, 0.26130258, 0.27577711]}})
+# BiomedCLIP's layout: the hub's open_clip_config.json as published (a timm ViT-B/16 trunk with a linear
+# projection; a PubMedBERT text tower with an MLP projection), text tensors under `text.*`
+_bm_json = {"model_cfg": {"embed_dim": 512,
+                          "vision_cfg": {"timm_model_name": "vit_base_patch16_224", "timm_model_pretrained": False,
+                                         "timm_pool": "", "timm_proj": "linear", "image_size": 224},
+                          "text_cfg": {"hf_model_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+                                       "hf_tokenizer_name": "microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract",
+                                       "hf_proj_type": "mlp", "hf_pooler_type": "cls_last_hidden_state_pooler",
+                                       "context_length": 256}},
+            "preprocess_cfg": OPENAI_CLIP}
+_v3, _state3 = _oc_state(_bm_json["model_cfg"], False, 4, text={"text.proj.0.weight": (640, 768), "text.proj.2.weight": (512, 640),
+                                                                   "logit_scale": ()})
+test_eq(sorted(k for k in _state3 if k.startswith("visual.head"))[:1], ["visual.head.proj.weight"])
+_snap3 = write_hub_checkpoint(REGISTRY["biomedclip_vitb16"], _state3, _hub, _bm_json)
 _bio = get_backbone("biomedclip", hub_cache=_hub)
 test_eq(_bio.dim, 512)
 _xb = _bio.transform(_img)[None]
@@ -482,6 +546,89 @@ class _Evil:
 _bad = Path(_hub) / "evil.bin"
 torch.save({"visual.x": _Evil()}, _bad)
 test_fail(lambda: load_state_dict(_bad), contains="evil.bin: refused: not a safetensors file nor a tensors-only torch checkpoint")
+
+# %% [markdown]
+# ### Under `reference`, the release's preprocessing
+#
+# The release ran DINOv2 and OpenAI CLIP through Hugging Face's image processors (PROTOCOL A1), so
+# under `reference` those two take that preprocessing: the shorter side to 256 (DINOv2) or 224
+# (CLIP), bicubic, a centre crop whose corner is *floored* ((W − 224) // 2, where torchvision
+# rounds half to even and lands one pixel over whenever the margin is odd), [0, 1], then the
+# model's mean and std. The feature is the same either way (DINOv2's normed CLS, CLIP's projected
+# `encode_image`). Under `symmetric` each keeps its library's own (timm's data config at 224,
+# open_clip's eval transform); both are recorded in `preprocess`, so the fingerprints, and the
+# caches, differ. DermLIP and BiomedCLIP ran through open_clip's eval transform from their hub
+# config under both protocols. Checked below against an independent implementation of the
+# recipe (PIL resize, crop, normalise in numpy), on images whose margins are odd and even, and on
+# real images when `HAM10000_DIR` is set.
+
+# %%
+import os
+def _recipe_a(img, short, crop, mean, std):
+    w, h = img.size
+    nw, nh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    r = img.convert("RGB").resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    a = np.asarray(r.crop((left, top, left + crop, top + crop)), np.float32) / np.float32(255)
+    return torch.from_numpy(((a - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1).copy())
+
+_imgs = [Image.fromarray(np.random.default_rng(k).integers(0, 255, (h, w, 3), dtype=np.uint8))
+         for k, (w, h) in enumerate([(200, 150), (600, 450), (203, 151), (150, 233)])]
+if os.environ.get("HAM10000_DIR"):
+    from derma_jepa.data import load_records
+    _imgs += [Image.open(p).convert("RGB") for p in load_records(os.environ["HAM10000_DIR"]).path.head(8)]
+_dref, _cref = (get_backbone(n, hub_cache=_hub, protocol="reference") for n in ("dinov2_vits14", "clip"))
+for _b, _short, _norm in [(_dref, 256, IMAGENET), (_cref, 224, OPENAI_CLIP)]:
+    for _im in _imgs:
+        _d = (_b.transform(_im) - _recipe_a(_im, _short, 224, _norm["mean"], _norm["std"])).abs().max()
+        assert _d <= 1e-6, (_b.name, _im.size, float(_d))
+test_eq((_dref.preprocess["resize_shorter"], _cref.preprocess["resize_shorter"]), (256, 224))
+test_ne(_dref.fingerprint, _bb.fingerprint)                          # the symmetric DINOv2 of the cell above
+test_eq(_bb.preprocess["crop_pct"], 1.0)                               # timm's own: shorter side 224, no 256 step
+test_eq(get_backbone("dermlip", hub_cache=_hub, protocol="reference").fingerprint, _derm.fingerprint)
+
+# %% [markdown]
+# ### Any backbone a user names
+#
+# Beyond the registry: `timm:<model name>` (weights from `weights=` or the cache's `timm/<name>`
+# repository; timm's own data config at the model's size), `open_clip:<architecture>` with
+# `weights=` (a checkpoint with `visual.*` tensors; open_clip's eval transform), and
+# `hf-hub:<org>/<name>` for any open_clip model in the Hugging Face cache (its
+# `open_clip_config.json` and checkpoint). Each is fingerprinted by its tensors and preprocessing
+# like a registry backbone, so its embeddings are cached and recorded the same way. Below, on
+# checkpoints written here: a timm ResNet (not a ViT), an open_clip ViT-B-32 and a user's hf-hub
+# repository whose config asks for its own mean and std.
+
+# %%
+torch.manual_seed(5)
+_rn = timm.create_model("resnet18", pretrained=False, num_classes=0).eval()
+_rn_dir = Path(tempfile.mkdtemp())
+from safetensors.torch import save_file
+save_file(_rn.state_dict(), str(_rn_dir / "model.safetensors"))
+_u1 = get_backbone("timm:resnet18", weights=_rn_dir / "model.safetensors")
+test_eq((_u1.dim, _u1.spec.image_size, _u1.preprocess["input_size"]), (512, 224, [3, 224, 224]))
+_xr = _u1.transform(_img)[None]
+with torch.inference_mode(): torch.testing.assert_close(_u1.model(_xr), _rn(_xr))
+test_fail(lambda: get_backbone("timm:resnet18", hub_cache=_hub), contains="timm/resnet18 not found")
+
+_b32 = open_clip.get_model_config("ViT-B-32")
+_v4, _state4 = _oc_state(_b32, False, 6)
+_oc_dir = Path(tempfile.mkdtemp())
+save_file(_state4, str(_oc_dir / "open_clip_model.safetensors"))
+_u2 = get_backbone("open_clip:ViT-B-32", weights=_oc_dir / "open_clip_model.safetensors")
+_x2 = _u2.transform(_img)[None]
+with torch.inference_mode(): torch.testing.assert_close(_u2.model(_x2), _v4(_x2))
+test_fail(lambda: get_backbone("open_clip:ViT-B-32"), contains="give its checkpoint with weights=<path>")
+
+_mine = backbone_spec("hf-hub:someone/skin-clip")
+_v5, _state5 = _oc_state(_cfg, False, 7)
+write_hub_checkpoint(_mine, _state5, _hub, {"model_cfg": _cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}})
+_u3 = get_backbone("hf-hub:someone/skin-clip", hub_cache=_hub)
+test_eq(_u3.preprocess["mean"], [0.5, 0.5, 0.5])
+_x3 = _u3.transform(_img)[None]
+with torch.inference_mode(): torch.testing.assert_close(_u3.model(_x3), _v5(_x3))
+test_eq(len({_u1.fingerprint, _u2.fingerprint, _u3.fingerprint, _derm.fingerprint}), 4)
+for _bad_name in ("timm:", "open_clip:", "hf-hub:"): test_fail(lambda: backbone_spec(_bad_name), contains="needs")
 
 # %% [markdown]
 # ### What a random initialisation sees
