@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-pretrain clean-venv
+.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-cold-run bench-pretrain clean-venv
 
 # pyproject.toml is left out: nbdev_export rewrites it (same content, new mtime) on every export.
 $(STAMP): settings.ini setup.py
@@ -132,6 +132,9 @@ bench-fit: $(STAMP)
 # BENCH_ARC_ARGS e.g. "--backbones color_texture --phases warm,idle --runs runs"
 bench-arc: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(PY) benchmarks/bench_arc.py $(BENCH_ARC_ARGS)
+
+bench-cold-run: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(PY) benchmarks/bench_cold_run.py $(BENCH_COLD_ARGS)
 
 bench-pretrain: $(STAMP)
 	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) $(PY) benchmarks/bench_pretrain.py

@@ -203,7 +203,8 @@ def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_fo
                                          persistent_workers=False, prefetch_factor=4 if workers else None)
         per_shard = max(1, shard_size // batch_size)
         pend_idx, pend_vec = [], []
-        bar = tqdm(total=len(todo), unit="item", desc=desc, disable=not progress, mininterval=2)
+        # `disable` passed only to switch the bar off: with progress on, tqdm's own TQDM_DISABLE=1 still silences it
+        bar = tqdm(total=len(todo), unit="item", desc=desc, mininterval=2, **({} if progress else {"disable": True}))
         for b, x in enumerate(dl):
             z = np.asarray(compute(x), np.float32)
             idx = todo[b * batch_size: b * batch_size + len(z)]

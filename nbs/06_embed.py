@@ -51,7 +51,6 @@ from derma_jepa.nuisance import exif_applies, load_rgb, render, side_keys_of
 # %%
 from fastcore.test import test_eq, test_fail
 
-
 # %% [markdown]
 # ## Precision
 #
@@ -301,7 +300,8 @@ def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_fo
                                          persistent_workers=False, prefetch_factor=4 if workers else None)
         per_shard = max(1, shard_size // batch_size)
         pend_idx, pend_vec = [], []
-        bar = tqdm(total=len(todo), unit="item", desc=desc, disable=not progress, mininterval=2)
+        # `disable` passed only to switch the bar off: with progress on, tqdm's own TQDM_DISABLE=1 still silences it
+        bar = tqdm(total=len(todo), unit="item", desc=desc, mininterval=2, **({} if progress else {"disable": True}))
         for b, x in enumerate(dl):
             z = np.asarray(compute(x), np.float32)
             idx = todo[b * batch_size: b * batch_size + len(z)]
@@ -385,10 +385,10 @@ _m, _ = build_manifest(split_records(_recs, 7), "symmetric", pairs_per_split=8, 
 _sides = sides_table(_m, _recs)
 _bb = get_backbone("random_vits14")
 _root = Path(tempfile.mkdtemp())
-_z, _st = embed_sides(_bb, _sides, cache_root=_root, batch_size=8, shard_size=16)
+_z, _st = embed_sides(_bb, _sides, dtype="fp32", cache_root=_root, batch_size=8, shard_size=16)
 test_eq((_z.shape, _st.computed, _st.cache_hits), ((len(_sides), 384), len(_sides), 0))
 np.testing.assert_allclose(np.linalg.norm(_z, axis=1), 1, atol=1e-5)
-_z2, _st2 = embed_sides(_bb, _sides, cache_root=_root, batch_size=8, shard_size=16)
+_z2, _st2 = embed_sides(_bb, _sides, dtype="fp32", cache_root=_root, batch_size=8, shard_size=16)
 test_eq((_st2.computed, _st2.cache_hits, _z2.tobytes() == _z.tobytes()), (0, len(_sides), True))
 
 # %%
@@ -397,7 +397,7 @@ assert len(_shards) >= 2
 _part = Path(tempfile.mkdtemp())
 (_part / _shards[0].parent.name).mkdir()
 (_part / _shards[0].parent.name / _shards[0].name).write_bytes(_shards[0].read_bytes())
-_z3, _st3 = embed_sides(_bb, _sides, cache_root=_part, batch_size=8, shard_size=16)
+_z3, _st3 = embed_sides(_bb, _sides, dtype="fp32", cache_root=_part, batch_size=8, shard_size=16)
 test_eq((_st3.cache_hits, _z3.tobytes() == _z.tobytes()), (16, True))
 
 # %% [markdown]
@@ -413,7 +413,7 @@ _sh[0].write_bytes(_sh[0].read_bytes()[:500])
 np.savez(_sh[0].parent / "shard-foreign.npz", keys=np.arange(3), vectors=np.zeros((3, 2)))
 with warnings.catch_warnings(record=True) as _w:
     warnings.simplefilter("always")
-    _z4, _st4 = embed_sides(_bb, _sides, cache_root=_part, batch_size=8, shard_size=16)
+    _z4, _st4 = embed_sides(_bb, _sides, dtype="fp32", cache_root=_part, batch_size=8, shard_size=16)
 test_eq(_z4.tobytes(), _z.tobytes())
 test_eq(sorted(Path(str(w.message).split()[2]).name for w in _w if issubclass(w.category, CacheWarning)),
         sorted([_sh[0].name, "shard-foreign.npz"]))

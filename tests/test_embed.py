@@ -34,7 +34,7 @@ def test_local_checkpoint_runs(tmp_path):
     ckpt = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(ckpt))
     run_dir = tmp_path / "run"
-    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "backbone", "dinov2_vitb14", "-p", "weights", str(ckpt), "-p", "stop_after", "embed",
+    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "backbone", "dinov2_vitb14", "-p", "weights", str(ckpt), "-p", "stop_after", "embed", "-p", "dtype", "fp32",
                   "-p", "run_dir", str(run_dir))
     assert p.returncode == 0, p.stderr[-3000:]
     env = json.loads((run_dir / "environment.json").read_text())
@@ -54,7 +54,7 @@ EMBED = textwrap.dedent("""
     from derma_jepa.split import split_records
     recs = load_records(fixture_dir(n_lesions=250, seed=0))
     m, _ = build_manifest(split_records(recs, 5), "symmetric", pairs_per_split=3, seed=5)
-    z, st = embed_sides(get_backbone("random_vitb16"), sides_table(m, recs), batch_size=4, shard_size=4,
+    z, st = embed_sides(get_backbone("random_vitb16"), sides_table(m, recs), dtype="fp32", batch_size=4, shard_size=4,
                         workers=0, cache_root=sys.argv[1])
     np.save(sys.argv[2], z)
     print(st.computed, st.cache_hits)

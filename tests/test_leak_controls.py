@@ -16,8 +16,10 @@ def _auroc(ev, scorer, split="test"):
 
 
 def test_reference_manifest_leaks_through_the_target(runs):
-    # stable targets are processed 224-px renders, changing targets untouched originals: one side gives the label away
-    assert abs(_auroc(runs["reference"], "target_only_probe") - 0.5) > 0.3
+    # stable targets are processed 224-px renders, changing targets untouched originals: one side gives the label away,
+    # so the target-only probe is above chance beyond its bootstrap interval (0.82 on the real copy at full size)
+    a = runs["reference"]["metrics"]["test"]["target_only_probe"]["auroc"]
+    assert a["ci_low"] > 0.5 and a["value"] > 0.6, a
 
 
 def test_symmetric_manifest_does_not(runs):

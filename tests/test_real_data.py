@@ -91,7 +91,10 @@ def probe_runs(ham_dir, tmp_path_factory):
 
 def test_single_side_probes_on_the_real_copy(probe_runs):
     auroc = lambda p, s: probe_runs[p]["metrics"]["test"][s]["auroc"]["value"]
-    assert abs(auroc("reference", "target_only_probe") - 0.5) > 0.3
+    # the leak: above chance beyond the probe's bootstrap interval (0.82 at the full 1,000 pairs per label; at 200 the
+    # 112-px color_texture descriptor sees less of the processing, about 0.64)
+    ref = probe_runs["reference"]["metrics"]["test"]["target_only_probe"]["auroc"]
+    assert ref["ci_low"] > 0.5 and ref["value"] > 0.6, ref
     for probe in ("target_only_probe", "context_only_probe"):
         assert abs(auroc("symmetric", probe) - 0.5) < 0.1, (probe, auroc("symmetric", probe))
 
