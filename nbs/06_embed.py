@@ -54,7 +54,6 @@ from fastcore.test import test_eq, test_fail
 # %% [markdown]
 # ## Precision
 #
-#
 # `dtype="auto"`: at first use of a backbone on a machine, `measure_precisions` times the model
 # alone (preprocessed images already in memory, one warm-up batch, then `reps` timed batches) in
 # fp32, bf16 and, on CUDA, fp16, and compares each precision's embeddings of the same images with
