@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-cold-run bench-pretrain clean-venv
+.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-cold-run bench-pretrain bench-cluster clean-venv
 
 # pyproject.toml is left out: nbdev_export rewrites it (same content, new mtime) on every export.
 $(STAMP): settings.ini setup.py
@@ -34,12 +34,16 @@ demo: $(STAMP)
 ## BACKBONES=offline adds the offline stand-ins (random_vitb16, color_texture), labelled as such;
 ## BACKBONES=color_texture (a comma list) picks among them. SWEEP=0 leaves out the seed sweep.
 ## Needs HAM10000_DIR (the experiment YAMLs read `data: $$HAM10000_DIR`). PAPER_ARGS passes more options.
+## EXECUTOR=slurm runs the embedding and the runs as SLURM jobs (README "On a cluster"); ARC picks the arc file
+## (nbs/experiments/arc_cluster.yaml carries GPU resources).
 BACKBONES ?= hub
 SWEEP ?= 1
 RUNS_DIR ?= runs
+EXECUTOR ?= local
+ARC ?=
 paper: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/derma_jepa_paper --backbones $(BACKBONES) --runs $(RUNS_DIR) --paper paper \
-	  $(if $(filter 0,$(SWEEP)),--no-sweep) $(PAPER_ARGS)
+	  --executor $(EXECUTOR) $(if $(ARC),--arc $(ARC)) $(if $(filter 0,$(SWEEP)),--no-sweep) $(PAPER_ARGS)
 
 ## EXP-009's overlap audit: HAM10000 against the pretraining corpus, recorded in paper/audit/.
 ISIC_NONHAM_DIR ?= ../shared/data/isic-nonham
@@ -54,7 +58,7 @@ audit: $(STAMP)
 exp009: $(STAMP)
 	@mkdir -p $(RUNS_DIR)/exp009
 	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING \
-	  nbs/exp009.ipynb $(RUNS_DIR)/exp009/exp009.ipynb -p runs_dir $(RUNS_DIR) $(EXP009_ARGS)
+	  nbs/exp009.ipynb $(RUNS_DIR)/exp009/exp009.ipynb -p runs_dir $(RUNS_DIR) -p executor $(EXECUTOR) $(EXP009_ARGS)
 	@echo "executed notebook: $(RUNS_DIR)/exp009/exp009.ipynb; tables and figures: paper/exp009/"
 
 ## Every notebook in nbs/ executed in place and stamped (18_notebooks): the numbered ones on the real copy where they
@@ -135,6 +139,10 @@ bench-arc: $(STAMP)
 
 bench-cold-run: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(PY) benchmarks/bench_cold_run.py $(BENCH_COLD_ARGS)
+
+## The color_texture arc through a local single-node SLURM (2 one-CPU workers) vs here, from an empty cache.
+bench-cluster: $(STAMP)
+	$(SCRATCH) $(PY) benchmarks/bench_cluster.py
 
 bench-pretrain: $(STAMP)
 	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) $(PY) benchmarks/bench_pretrain.py

@@ -67,7 +67,7 @@ def project(backbone: str, data: str) -> dict:
     "Distinct sides the arc embeds per protocol, the backbone's measured sides/s, and the projected cold embedding time."
     from derma_jepa.backbones import get_backbone
     from derma_jepa.embed import embed_sides, sides_table
-    from derma_jepa.report import plan_arc
+    from derma_jepa.plan import plan_arc
     from derma_jepa.experiment import data_stage
     plan = plan_arc(backbones=backbone, overrides={"data": data}, sweep=True)
     plan = plan[plan.stand_in]

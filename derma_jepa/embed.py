@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,8 @@ from .nuisance import exif_applies, load_rgb, render, side_keys_of
 
 # %% auto #0
 __all__ = ['DTYPES', 'autocast', 'encoder', 'device_model', 'measure_precisions', 'choose_precision', 'precision_key',
-           'resolve_precision', 'SideDataset', 'default_workers', 'side_keys', 'EmbeddingCache', 'EmbedStats',
-           'cached_compute', 'side_precision', 'embed_sides', 'sides_table']
+           'resolve_precision', 'write_once', 'SideDataset', 'default_workers', 'side_keys', 'EmbeddingCache',
+           'EmbedStats', 'Interrupted', 'cached_compute', 'side_precision', 'embed_sides', 'sides_table']
 
 # %% ../nbs/06_embed.ipynb #9ca30b45
 DTYPES = ("fp32", "bf16", "fp16")
@@ -100,9 +101,20 @@ def resolve_precision(dtype: str, model: torch.nn.Module, device: str, fingerpri
     except (OSError, ValueError): pass
     measured = measure_precisions(model, sample(), device, candidates=candidates)
     rec = {"dtype": choose_precision(measured), "key": key, "measured": measured, "min_cosine": 0.999}
+    first = write_once(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+    return {**rec, "how": "measured now"} if first else {**json.loads(path.read_text()), "how": "cached measurement"}
+
+
+def write_once(path: Path, data: bytes) -> bool:
+    "Create `path` holding `data` unless it exists; True when this call created it. Atomic: the first writer wins."
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(rec, indent=1, sort_keys=True).encode())
-    return {**rec, "how": "measured now"}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f: f.write(data)
+        os.link(tmp, path)             # fails when the name exists, on a local disk and on NFS alike
+        return True
+    except FileExistsError: return False
+    finally: Path(tmp).unlink(missing_ok=True)
 
 # %% ../nbs/06_embed.ipynb #44bf5618
 class SideDataset(torch.utils.data.Dataset):
@@ -184,23 +196,39 @@ class EmbedStats:
     def to_dict(self): return {**self.__dict__, "sides_per_s": round(self.sides_per_s, 2)}
 
 
+def _ignore_stop_signals(_worker_id):
+    """DataLoader workers leave SIGTERM/SIGUSR2 to the main process (SLURM signals every process of a job step), so a
+    stop request ends the work after the shard in progress instead of killing the workers under it."""
+    import signal
+    for s in (signal.SIGTERM, signal.SIGUSR2): signal.signal(s, signal.SIG_IGN)
+
+
+class Interrupted(Exception):
+    "Computation stopped on request (a job's SIGTERM) after writing `done` of `todo` missing rows to the cache."
+    def __init__(self, done: int, todo: int):
+        super().__init__(f"stopped on request after {done} of {todo} rows (stored; a rerun computes the rest)")
+        self.done, self.todo = done, todo
+
+
 def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_for, compute, batch_size: int = 32,
-                   workers: int = 0, shard_size: int = 256, progress: bool = False, desc: str = "compute"):
+                   workers: int = 0, shard_size: int = 256, progress: bool = False, desc: str = "compute", stop=None):
     """Rows for `keys` from `cache`; the missing ones computed in order, in batches of `dataset_for(todo)` items
     through `compute(batch) -> np.ndarray`, and stored a shard of whole batches at a time. Returns (rows, hits).
-    Repeated keys (two files with the same bytes and recipe) are computed once; the repeats count as hits."""
+    Repeated keys (two files with the same bytes and recipe) are computed once; the repeats count as hits.
+    `stop()`, asked after each shard is stored, ends the work there by raising `Interrupted`."""
     codes, uniq = pd.factorize(np.asarray(keys))
     if len(uniq) < len(keys):
         first = np.unique(codes, return_index=True)[1]           # first occurrence of each key, in order
         rows, hits = cached_compute(cache, np.asarray(keys)[first], dim, lambda todo: dataset_for(first[todo]), compute,
-                                    batch_size, workers, shard_size, progress, desc)
+                                    batch_size, workers, shard_size, progress, desc, stop)
         return rows[codes], hits + len(keys) - len(uniq)
     found, out = cache.lookup(keys, dim)
     todo = np.flatnonzero(~found)
     if len(todo):
         from tqdm import tqdm
         dl = torch.utils.data.DataLoader(dataset_for(todo), batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+                                         persistent_workers=False, prefetch_factor=4 if workers else None,
+                                         worker_init_fn=_ignore_stop_signals if workers else None)
         per_shard = max(1, shard_size // batch_size)
         pend_idx, pend_vec = [], []
         # `disable` passed only to switch the bar off: with progress on, tqdm's own TQDM_DISABLE=1 still silences it
@@ -213,6 +241,8 @@ def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_fo
             if len(pend_idx) == per_shard or b == len(dl) - 1:
                 i = np.concatenate(pend_idx); cache.put(keys[i], np.concatenate(pend_vec))
                 pend_idx, pend_vec = [], []
+                if stop is not None and stop() and b < len(dl) - 1:
+                    bar.close(); raise Interrupted(min((b + 1) * batch_size, len(todo)), len(todo))
             bar.update(len(z))
         bar.close()
     return out, int(found.sum())
@@ -231,9 +261,9 @@ def side_precision(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto")
 
 
 def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str | dict = "auto", batch_size: int = 32,
-                workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False):
+                workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False, stop=None):
     """Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache.
-    `dtype` is a precision name, `auto`, or a decision `side_precision` already made."""
+    `dtype` is a precision name, `auto`, or a decision `side_precision` already made; `stop` as `cached_compute`."""
     t0 = time.perf_counter()
     device = backbone.device
     workers = default_workers() if workers is None else workers
@@ -243,7 +273,7 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str | dict = "au
     keys = side_keys(backbone.fingerprint, dtype, sides.sha256, side_keys_of(sides))
     out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim, data,
                                encoder(backbone.model, device, dtype), batch_size, workers, shard_size, progress,
-                               f"embed {backbone.name}")
+                               f"embed {backbone.name}", stop)
     stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers,
                        precision)
     return out, stats

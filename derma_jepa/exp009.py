@@ -18,19 +18,20 @@ import yaml
 
 from .backbones import backbone_spec
 from .data import DataError, atomic_write_bytes
+from .executors import check_resources
 from .experiment import Config, ConfigError, run_id
 from .split import PROTOCOLS
 from .pretrain import OBJECTIVES, PretrainConfig, random_encoder
 from .safety import load_checkpoint, write_marked_dir
-from .report import experiments_dir, parse_backbones
+from .plan import experiments_dir, parse_backbones
 
 # %% auto #0
-__all__ = ['KEYS', 'ARCH_LABEL', 'EXP009_TEX', 'load_exp009', 'audited_corpus', 'corpus_digest', 'pretrain_dir', 'pretrain_all',
-           'encoder_label', 'plan_exp009', 'probe_all', 'probe_gate', 'exp009_table', 'probe_table', 'fig_pretraining',
-           'fig_by_encoder', 'render_exp009', 'budget_text', 'plan_config0']
+__all__ = ['KEYS', 'ARCH_LABEL', 'EXP009_TEX', 'load_exp009', 'audited_corpus', 'corpus_digest', 'pretrain_dir', 'pretrain_job',
+           'pretrain_all', 'encoder_label', 'plan_exp009', 'probe_all', 'probe_gate', 'exp009_table', 'probe_table',
+           'fig_pretraining', 'fig_by_encoder', 'render_exp009', 'budget_text', 'plan_config0']
 
 # %% ../nbs/15_exp009.ipynb #0472518e
-KEYS = ("recipe", "corpus", "objectives", "pretrain", "steps", "protocols", "compare", "probe", "audit")
+KEYS = ("recipe", "corpus", "objectives", "pretrain", "steps", "protocols", "compare", "probe", "audit", "resources")
 
 
 def _expand(value: str, what: str, path) -> str:
@@ -66,7 +67,8 @@ def load_exp009(path=None, **overrides) -> dict:
             "pretrain": cfgs, "protocols": list(s.get("protocols") or ["symmetric"]),
             "compare": parse_backbones(",".join(s.get("compare") or [])) if s.get("compare") else [],
             "probe": {"fractions": (0.01, 0.1, 1.0), "n_boot": 200, **dict(s.get("probe") or {})},
-            "audit": {"n_pos": 1000, "n_neg": 500_000, **dict(s.get("audit") or {})}}
+            "audit": {"n_pos": 1000, "n_neg": 500_000, **dict(s.get("audit") or {})},
+            "resources": check_resources(s.get("resources"), f"{path}: resources")}
 
 # %% ../nbs/15_exp009.ipynb #ba13e54e
 def audited_corpus(paths, report: dict) -> tuple[list[str], pd.DataFrame]:
@@ -90,22 +92,47 @@ def pretrain_dir(runs_dir, cfg: PretrainConfig, corpus: str, name: str | None = 
     return Path(runs_dir) / "exp009" / "pretrain" / f"{name or cfg.objective}-{h}"
 
 
-def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool = False, log=print) -> pd.DataFrame:
-    "Train every objective (resuming, or reusing finished ones) and export the random-init control; one row per encoder."
-    from derma_jepa.pretrain import load_images, pretrain
+def _train_one(cfg: PretrainConfig, images, d: Path, corpus_paths: list, digest: str, progress: bool) -> None:
+    from derma_jepa.pretrain import pretrain
+    t0 = time.perf_counter()
+    out = pretrain(cfg, images, d, progress=progress)
+    info = {"seconds": round(time.perf_counter() - t0, 1), "images_per_s": round(out["images_per_s"], 1),
+            "dtype": out["dtype"], "n_images": len(corpus_paths), "corpus_digest": digest}
+    atomic_write_bytes(d / "train.json", (json.dumps(info, indent=1) + "\n").encode())
+
+
+def pretrain_job(config: dict, corpus_file: str, out_dir: str) -> dict:
+    "What a pretraining job runs: one objective on the corpus listed in `corpus_file` (JSON), into `out_dir` (resumes)."
+    from derma_jepa.pretrain import load_images
+    cfg, paths = PretrainConfig(**config), json.loads(Path(corpus_file).read_text())
+    _train_one(cfg, load_images(paths, cfg.image_size), Path(out_dir), paths, corpus_digest(paths), False)
+    return json.loads((Path(out_dir) / "train.json").read_text())
+
+
+def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool = False, log=print, executor=None) -> pd.DataFrame:
+    """Train every objective (resuming, or reusing finished ones) and export the random-init control; one row per encoder.
+    With an `executor` (20_executors), each unfinished objective is one job (`pretrain` resources), all at once."""
+    from derma_jepa.executors import WorkItem
+    from derma_jepa.pretrain import load_images
     corpus_paths = list(corpus_paths)
-    digest, images, rows = corpus_digest(corpus_paths), None, []
+    digest, images, rows, items = corpus_digest(corpus_paths), None, [], []
     for obj, cfg in settings["pretrain"].items():
         d = pretrain_dir(runs_dir, cfg, digest)
-        if not ((d / "encoder.safetensors").exists() and (d / "train.json").exists()):
+        if (d / "encoder.safetensors").exists() and (d / "train.json").exists(): log(f"{obj}: finished earlier, reused ({d.name})")
+        elif executor is not None:
+            corpus_file = Path(runs_dir).resolve() / "exp009" / "jobs" / "pretrain" / f"corpus-{digest[:12]}.json"
+            if not corpus_file.exists(): atomic_write_bytes(corpus_file, json.dumps(corpus_paths).encode())
+            items.append(WorkItem("pretrain", d.name, "derma_jepa.exp009:pretrain_job",
+                                  {"config": dataclasses.asdict(cfg), "corpus_file": str(corpus_file), "out_dir": str(d.resolve())}))
+        else:
             if images is None or images.shape[-1] != cfg.image_size: images = load_images(corpus_paths, cfg.image_size)
-            t0 = time.perf_counter()
-            out = pretrain(cfg, images, d, progress=progress)
-            info = {"seconds": round(time.perf_counter() - t0, 1), "images_per_s": round(out["images_per_s"], 1),
-                    "dtype": out["dtype"], "n_images": len(corpus_paths), "corpus_digest": digest}
-            atomic_write_bytes(d / "train.json", (json.dumps(info, indent=1) + "\n").encode())
+            _train_one(cfg, images, d, corpus_paths, digest, progress)
             log(f"{obj}: {cfg.steps} steps trained ({d.name}; wall time and rate in its train.json)")
-        else: log(f"{obj}: finished earlier, reused ({d.name})")
+    for r in (executor.run(items) if items else []):
+        if r["state"] != "done": raise DataError(f"pretraining {r['name']}: {r['state']} {r['error']} (log: {r['log']}); run again to resume")
+        log(f"{r['name']}: trained as job {r['job_id']} (log: {r['log']})")
+    for obj, cfg in settings["pretrain"].items():
+        d = pretrain_dir(runs_dir, cfg, digest)
         rows.append({"encoder": obj, "objective": obj, "steps": cfg.steps, "images_seen": cfg.steps * cfg.batch_size,
                      "path": str(d / "encoder.safetensors"), **json.loads((d / "train.json").read_text())})
     cfg0 = next(iter(settings["pretrain"].values()))
@@ -125,7 +152,7 @@ def encoder_label(row: dict, cfg: PretrainConfig) -> str:
 
 
 def plan_exp009(settings: dict, encoders: pd.DataFrame, runs_dir="runs", recipe_overrides: dict | None = None) -> pd.DataFrame:
-    "One row per (encoder or comparison, protocol): a validated Config with its run directory, as report.plan_arc."
+    "One row per (encoder or comparison, protocol): a validated Config with its run directory, as plan.plan_arc."
     cfg0 = next(iter(settings["pretrain"].values()))
     backbones = [(f"ssl:{r['path']}", encoder_label(r, cfg0), r["encoder"]) for r in encoders.to_dict("records")]
     backbones += [(b, f"{b} (offline)", b) for b in settings["compare"]]

@@ -270,6 +270,7 @@ def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, 
         clean_nb(nb, allowed_cell_metadata_keys=["tags"])
         for c in nb.cells:                                    # papermill's empty `tags: []` on every cell
             if c.metadata.get("tags") == []: del c.metadata["tags"]
+            if "injected-parameters" in c.metadata.get("tags", []): c.id = "injected-parameters"   # papermill's id is random
         out[f"{experiment}-{prot}-{row.backbone}.ipynb"] = (nbformat.writes(nb) + "\n").encode()
     return out
 
@@ -322,7 +323,9 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
         files[f"tables/{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
     figs = make_paper_figures(plan, long)
     files.update({f"figures/{k}.png": _fig_bytes(f) for k, f in figs.items()})
-    runs = plan.drop(columns="config").drop_duplicates(["experiment", "protocol", "seed", "backbone"])
+    # where a run executed (job id, state, log) is the plan's business, not the paper's: the same runs give the same paper
+    runs = (plan.drop(columns=["config", "job_id", "job_state", "job_log"], errors="ignore")
+            .drop_duplicates(["experiment", "protocol", "seed", "backbone"]))
     runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
     runs = runs.drop(columns="run_dir")
     files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()

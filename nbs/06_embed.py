@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,12 +139,29 @@ def resolve_precision(dtype: str, model: torch.nn.Module, device: str, fingerpri
     except (OSError, ValueError): pass
     measured = measure_precisions(model, sample(), device, candidates=candidates)
     rec = {"dtype": choose_precision(measured), "key": key, "measured": measured, "min_cosine": 0.999}
+    first = write_once(path, json.dumps(rec, indent=1, sort_keys=True).encode())
+    return {**rec, "how": "measured now"} if first else {**json.loads(path.read_text()), "how": "cached measurement"}
+
+
+def write_once(path: Path, data: bytes) -> bool:
+    "Create `path` holding `data` unless it exists; True when this call created it. Atomic: the first writer wins."
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json.dumps(rec, indent=1, sort_keys=True).encode())
-    return {**rec, "how": "measured now"}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f: f.write(data)
+        os.link(tmp, path)             # fails when the name exists, on a local disk and on NFS alike
+        return True
+    except FileExistsError: return False
+    finally: Path(tmp).unlink(missing_ok=True)
 
 
 # %% [markdown]
+# On a cluster, jobs of one backbone start on identical nodes at the same time, and each would
+# measure: timings are noisy, so two of them could decide differently and then embed into two
+# caches (the precision is part of a side's key). So the decision is written *once*: the first
+# job to finish measuring creates the file (`os.link`, which refuses an existing name), and every
+# later one, its own measurement notwithstanding, reads and follows that decision.
+#
 # On a tiny model: measured once, then read back (the second call's sample would raise if it were
 # measured again); another fingerprint is measured anew; a named dtype and a model without
 # parameters need no measurement; the choice is the fastest precision that agrees with fp32, never
@@ -158,6 +176,10 @@ test_eq((_p1["how"], set(_p1["measured"]), _p1["dtype"]), ("measured now", {"fp3
 _p2 = resolve_precision("auto", _tiny, "cpu", "tiny-0", lambda: 1 / 0, cache_root=_proot)
 test_eq((_p2["how"], _p2["dtype"]), ("cached measurement", _p1["dtype"]))
 test_eq(resolve_precision("auto", _tiny, "cpu", "tiny-1", lambda: _x, cache_root=_proot)["how"], "measured now")
+_late = json.loads(next(Path(_proot).glob("*.json")).read_text())    # a concurrent job measured, then lost the race
+_lost = {**_late, "dtype": "bf16" if _late["dtype"] == "fp32" else "fp32"}
+test_eq(write_once(next(Path(_proot).glob("*.json")), json.dumps(_lost).encode()), False)
+test_eq(resolve_precision("auto", _tiny, "cpu", "tiny-0", lambda: 1 / 0, cache_root=_proot)["dtype"], _p1["dtype"])
 test_eq(resolve_precision("bf16", _tiny, "cpu", "x")["dtype"], "bf16")
 test_eq(resolve_precision("auto", torch.nn.Identity(), "cpu", "x")["dtype"], "fp32")
 test_fail(lambda: resolve_precision("fp8", _tiny, "cpu", "x"), contains="unknown dtype 'fp8'")
@@ -280,23 +302,39 @@ class EmbedStats:
     def to_dict(self): return {**self.__dict__, "sides_per_s": round(self.sides_per_s, 2)}
 
 
+def _ignore_stop_signals(_worker_id):
+    """DataLoader workers leave SIGTERM/SIGUSR2 to the main process (SLURM signals every process of a job step), so a
+    stop request ends the work after the shard in progress instead of killing the workers under it."""
+    import signal
+    for s in (signal.SIGTERM, signal.SIGUSR2): signal.signal(s, signal.SIG_IGN)
+
+
+class Interrupted(Exception):
+    "Computation stopped on request (a job's SIGTERM) after writing `done` of `todo` missing rows to the cache."
+    def __init__(self, done: int, todo: int):
+        super().__init__(f"stopped on request after {done} of {todo} rows (stored; a rerun computes the rest)")
+        self.done, self.todo = done, todo
+
+
 def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_for, compute, batch_size: int = 32,
-                   workers: int = 0, shard_size: int = 256, progress: bool = False, desc: str = "compute"):
+                   workers: int = 0, shard_size: int = 256, progress: bool = False, desc: str = "compute", stop=None):
     """Rows for `keys` from `cache`; the missing ones computed in order, in batches of `dataset_for(todo)` items
     through `compute(batch) -> np.ndarray`, and stored a shard of whole batches at a time. Returns (rows, hits).
-    Repeated keys (two files with the same bytes and recipe) are computed once; the repeats count as hits."""
+    Repeated keys (two files with the same bytes and recipe) are computed once; the repeats count as hits.
+    `stop()`, asked after each shard is stored, ends the work there by raising `Interrupted`."""
     codes, uniq = pd.factorize(np.asarray(keys))
     if len(uniq) < len(keys):
         first = np.unique(codes, return_index=True)[1]           # first occurrence of each key, in order
         rows, hits = cached_compute(cache, np.asarray(keys)[first], dim, lambda todo: dataset_for(first[todo]), compute,
-                                    batch_size, workers, shard_size, progress, desc)
+                                    batch_size, workers, shard_size, progress, desc, stop)
         return rows[codes], hits + len(keys) - len(uniq)
     found, out = cache.lookup(keys, dim)
     todo = np.flatnonzero(~found)
     if len(todo):
         from tqdm import tqdm
         dl = torch.utils.data.DataLoader(dataset_for(todo), batch_size=batch_size, shuffle=False, num_workers=workers,
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+                                         persistent_workers=False, prefetch_factor=4 if workers else None,
+                                         worker_init_fn=_ignore_stop_signals if workers else None)
         per_shard = max(1, shard_size // batch_size)
         pend_idx, pend_vec = [], []
         # `disable` passed only to switch the bar off: with progress on, tqdm's own TQDM_DISABLE=1 still silences it
@@ -309,6 +347,8 @@ def cached_compute(cache: EmbeddingCache, keys: np.ndarray, dim: int, dataset_fo
             if len(pend_idx) == per_shard or b == len(dl) - 1:
                 i = np.concatenate(pend_idx); cache.put(keys[i], np.concatenate(pend_vec))
                 pend_idx, pend_vec = [], []
+                if stop is not None and stop() and b < len(dl) - 1:
+                    bar.close(); raise Interrupted(min((b + 1) * batch_size, len(todo)), len(todo))
             bar.update(len(z))
         bar.close()
     return out, int(found.sum())
@@ -327,9 +367,9 @@ def side_precision(backbone: Backbone, sides: pd.DataFrame, dtype: str = "auto")
 
 
 def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str | dict = "auto", batch_size: int = 32,
-                workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False):
+                workers: int | None = None, shard_size: int = 256, cache_root=None, progress: bool = False, stop=None):
     """Embeddings (n × dim, L2-normalised, float32) of `sides` (columns path, sha256, recipe), via the cache.
-    `dtype` is a precision name, `auto`, or a decision `side_precision` already made."""
+    `dtype` is a precision name, `auto`, or a decision `side_precision` already made; `stop` as `cached_compute`."""
     t0 = time.perf_counter()
     device = backbone.device
     workers = default_workers() if workers is None else workers
@@ -339,7 +379,7 @@ def embed_sides(backbone: Backbone, sides: pd.DataFrame, dtype: str | dict = "au
     keys = side_keys(backbone.fingerprint, dtype, sides.sha256, side_keys_of(sides))
     out, hits = cached_compute(EmbeddingCache(backbone.fingerprint, dtype, cache_root), keys, backbone.dim, data,
                                encoder(backbone.model, device, dtype), batch_size, workers, shard_size, progress,
-                               f"embed {backbone.name}")
+                               f"embed {backbone.name}", stop)
     stats = EmbedStats(len(sides), hits, len(sides) - hits, time.perf_counter() - t0, dtype, device, batch_size, workers,
                        precision)
     return out, stats
@@ -398,6 +438,19 @@ _part = Path(tempfile.mkdtemp())
 (_part / _shards[0].parent.name / _shards[0].name).write_bytes(_shards[0].read_bytes())
 _z3, _st3 = embed_sides(_bb, _sides, dtype="fp32", cache_root=_part, batch_size=8, shard_size=16)
 test_eq((_st3.cache_hits, _z3.tobytes() == _z.tobytes()), (16, True))
+
+# %% [markdown]
+# A job asked to stop (21_executors turns SIGTERM into `stop()` returning True) finishes the shard
+# in progress, stores it, and raises `Interrupted` saying how far it got; the next call computes
+# only the rest, to the same bytes as an uninterrupted run.
+
+# %%
+_stopped = Path(tempfile.mkdtemp())
+try: embed_sides(_bb, _sides, dtype="fp32", cache_root=_stopped, batch_size=8, shard_size=16, stop=lambda: True); raise AssertionError("not stopped")
+except Interrupted as e: test_eq((e.done, e.todo), (16, len(_sides)))
+test_eq(len(EmbeddingCache(_bb.fingerprint, "fp32", _stopped).shards()), 1)
+_z5, _st5 = embed_sides(_bb, _sides, dtype="fp32", cache_root=_stopped, batch_size=8, shard_size=16, stop=lambda: False)
+test_eq((_st5.cache_hits, _z5.tobytes() == _z.tobytes()), (16, True))
 
 # %% [markdown]
 # A cache that heals: one shard truncated (as a full disk leaves it) and one foreign file under a

@@ -12,298 +12,36 @@
 # %% [markdown]
 # # Report: the arc, the seed sweep and the paper's tables
 #
-# > Plan the experiment arc, run it through the papermill notebook, and turn run directories into tables and figures.
+# > Turn run directories into one long table of metrics and the paper's tables.
 
 # %% [markdown]
-# The published arc (PROTOCOL B4) is nine runs and a seed sweep. Here an arc is *data*: a YAML
-# naming the experiment files, the protocols and the sweep (`nbs/experiments/arc.yaml`). Three
-# steps turn it into a paper:
-#
-# 1. **plan** (`plan_arc`): every (experiment, protocol, seed, backbone) becomes one `Config`,
-#    validated before anything runs, with its run directory and whether it can run here. A hub
-#    backbone without weights becomes a row that says so ("not run: weights for … not found"); it
-#    is never replaced silently. Offline backbones can be asked for *beside* the paper's
-#    backbone, and are then labelled as stand-ins everywhere.
-# 2. **execute** (`execute_run`): each runnable config goes through `nbs/run.ipynb` with papermill;
-#    the executed notebook is filed in its run directory as `run.ipynb`, so every number in the
-#    paper leads back to an executed notebook. A run whose directory is complete is not re-run,
-#    and every embedding and pixel score comes from the shared cache.
-# 3. **aggregate** (`collect`, the `*_table` functions): run directories → one long table of
-#    metrics → the cross-run table (both protocols side by side, with the leak probes and the
-#    re-photography pairs), predictor × optimiser, and the seed sweep (mean ± SD and the
-#    Student-t interval of the mean, with the per-seed baselines the release left out).
+# The published arc (PROTOCOL B4) is nine runs and a seed sweep. 21_plan turns the arc file into
+# a plan (one validated `Config` per experiment, protocol, seed and backbone) and runs it, here or
+# on a SLURM cluster (20_executors). This notebook is the third step, **aggregate**: run
+# directories → one long table of metrics (`collect`) → the cross-run table (both protocols side
+# by side, with the leak probes and the re-photography pairs), predictor × optimiser, and the seed
+# sweep (mean ± SD and the Student-t interval of the mean, with the per-seed baselines the release
+# left out). It reads only what the runs wrote, so it does not care where they ran.
 #
 # 17_render draws the figures and writes `paper/`; `nbs/paper.ipynb` runs it, and `make paper`
-# (the `derma_jepa_paper` command) does all three steps.
+# (the `derma_jepa_paper` command of 21_plan) does all three steps.
 
 # %%
 #| export
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-
-from derma_jepa.backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolve_weights
-from derma_jepa.data import DataError, atomic_write_bytes
-from derma_jepa.experiment import Config, ConfigError, resolve_data, run_id
 
 # %%
+import tempfile
 from fastcore.test import test_eq, test_fail, test_close
-
-
-# %% [markdown]
-# ## Where things are
-#
-# The arc files and `run.ipynb` live in the repository, found by walking up from the working
-# directory to `settings.ini` (so notebooks, tests and `make` agree).
-
-# %%
-#| export
-def repo_root(start=None) -> Path:
-    "The folder holding settings.ini, searched upwards from `start` (default: the working directory)."
-    p = Path(start or Path.cwd()).resolve()
-    for q in [p, *p.parents]:
-        if (q / "settings.ini").exists() and (q / "nbs").is_dir(): return q
-    raise DataError(f"no derma-jepa checkout (settings.ini + nbs/) above {p}")
-
-
-def experiments_dir() -> Path: return repo_root() / "nbs" / "experiments"
-
-
-# %%
-assert (experiments_dir() / "arc.yaml").exists()
-
-# %% [markdown]
-# ## The arc as data
-#
-# `arc.yaml` lists experiment files (their stems), the protocols and the sweep. Any other key is
-# an error that names the file, as is an experiment whose YAML is missing.
-
-# %%
-#| export
-ARC_KEYS = {"experiments", "protocols", "sweep"}
-SWEEP_KEYS = {"experiments", "seeds"}
-
-# The paper's names for the hub backbones; offline ones keep their registry names.
-BACKBONE_LABELS = {"dinov2_vitb14": "DINOv2 ViT-B/14", "dinov2_vits14": "DINOv2 ViT-S/14",
-                   "clip_vitb16": "OpenAI CLIP ViT-B/16", "dermlip_vitb16": "DermLIP ViT-B/16",
-                   "biomedclip_vitb16": "BiomedCLIP ViT-B/16"}
-
-
-def load_arc(path) -> dict:
-    "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}}."
-    path = Path(path)
-    if not path.exists(): raise ConfigError(f"arc file {path} not found")
-    arc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(arc, dict): raise ConfigError(f"{path}: expected a mapping")
-    if set(arc) - ARC_KEYS: raise ConfigError(f"{path}: unknown key {sorted(set(arc) - ARC_KEYS)[0]!r}; keys: {', '.join(sorted(ARC_KEYS))}")
-    sweep = arc.get("sweep") or {}
-    if set(sweep) - SWEEP_KEYS: raise ConfigError(f"{path}: unknown sweep key {sorted(set(sweep) - SWEEP_KEYS)[0]!r}")
-    out = {"experiments": list(arc.get("experiments") or []), "protocols": list(arc.get("protocols") or ["symmetric"]),
-           "sweep": {"experiments": list(sweep.get("experiments") or []), "seeds": [int(s) for s in sweep.get("seeds") or []]}}
-    for e in out["experiments"] + out["sweep"]["experiments"]:
-        if not (path.parent / f"{e}.yaml").exists(): raise ConfigError(f"{path}: experiment {e!r} has no file {path.parent / (e + '.yaml')}")
-    return out
-
-
-# %%
-_arc = load_arc(experiments_dir() / "arc.yaml")
-test_eq(_arc["experiments"], ["exp001", "exp002", "exp003", "exp004", "exp005", "exp006a", "exp006b", "exp007", "exp008"])
-test_eq(_arc["sweep"], {"experiments": ["exp007", "exp008"], "seeds": [20260422, 1, 2, 3, 4]})
+from derma_jepa.plan import plan_arc
 _tmp = Path(tempfile.mkdtemp())
-(_tmp / "bad.yaml").write_text("experiments: [exp004]\nprotocol: [reference]\n")
-test_fail(lambda: load_arc(_tmp / "bad.yaml"), contains="unknown key 'protocol'")
-(_tmp / "gone.yaml").write_text("experiments: [exp404]\n")
-test_fail(lambda: load_arc(_tmp / "gone.yaml"), contains="experiment 'exp404' has no file")
-
-
-# %% [markdown]
-# ## Can a backbone run here?
-#
-# Offline backbones always can. A hub backbone can when its weights are in the Hugging Face cache
-# (or at the config's `weights` path); otherwise its rows carry the reason, in the words the
-# tables print.
-
-# %%
-#| export
-def weights_status(backbone: str, weights: str = "", hub_cache=None) -> str:
-    "'' when the backbone's weights are available here, else 'not run: weights for <hub id> not found'."
-    spec = backbone_spec(backbone)
-    if not spec.hub_id and not weights: return ""
-    try: resolve_weights(spec, weights or None, hub_cache)
-    except WeightsNotFound: return f"not run: weights for {spec.hub_id or weights} not found"
-    return ""
-
-
-def parse_backbones(backbones: str) -> list[str]:
-    "`hub` → no stand-ins; `offline` → every offline backbone of the arc; else a comma list of offline names."
-    if backbones in ("", "hub"): return []
-    names = list(STAND_INS) if backbones == "offline" else [b.strip() for b in backbones.split(",") if b.strip()]
-    for b in names:
-        if backbone_spec(b).hub_id: raise ConfigError(f"BACKBONES={backbones}: {b!r} is a hub backbone; stand-ins must be offline ({', '.join(OFFLINE_BACKBONES)})")
-    return [backbone_spec(b).name for b in names]
-
-
-STAND_INS = ("random_vitb16", "color_texture")
-
-# %%
-test_eq(weights_status("color_texture"), "")
-test_eq(weights_status("dinov2", hub_cache=_tmp / "empty-hub"), "not run: weights for timm/vit_base_patch14_dinov2.lvd142m not found")
-test_eq(parse_backbones("offline"), ["random_vitb16", "color_texture"])
-test_eq(parse_backbones("hub"), [])
-test_fail(lambda: parse_backbones("color_texture,clip"), contains="'clip' is a hub backbone")
-test_fail(lambda: parse_backbones("resnet"), contains="unknown backbone 'resnet'")
-
-
-# %% [markdown]
-# ## The plan
-#
-# One row per run: the experiment's label, protocol, seed, whether it belongs to the sweep, the
-# backbone the paper used and the one this row runs, `stand_in`, the run directory and its
-# status (`run` or the reason it cannot). Configs are built (and so validated) here, before any
-# work; `overrides` apply to every experiment (e.g. `data=fixture` for a dry run). The sweep's
-# seed-20260422 runs are the arc's own, so they share run directories and run once. Likewise a
-# run that differs from an earlier one *only in its experiment label* is that run: EXP-004,
-# 006b, 007 and 008 differ only in the hub backbone, so on an offline stand-in they are one
-# run, which is made once and shown once, naming every experiment it stands for.
-
-# %%
-#| export
-def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = None, sweep: bool = True,
-             runs_dir="runs") -> pd.DataFrame:
-    "Every run of the arc (and sweep) as a validated config with its run directory and status."
-    arc_file = Path(arc_file or experiments_dir() / "arc.yaml")
-    arc, stand_ins, overrides = load_arc(arc_file), parse_backbones(backbones), dict(overrides or {})
-    if "run_dir" in overrides: raise ConfigError("run_dir cannot be overridden for a whole arc: use the runs folder")
-    jobs = [(e, None, False) for e in arc["experiments"]]
-    if sweep: jobs += [(e, s, True) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
-    rows = []
-    for stem, seed, in_sweep in jobs:
-        for protocol in arc["protocols"]:
-            extra = {"protocol": protocol, **({"seed": seed} if seed is not None else {})}
-            base = Config.from_yaml(arc_file.parent / f"{stem}.yaml", **{**overrides, **extra})
-            for bb in [backbone_spec(base.backbone).name, *stand_ins]:
-                cfg = dataclasses.replace(base, backbone=bb)
-                stand_in = bb != backbone_spec(base.backbone).name
-                cfg = dataclasses.replace(cfg, run_dir=str(Path(runs_dir) / run_id(cfg)))
-                rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
-                             "sweep": in_sweep, "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
-                             "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
-    plan = pd.DataFrame(rows)
-    same = [json.dumps({k: v for k, v in c.to_dict().items() if k not in ("experiment", "run_dir")}, sort_keys=True)
-            for c in plan.config]
-    first = {}
-    src = [first.setdefault(k, i) for i, k in enumerate(same)]       # the first row with this config runs it
-    return plan.assign(run_dir=plan.run_dir.to_numpy()[src], config=plan.config.to_numpy()[src])
-
-
-# %%
-_plan = plan_arc(backbones="offline", overrides={"data": "fixture"}, runs_dir=_tmp / "runs")
-test_eq(len(_plan), (9 + 2 * 5) * 2 * 3)
-test_eq(_plan[~_plan.stand_in].status.str.startswith("not run: weights for").all(), True)
-test_eq(set(_plan[_plan.stand_in].status), {"run"})
-# seed 20260422 of the sweep = the arc's runs; EXP-004/006b/007/008 are one run per stand-in and protocol,
-# and so are the sweep's EXP-007/008 at each seed
-test_eq(_plan[_plan.stand_in].run_dir.nunique(), (9 - 3 + 4) * 2 * 2)
-_shared = _plan[_plan.stand_in & ~_plan.sweep & _plan.protocol.eq("symmetric") & _plan.backbone.eq("color_texture")]
-test_eq(_shared.groupby("run_dir").experiment.apply(list).tolist()[3], ["EXP-004", "EXP-006b", "EXP-007", "EXP-008"])
-_plan[["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status"]].head(6)
-
-# %% [markdown]
-# Bad input stops the plan, and so the arc, before anything runs: a typo in an override, an
-# unknown backbone among the stand-ins, an unknown key in an experiment YAML.
-
-# %%
-test_fail(lambda: plan_arc(overrides={"pairs_per_splt": 3}), contains="did you mean 'pairs_per_split'")
-test_fail(lambda: plan_arc(backbones="resnet"), contains="unknown backbone 'resnet'")
-(_tmp / "exp404.yaml").write_text("experiment: EXP-404\nbackbone: color_texture\nlearning_rate: 3\n")
-(_tmp / "arc404.yaml").write_text("experiments: [exp404]\n")
-test_fail(lambda: plan_arc(_tmp / "arc404.yaml"), contains="exp404.yaml: 'learning_rate' is not a configuration field")
-
-
-# %% [markdown]
-# ## Executing one run
-#
-# papermill executes `nbs/run.ipynb` with the config's fields as parameters, into a temporary
-# file that is moved into the run directory once the run has finished (`run()` itself wrote the
-# directory atomically). A run is *complete* when its directory holds `run.ipynb`, `metrics.json`
-# and the same `config.yaml`; complete runs are skipped. A failed notebook is kept beside the runs
-# (`<runs>/failed/`) for inspection, and the error is returned, not raised, so one bad run does
-# not lose the rest of an arc.
-
-# %%
-#| export
-def is_complete(config: Config) -> bool:
-    d = Path(config.run_dir)
-    if not ((d / "run.ipynb").exists() and (d / "metrics.json").exists() and (d / "config.yaml").exists()): return False
-    return yaml.safe_load((d / "config.yaml").read_text()) == config.to_dict()
-
-
-def execute_run(config: Config, notebook=None, kernel: str = "python3") -> str:
-    "Run `config` through run.ipynb with papermill; '' on success, else the error in one line."
-    import papermill as pm
-    notebook = Path(notebook or repo_root() / "nbs" / "run.ipynb")
-    dest = Path(config.run_dir)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".nb-") as tmp:
-        out = Path(tmp) / "run.ipynb"
-        try:
-            pm.execute_notebook(str(notebook), str(out), parameters=config.to_dict(), kernel_name=kernel,
-                                progress_bar=False, log_output=False, cwd=str(Path.cwd()))
-        except pm.PapermillExecutionError as e:
-            failed = dest.parent / "failed"; failed.mkdir(exist_ok=True)
-            shutil.copyfile(out, failed / f"{dest.name}.ipynb")
-            return f"{e.ename}: {e.evalue}".splitlines()[0]
-        atomic_write_bytes(dest / "run.ipynb", out.read_bytes())
-    return ""
-
-
-# %% [markdown]
-# ## Running a plan
-#
-# Rows that can run are executed in plan order (so EXP-004's embeddings are cached before
-# EXP-005 needs them), each distinct run directory once; complete ones are skipped. One line per
-# run reports what happened. The plan, without the config objects, is written as JSON beside the
-# runs: it is what `paper.ipynb` reads.
-
-# %%
-#| export
-def plan_records(plan: pd.DataFrame) -> list[dict]:
-    "The plan as JSON-ready records (the config as its dict)."
-    return [{**{k: v for k, v in r.items() if k != "config"}, "config": r["config"].to_dict()}
-            for r in plan.to_dict("records")]
-
-
-def run_plan(plan: pd.DataFrame, plan_file=None, log=print) -> pd.DataFrame:
-    "Execute every runnable row of `plan`; returns the plan with `status` updated for failures."
-    plan = plan.copy()
-    todo = plan[plan.status == "run"].drop_duplicates("run_dir")
-    for k, (_, row) in enumerate(todo.iterrows(), 1):
-        what = f"[{k}/{len(todo)}] {row.experiment} {row.protocol} seed {row.seed} {row.backbone}"
-        if is_complete(row.config):
-            log(f"{what}: complete, skipped ({row.run_dir})"); continue
-        err = execute_run(row.config)
-        if err: plan.loc[plan.run_dir == row.run_dir, "status"] = f"failed: {err}"
-        log(f"{what}: {'FAILED ' + err if err else 'done, seconds per stage in its timings.json'} ({row.run_dir})")
-    if plan_file: atomic_write_bytes(Path(plan_file), json.dumps(plan_records(plan), indent=1).encode())
-    return plan
-
-
-def read_plan(path) -> pd.DataFrame:
-    "A plan written by `run_plan`, with its configs rebuilt."
-    rows = json.loads(Path(path).read_text())
-    return pd.DataFrame([{**r, "config": Config.from_params(r["config"])} for r in rows])
-
 
 # %% [markdown]
 # ## From run directories to one table
@@ -359,6 +97,12 @@ def collect(plan: pd.DataFrame) -> pd.DataFrame:
     cols = [*keys, "experiments", "split", "scorer", *_RUN_COLS, *METRICS, "auroc_lo", "auroc_hi",
             "rephoto_auroc", "rephoto_lo", "rephoto_hi"]
     return pd.DataFrame(out, columns=cols)         # the same columns when nothing ran
+
+
+# The paper's names for the hub backbones; offline ones keep their registry names.
+BACKBONE_LABELS = {"dinov2_vitb14": "DINOv2 ViT-B/14", "dinov2_vits14": "DINOv2 ViT-S/14",
+                   "clip_vitb16": "OpenAI CLIP ViT-B/16", "dermlip_vitb16": "DermLIP ViT-B/16",
+                   "biomedclip_vitb16": "BiomedCLIP ViT-B/16"}
 
 
 def backbone_label(backbone: str, stand_in: bool) -> str:
@@ -607,45 +351,3 @@ def _fig_bytes(fig) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
-
-
-# %% [markdown]
-# ## The command: `derma_jepa_paper` (`make paper`)
-#
-# Plan (stopping on the first bad parameter with one line), execute, write the plan beside the
-# runs, then render the paper through `nbs/paper.ipynb`, whose executed copy is kept as
-# `<runs>/paper.ipynb`.
-
-# %%
-#| export
-def paper_main(argv=None):
-    "Run the arc (and sweep) whose backbones load here, then render paper/."
-    ap = argparse.ArgumentParser(prog="derma_jepa_paper", description=paper_main.__doc__)
-    ap.add_argument("--arc", default=None, help="arc file (default nbs/experiments/arc.yaml)")
-    ap.add_argument("--backbones", default="hub", help="hub | offline | comma list of offline backbones run beside the paper's")
-    ap.add_argument("--runs", default="runs", help="folder of run directories")
-    ap.add_argument("--paper", default="paper", help="where the paper is rendered")
-    ap.add_argument("--no-sweep", action="store_true", help="leave out the seed sweep")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter in every experiment")
-    a = ap.parse_args(argv)
-    try:
-        overrides = {}
-        for kv in a.set:
-            if "=" not in kv: raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
-            k, v = kv.split("=", 1); overrides[k] = yaml.safe_load(v)
-        plan = plan_arc(a.arc, a.backbones, overrides, not a.no_sweep, a.runs)
-        for cfg in plan[plan.status == "run"].drop_duplicates("run_dir").config:
-            if cfg.data != "fixture": resolve_data(cfg)
-    except (ConfigError, DataError) as e:
-        print(f"derma_jepa_paper: {e}", file=sys.stderr); sys.exit(2)
-    n_run = plan[plan.status == "run"].run_dir.nunique()
-    print(f"plan: {len(plan)} rows, {n_run} runs to execute or reuse, {int((plan.status != 'run').sum())} not runnable here")
-    plan_file = Path(a.runs) / f"plan-{a.backbones.replace(',', '+')}.json"
-    plan = run_plan(plan, plan_file)
-    import papermill as pm
-    pm.execute_notebook(str(repo_root() / "nbs" / "paper.ipynb"), str(Path(a.runs) / "paper.ipynb"),
-                        parameters={"plan_file": str(plan_file), "paper_dir": a.paper, "backbones": a.backbones},
-                        kernel_name="python3", progress_bar=False, cwd=str(Path.cwd()))
-    failed = plan[plan.status.str.startswith("failed")]
-    print(f"paper rendered into {a.paper}/ (main.tex, tables/, figures/); executed notebook: {Path(a.runs) / 'paper.ipynb'}")
-    if len(failed): print(f"{failed.run_dir.nunique()} run(s) failed: see {Path(a.runs) / 'failed'}", file=sys.stderr); sys.exit(1)

@@ -26,6 +26,8 @@
 #
 # The settings are `nbs/experiments/exp009_pretrain.yaml`; the parameters below override them
 # (empty = the file's value). `pretrain_set`, `recipe_set` and `audit_set` take YAML mappings.
+# `executor=slurm` (`make exp009 EXECUTOR=slurm`) trains each objective as a SLURM job, all at
+# once, and runs the embedding and the runs as jobs too, with the settings file's `resources`.
 
 # %%
 import json
@@ -39,7 +41,8 @@ from derma_jepa.audit import audit_figure, image_paths, run_overlap_audit
 from derma_jepa.exp009 import (audited_corpus, fig_pretraining, load_exp009, plan_exp009, pretrain_all, probe_all,
                                render_exp009)
 from derma_jepa.experiment import Config, resolve_data
-from derma_jepa.report import run_plan
+from derma_jepa.executors import make_executor
+from derma_jepa.plan import run_plan
 
 # %% tags=["parameters"]
 settings_file = ""
@@ -53,10 +56,12 @@ recipe_set = ""
 audit_set = ""
 runs_dir = "runs"
 paper_dir = "paper"
+executor = "local"
 
 # %% tags=["injected-parameters"]
 # Parameters
 runs_dir = "runs"
+executor = "local"
 compare = "color_texture"
 
 # %%
@@ -101,7 +106,8 @@ excluded
 # checkpoint when this notebook is run again.
 
 # %%
-encoders = pretrain_all(settings, kept, runs_dir, progress=True)
+ex = make_executor(executor, out / "jobs", settings["resources"])       # local, or SLURM jobs (20_executors)
+encoders = pretrain_all(settings, kept, runs_dir, progress=True, executor=None if executor == "local" else ex)
 encoders[["encoder", "steps", "images_seen", "n_images", "dtype", "path"]]    # wall time and rate: each train.json
 
 # %%
@@ -120,7 +126,7 @@ atomic_write_bytes(out / "probes.csv", probes.to_csv(index=False).encode())
 probes.round(3)
 
 # %%
-plan = run_plan(plan, out / "plan.json")
+plan = run_plan(plan, out / "plan.json", executor=ex)
 plan[["label", "protocol", "status"]]
 
 # %% [markdown]

@@ -27,7 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from derma_jepa.render import FIGURES, render_paper
-from derma_jepa.report import read_plan, sweep_summary
+from derma_jepa.plan import read_plan
+from derma_jepa.report import sweep_summary
 
 # %% tags=["parameters"]
 plan_file = "runs/plan-hub.json"
