@@ -162,7 +162,8 @@ class LocalExecutor:
 
     def run(self, items: list[WorkItem]) -> list[dict]:
         out = []
-        for item in items:
+        for k, item in enumerate(items, 1):
+            self.log(f"{item.stage} [{k}/{len(items)}] {item.name} ...")          # long work shows where it is
             path = status_path(self.jobs_dir, item)
             path.unlink(missing_ok=True)
             job_entry(json.dumps({"fn": item.fn, "kwargs": item.kwargs, "status": str(path)}), handle_signals=False)
@@ -223,7 +224,8 @@ class SlurmExecutor:
                 payloads.append(json.dumps({"fn": it.fn, "kwargs": it.kwargs, "status": str(path)}))
             t0 = time.time()
             jobs = self.executor(stage, bb).map_array(job_entry, payloads)
-            self.submitted.update({j.job_id: (t0, time.time() - t0) for j in jobs})
+            took = time.time() - t0                    # one sbatch call for the whole array
+            self.submitted.update({j.job_id: (t0, took) for j in jobs})
             self.log(f"{stage}{' ' + bb if bb else ''}: submitted {len(jobs)} task(s) as SLURM array {jobs[0].job_id.split('_')[0]}")
             out += list(zip(group, jobs))
         return out
@@ -258,6 +260,6 @@ EXECUTORS = ("local", "slurm")
 
 def make_executor(name: str, jobs_dir, resources: dict | None = None, poll_s: float = 10, log=print):
     "`local` or `slurm` (with `resources` as 20_executors reads them), writing job files under `jobs_dir`."
-    if name == "local": return LocalExecutor(jobs_dir, log=lambda m: None)
+    if name == "local": return LocalExecutor(jobs_dir, log=log)
     if name == "slurm": return SlurmExecutor(jobs_dir, resources, poll_s=poll_s, log=log)
     raise ConfigError(f"executor={name!r}: choose {' or '.join(EXECUTORS)}")

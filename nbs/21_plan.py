@@ -414,7 +414,7 @@ def run_plan(plan: pd.DataFrame, plan_file=None, log=print, executor=None, sides
     todo = plan[plan.status == "run"].drop_duplicates("run_dir")
     jobs_dir = Path(jobs_dir or (Path(plan_file).parent if plan_file else Path(todo.run_dir.iloc[0]).parent if len(todo) else ".")
                     / "jobs")
-    executor = executor or LocalExecutor(jobs_dir, log=lambda m: None)
+    executor = executor or LocalExecutor(jobs_dir, log=log)
     done = [is_complete(c) for c in todo.config]
     for row in todo[done].itertuples(): log(f"{row.experiment} {row.protocol} seed {row.seed} {row.backbone}: complete, skipped ({row.run_dir})")
     todo = todo[[not d for d in done]]

@@ -180,3 +180,25 @@ def test_sigterm_finishes_the_shard(slurm, tmp_path, monkeypatch):
     assert not list(cache.dir.glob("*.corrupt"))
     [again] = ex.run([item])
     assert again["state"] == "done" and again["result"]["computed"] == len(sides) - st["done"]
+
+
+def test_exp009_pretraining_as_jobs(slurm, tmp_path, monkeypatch):
+    "EXP-009's objectives as SLURM jobs (all at once) give the same encoders, bit for bit, as training them here."
+    monkeypatch.setenv("DERMA_JEPA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ISIC_NONHAM_DIR", str(tmp_path))          # the settings file names it; the corpus is given below
+    from derma_jepa.data import load_records
+    from derma_jepa.exp009 import load_exp009, pretrain_all
+    from derma_jepa.fixture import fixture_dir
+    from derma_jepa.pretrain import encoder_digest
+    tiny = {"image_size": 48, "patch_size": 8, "batch_size": 8, "warmup": 1, "ckpt_every": 1, "log_every": 1, "dtype": "fp32"}
+    settings = load_exp009(objectives=["mae", "simclr"], pretrain=tiny, steps={"mae": 2, "simclr": 2}, compare=["color_texture"])
+    corpus = list(load_records(fixture_dir(n_lesions=60, seed=7)).path)
+    here = pretrain_all(settings, corpus, tmp_path / "here", log=lambda m: None)
+    log = []
+    ex = SlurmExecutor(tmp_path / "jobs", {"pretrain": {"cpus": 1, "time_min": 10}}, poll_s=0.5, log=log.append)
+    jobs = pretrain_all(settings, corpus, tmp_path / "cluster", log=log.append, executor=ex)
+    assert [encoder_digest(p) for p in jobs.path] == [encoder_digest(p) for p in here.path]
+    assert any("submitted 2 task(s)" in m for m in log) and sum("trained as job" in m for m in log) == 2
+    log.clear()
+    pretrain_all(settings, corpus, tmp_path / "cluster", log=log.append, executor=ex)     # finished: nothing submitted
+    assert not any("submitted" in m for m in log) and sum("reused" in m for m in log) == 2
