@@ -306,15 +306,19 @@ def side_groups(configs) -> dict[tuple, list[Config]]:
     return groups
 
 
-def group_sides(configs) -> pd.DataFrame:
-    "The distinct sides (by cache key content) that the runs of `configs` will embed, in first-use order."
+def group_sides(configs, log=print) -> pd.DataFrame:
+    """The distinct sides (by cache key content) that the runs of `configs` will embed, in first-use order. A config
+    whose data cannot be built is left out with a line saying why: its run fails on its own, reported as any failure."""
     from derma_jepa.embed import sides_table
     from derma_jepa.experiment import data_stage
     from derma_jepa.nuisance import side_keys_of
     tables = []
     for c in configs:
-        records, _, manifest, _ = data_stage(c)
+        try: records, _, manifest, _ = data_stage(c)
+        except Exception as e:
+            log(f"embed: {Path(c.run_dir).name} left out ({type(e).__name__}: {e}); its run will report it".splitlines()[0]); continue
         tables.append(sides_table(manifest, records))
+    if not tables: return pd.DataFrame(columns=["image_id", "recipe", "path", "sha256", "orientation", "exif"])
     s = pd.concat(tables, ignore_index=True)
     content = s.sha256.astype(str) + "|" + pd.Series(side_keys_of(s), index=s.index)
     return s[~content.duplicated()].reset_index(drop=True)
@@ -330,7 +334,8 @@ def embed_items(configs, jobs_dir, sides_per_job: int = SIDES_PER_JOB, log=print
     from derma_jepa.executors import read_status, status_path
     items, skipped = [], 0
     for (bb, weights, protocol, dtype, batch), group in side_groups(configs).items():
-        sides = group_sides(group)
+        sides = group_sides(group, log)
+        if sides.empty: continue
         data = _parquet(sides)
         digest = hashlib.sha256(json.dumps([bb, weights, protocol, dtype, batch]).encode() + data).hexdigest()[:12]
         sides_file = Path(jobs_dir).resolve() / "embed" / f"sides-{digest}.parquet"
@@ -383,6 +388,10 @@ test_eq(sum(i.kwargs["stop_at"] - i.kwargs["start"] for i in _items), sum(_per_g
 test_eq(job_entry(json.dumps({"fn": _items[0].fn, "kwargs": _items[0].kwargs, "status": str(status_path(_tmp / "jobs", _items[0]))}),
                   handle_signals=False), "done")
 test_eq(embed_items(_cfgs, _tmp / "jobs", sides_per_job=100, log=lambda m: None), _items[1:])
+# a config whose data cannot be built does not stop the phase (nor the arc): it is left out, saying why
+_said = []
+test_eq(embed_items([dataclasses.replace(_cfgs[0], pairs_per_split=5000)], _tmp / "jobs", log=_said.append), [])
+assert "left out (DataError" in _said[0] and "its run will report it" in _said[0], _said
 _per_group
 
 
