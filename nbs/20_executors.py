@@ -287,7 +287,8 @@ test_eq(summary(_recs), "1 done, 1 failed")
 # group as one job array with submitit (`map_array`). The job folder is `<jobs_dir>/<stage>/`,
 # beside the run directories; each task's log is `<array id>_<task>_0_log.out` / `.err` there.
 # Then it waits: every `poll_s` it reads the status files, and asks SLURM for the state of the
-# jobs that have none (`sacct` where the cluster keeps accounting, else `scontrol show job`). A
+# jobs that have none (`sacct` where the cluster keeps accounting, else one `squeue` call for the
+# live jobs and `scontrol show job` for those that left the queue). A
 # job SLURM calls ended (FAILED, CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, ...) that still
 # has no status file after `grace_s` (a shared filesystem can be slow to show a new file) is
 # recorded with that state and its log path; the other jobs carry on regardless.
