@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test check-clean nbtest pytest sync bench-data bench-embed bench-fit bench-arc bench-cold-run bench-pretrain bench-cluster clean-venv
+.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test test-all check-clean nbtest nbtest-all pytest pytest-all sync bench-change bench-data bench-embed bench-fit bench-arc bench-cold-run bench-pretrain bench-cluster clean-venv
 
 # pyproject.toml is left out: nbdev_export rewrites it (same content, new mtime) on every export.
 $(STAMP): settings.ini setup.py
@@ -57,51 +57,44 @@ audit: $(STAMP)
 ## options (e.g. -p objectives mae,ijepa). Resumes: finished pretraining and complete runs are reused.
 exp009: $(STAMP)
 	@mkdir -p $(RUNS_DIR)/exp009
-	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING \
+	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --engine derma_jepa --log-level WARNING \
 	  nbs/exp009.ipynb $(RUNS_DIR)/exp009/exp009.ipynb -p runs_dir $(RUNS_DIR) -p executor $(EXECUTOR) $(EXP009_ARGS)
 	@echo "executed notebook: $(RUNS_DIR)/exp009/exp009.ipynb; tables and figures: paper/exp009/"
 
-## Every notebook in nbs/ executed in place and stamped (18_notebooks): the numbered ones on the real copy where they
-## use data (HAM10000_DIR, ISIC_NONHAM_DIR), run.ipynb as EXP-004 under `symmetric`, paper.ipynb by `make paper`,
-## exp009.ipynb by `make exp009`. Finished runs and cached embeddings are reused; NB_WORKERS notebooks at a time.
-## It starts with `make sync`, so an edited .py reaches its .ipynb before the .ipynb is re-executed (and rewritten).
+## The stale notebooks of nbs/ executed in place and stamped (17_notebooks), each named with why it is stale; ALL=1
+## executes every one. The numbered ones run on the real copy where they use data (HAM10000_DIR, ISIC_NONHAM_DIR),
+## NB_WORKERS at a time; then run.ipynb (EXP-004 under `symmetric`), paper.ipynb (`make paper`) and exp009.ipynb
+## (`make exp009`), each through papermill's traced engine and adopted; then the notebooks that read the others (18_docs).
+## Finished runs and cached embeddings are reused. It starts with `make sync`, so an edited .py reaches its .ipynb first.
 ## The numbered notebooks run in nbs/, so the data paths are made absolute for them.
 NB_WORKERS ?= 2
-# NOTEBOOKS= (empty) skips the numbered notebooks, e.g. to redo only the papermill ones
-NOTEBOOKS ?= nbs/[0-9]*.ipynb
+# NOTEBOOKS=nbs/07_backbones.ipynb limits it to those notebooks (empty: every notebook of nbs/)
+NOTEBOOKS ?=
+ALL ?=
 NB := $(PY) -c "from derma_jepa.notebooks import main; main()"
-# The notebooks and tests make temporary folders (05_backbones writes ~1 GB of hub-layout checkpoints): each target
-# that runs them gets one scratch TMPDIR of its own, removed when the recipe line ends, pass or fail, so repeated test
-# runs leave nothing behind in /tmp.
+# The notebooks and tests make temporary folders (07_backbones writes hub-layout checkpoints): each target that runs
+# them gets one scratch TMPDIR of its own, removed when the recipe line ends, pass or fail, so repeated test runs leave
+# nothing behind in /tmp.
 SCRATCH = scratch=$$(mktemp -d -t derma-jepa-XXXXXX) && trap 'rm -rf "$$scratch"' EXIT && export TMPDIR=$$scratch &&
-# what 18_notebooks.execution_env gives a kernel, for the three papermill notebooks too (but not nbs/matplotlibrc:
-# they run from the checkout's root, as `make paper` and `make exp009` always do, so paper/ is the same bytes either way)
-NB_ENV := TQDM_DISABLE=1 PYTHONWARNINGS="ignore:IProgress not found"
 notebooks: sync
 	@test -n "$$HAM10000_DIR" || { echo "make notebooks: set HAM10000_DIR (the committed notebooks show the real copy)"; exit 2; }
-	$(SCRATCH) printf "%s\n" $(NOTEBOOKS) | HAM10000_DIR=$(abspath $(HAM10000_DIR)) ISIC_NONHAM_DIR=$(abspath $(ISIC_NONHAM_DIR)) \
-	  PATH=$(abspath $(BIN)):$$PATH xargs -r -P $(NB_WORKERS) -n 1 $(NB) execute
-	@mkdir -p $(RUNS_DIR)/notebooks
-	$(SCRATCH) $(NB_ENV) PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING \
-	  nbs/run.ipynb $(RUNS_DIR)/notebooks/run.ipynb -f nbs/experiments/exp004.yaml \
-	  -p protocol symmetric -p backbone color_texture -p run_dir $(RUNS_DIR)/notebooks/exp004-symmetric
-	$(NB) adopt $(RUNS_DIR)/notebooks/run.ipynb nbs/run.ipynb
-	$(SCRATCH) $(NB_ENV) $(MAKE) --no-print-directory paper BACKBONES=color_texture
-	$(NB) adopt $(RUNS_DIR)/paper.ipynb nbs/paper.ipynb
-	$(SCRATCH) $(NB_ENV) $(MAKE) --no-print-directory exp009 EXP009_ARGS="-p compare color_texture"
-	$(NB) adopt $(RUNS_DIR)/exp009/exp009.ipynb nbs/exp009.ipynb
+	$(SCRATCH) HAM10000_DIR=$(abspath $(HAM10000_DIR)) ISIC_NONHAM_DIR=$(abspath $(ISIC_NONHAM_DIR)) \
+	  PATH=$(abspath $(BIN)):$$PATH $(NB) update --workers $(NB_WORKERS) --runs $(RUNS_DIR) $(if $(ALL),--all) $(NOTEBOOKS)
 	$(BIN)/nbdev_clean && $(BIN)/jupytext --sync nbs/*.ipynb >/dev/null && $(NB) check
 
-## The documentation site (19_docs), built offline from the committed notebooks, README.md and paper/ into _docs/.
+## The documentation site (18_docs), built offline from the committed notebooks, README.md and paper/ into _docs/.
 docs: $(STAMP)
 	$(PY) -c "from derma_jepa.docs import main; main()"
 
-# Committed outputs present, stamped and current (18_notebooks).
+# Committed outputs present, stamped and current (17_notebooks).
 check-notebooks: $(STAMP)
 	@$(NB) check
 
-## The test command: notebooks and package in sync, outputs current, then nbdev_test, then pytest.
+## The test command: notebooks and package in sync, outputs current, nbdev_test (cells marked `#| slow` skipped: their
+## outputs are guarded by the stamps and re-made by `make notebooks`), then pytest (two workers, a file per worker).
+## `make test-all` runs the slow cells too.
 test: check-clean check-notebooks nbtest pytest
+test-all: check-clean check-notebooks nbtest-all pytest-all
 
 # nbdev_export and nbdev_clean must leave the tree exactly as it was.
 check-clean: $(STAMP)
@@ -113,11 +106,20 @@ check-clean: $(STAMP)
 	  diff <(echo "$$before") <(echo "$$after") | grep '^>' | head -20; exit 1; \
 	fi; echo "nbdev_export / nbdev_clean: no diff"
 
+NBTEST = $(SCRATCH) PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing --do_print
 nbtest: $(STAMP)
-	$(SCRATCH) PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
+	@echo "nbdev_test: every numbered notebook, cells marked slow skipped"
+	$(NBTEST)
 
+nbtest-all: $(STAMP)
+	$(NBTEST) --flags slow
+
+PYTEST = $(SCRATCH) PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -n 2 --dist loadfile -v -rs --durations=10
 pytest: $(STAMP)
-	$(SCRATCH) PATH=$(abspath $(BIN)):$$PATH $(BIN)/pytest -q tests
+	$(PYTEST) -m "not slow" tests
+
+pytest-all: $(STAMP)
+	$(PYTEST) tests
 
 ## After editing a notebook's .py (or .ipynb): pair, clean and export.
 sync: $(STAMP)
@@ -143,6 +145,10 @@ bench-cold-run: $(STAMP)
 ## The color_texture arc through a local single-node SLURM (2 one-CPU workers) vs here, from an empty cache.
 bench-cluster: $(STAMP)
 	$(SCRATCH) $(PY) benchmarks/bench_cluster.py
+
+## What a change costs: the notebooks an edit to each module stales (from the stamps), and `make test` by stage.
+bench-change: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(PY) benchmarks/bench_change.py $(BENCH_CHANGE_ARGS)
 
 bench-pretrain: $(STAMP)
 	ISIC_NONHAM_DIR=$(ISIC_NONHAM_DIR) $(PY) benchmarks/bench_pretrain.py

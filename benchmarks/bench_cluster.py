@@ -83,7 +83,7 @@ def main():
         tmp = Path(t)
         (tmp / "arc").mkdir()
         arc = arc_file(tmp / "arc")
-        with slurm_cluster.LocalSlurm(tmp / "slurm", cpus=2) as cluster:
+        with slurm_cluster.LocalSlurm(tmp / "dermajepa-slurm", cpus=2) as cluster:
             os.environ["SLURM_CONF"] = str(cluster.conf)
             res = {"slurm": one("slurm", tmp, arc, audit)}
         res["local"] = one("local", tmp, arc, audit)

@@ -1,6 +1,6 @@
 """The embedding engine on real HAM10000 sides, with `random_vitb16` at 224 px on this machine (issues 3 and 15):
 - the precision `auto` chooses here, from the model-only rate of every precision this device runs and the agreement of
-  its embeddings with fp32's on 32 real sides (06_embed's `measure_precisions` / `choose_precision`);
+  its embeddings with fp32's on 32 real sides (08_embed's `measure_precisions` / `choose_precision`);
 - end-to-end (decode + nuisance + preprocess + forward) sides/s at that precision, and the model-only forward rate at
   the same batch size and precision, in the same run; target e2e >= 0.9 x model-only;
 - a fully cached re-run of the whole symmetric EXP-004 manifest; target >= 5,000 sides/s;

@@ -1,6 +1,6 @@
 """EXP-009's costs on this machine (issue 6):
 - pretraining throughput, training images/s, of each objective (MAE, VAE, SimCLR, I-JEPA) on the ViT-Tiny at 112 px that
-  13_pretrain trains, batch 64, bf16 autocast vs fp32, measured in one process (the ratio bf16/fp32 is the figure to read:
+  15_pretrain trains, batch 64, bf16 autocast vs fp32, measured in one process (the ratio bf16/fp32 is the figure to read:
   it is > 1 only where the CPU has AMX or the run is on CUDA);
 - the overlap audit's hashing (images/s, three hashes per image, cold cache) and matching (pairs/s, XOR + popcount).
 Images: isic-nonham when ISIC_NONHAM_DIR is set (the pretraining corpus), else generated fixture images.

@@ -106,7 +106,7 @@ excluded
 # checkpoint when this notebook is run again.
 
 # %%
-ex = make_executor(executor, out / "jobs", settings["resources"])       # local, or SLURM jobs (20_executors)
+ex = make_executor(executor, out / "jobs", settings["resources"])       # local, or SLURM jobs (19_executors)
 encoders = pretrain_all(settings, kept, runs_dir, progress=True, executor=None if executor == "local" else ex)
 encoders[["encoder", "steps", "images_seen", "n_images", "dtype", "path"]]    # wall time and rate: each train.json
 

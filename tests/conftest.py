@@ -19,3 +19,7 @@ def ham_dir():
     d = os.environ.get("HAM10000_DIR")
     if not d: pytest.skip("HAM10000_DIR is not set: real-data checks need the HAM10000 copy")
     return Path(d)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: an end-to-end check too long for `make test`'s 10 minutes; `make test-all` runs it")

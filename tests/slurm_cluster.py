@@ -3,11 +3,19 @@
 `LocalSlurm(folder).start()` writes a munge key, a slurm.conf and the state/spool folders under `folder`, starts
 munged, slurmctld and slurmd in the foreground (so their pids are ours) and waits until the node is idle;
 `stop()` stops exactly those pids. Every SLURM command finds the cluster through `SLURM_CONF`, which `env()` gives.
+
+Nothing outlives the process that started the cluster: each daemon gets a parent-death signal (prctl
+PR_SET_PDEATHSIG), so a test run killed by `timeout` or Ctrl-C takes its daemons with it; and `start()` first stops
+what an earlier run left behind anyway (a job step of a killed run, a daemon of a run killed with SIGKILL before its
+signal was set): every munged/slurmctld/slurmd/slurmstepd whose SLURM_CONF is one of ours (`ClusterName=dermajepa`)
+and whose owner (the pid in `owner.pid` beside the conf) is no longer alive.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,6 +41,50 @@ def install() -> str:
         subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
         ok = subprocess.run(cmd, capture_output=True, env=env).returncode == 0
     return "" if ok and not missing() else f"apt-get install {' '.join(PACKAGES)} failed; missing: {', '.join(missing())}"
+
+
+def _die_with_parent():
+    "In the child before exec: SIGTERM when the process that started it dies (Linux prctl PR_SET_PDEATHSIG = 1)."
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
+def alive(pid: int) -> bool:
+    "Whether `pid` runs (a zombie, dead but not yet reaped, does not)."
+    try: return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError: return False
+
+
+def stale_daemons() -> list[int]:
+    "Pids of SLURM/munge processes of a dermajepa cluster whose owner process is gone (left by a killed run)."
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit(): continue
+        try:
+            if (d / "comm").read_text().strip() not in {"munged", "slurmctld", "slurmd", "slurmstepd"}: continue
+            env = dict(kv.split("=", 1) for kv in (d / "environ").read_bytes().decode(errors="replace").split("\0") if "=" in kv)
+        except OSError: continue
+        conf = Path(env.get("SLURM_CONF", ""))
+        try: ours = conf.name == "slurm.conf" and conf.read_text().startswith("ClusterName=dermajepa")
+        except OSError: ours = conf.name == "slurm.conf" and "dermajepa-slurm" in str(conf)      # its folder is gone
+        if not ours: continue
+        try: owner = int((conf.parent / "owner.pid").read_text())
+        except (OSError, ValueError): owner = -1
+        if owner < 0 or not alive(owner): out.append(int(d.name))
+    return out
+
+
+def stop_stale(wait: float = 10) -> list[int]:
+    "Stop what `stale_daemons` finds (SIGTERM, then SIGKILL); return their pids."
+    pids = stale_daemons()
+    for pid in pids:
+        try: os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError: pass
+    t0 = time.monotonic()
+    while any(alive(p) for p in pids) and time.monotonic() - t0 < wait: time.sleep(0.2)
+    for pid in pids:
+        try: os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError: pass
+    return pids
 
 
 def _free_port() -> int:
@@ -85,14 +137,16 @@ class LocalSlurm:
     def _spawn(self, name, *args):
         log = open(self.folder / f"{name}.out", "ab")
         self.procs.append(subprocess.Popen([shutil.which(name) or f"/usr/sbin/{name}", *args], stdout=log, stderr=log,
-                                           env=self.env(), start_new_session=True))
+                                           env=self.env(), start_new_session=True, preexec_fn=_die_with_parent))
 
     def start(self, timeout: float = 30) -> "LocalSlurm":
+        stop_stale()
         f = self.folder
         for d in ("munge", "state", "spool"): (f / d).mkdir(parents=True, exist_ok=True)
         (f / "munge").chmod(0o700)
         key = f / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024)); key.chmod(0o400)
+        (f / "owner.pid").write_text(str(os.getpid()))
         self.conf.write_text(CONF.format(host=socket.gethostname(), ctld_port=_free_port(), d_port=_free_port(), folder=f,
                                          cpus=self.cpus, mem_mb=self.mem_mb, kill_wait=self.kill_wait))
         self._spawn("munged", "-F", "--force", f"--socket={f}/munge/munge.socket", f"--key-file={key}",

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def test_concurrent_embedding_same_cache(tmp_path):
 def slurm(tmp_path_factory):
     why = slurm_cluster.install()
     if why: pytest.skip(f"no local SLURM: {why}")
-    cluster = slurm_cluster.LocalSlurm(tmp_path_factory.mktemp("slurm"), cpus=2)
+    cluster = slurm_cluster.LocalSlurm(tmp_path_factory.mktemp("dermajepa-slurm"), cpus=2)
     cluster.start()
     old = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(cluster.conf)
@@ -105,6 +106,7 @@ def _files(d: Path) -> dict:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow
 def test_arc_through_slurm_matches_local(slurm, tmp_path):
     "A tiny fixture arc (both protocols, two backbones, a two-seed sweep): the same paper bytes from SLURM and from here."
     arc = _arc(tmp_path / "arc", {"default": {"cpus": 1, "time_min": 30}})
@@ -202,3 +204,49 @@ def test_exp009_pretraining_as_jobs(slurm, tmp_path, monkeypatch):
     log.clear()
     pretrain_all(settings, corpus, tmp_path / "cluster", log=log.append, executor=ex)     # finished: nothing submitted
     assert not any("submitted" in m for m in log) and sum("reused" in m for m in log) == 2
+
+
+@pytest.fixture
+def short_dir():
+    "A folder with a short path: munged's socket path must stay under 108 bytes (pytest's tmp_path under xdist does not)."
+    d = Path(tempfile.mkdtemp(prefix="dermajepa-slurm-"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_daemons_die_with_the_process_that_started_them(short_dir):
+    "A test run killed outright (SIGKILL: no cleanup runs) leaves no daemon behind: each has a parent-death signal."
+    why = slurm_cluster.install()
+    if why: pytest.skip(f"no local SLURM: {why}")
+    tmp_path = short_dir
+    script = (f"import sys, json, time; sys.path.insert(0, {str(Path(__file__).parent)!r}); import slurm_cluster; "
+              f"c = slurm_cluster.LocalSlurm({str(tmp_path / 'dermajepa-slurm')!r}, cpus=1).start(); "
+              "print(json.dumps([p.pid for p in c.procs]), flush=True); time.sleep(600)")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = json.loads(owner.stdout.readline())
+        assert len(pids) == 3 and all(slurm_cluster.alive(p) for p in pids)
+    finally:
+        owner.kill(); owner.wait()
+    t0 = time.monotonic()
+    while any(slurm_cluster.alive(p) for p in pids) and time.monotonic() - t0 < 30: time.sleep(0.2)
+    assert not [p for p in pids if slurm_cluster.alive(p)], "daemons outlived the process that started them"
+    assert slurm_cluster.stale_daemons() == []
+
+
+def test_a_cluster_whose_owner_is_gone_is_found_and_stopped(short_dir):
+    "What a run killed before its daemons had their signal leaves is stopped by the next start (here: by stop_stale)."
+    why = slurm_cluster.install()
+    if why: pytest.skip(f"no local SLURM: {why}")
+    tmp_path = short_dir
+    cluster = slurm_cluster.LocalSlurm(tmp_path / "dermajepa-slurm", cpus=1).start()
+    pids = [p.pid for p in cluster.procs]
+    try:
+        assert not set(pids) & set(slurm_cluster.stale_daemons())          # its owner (this process) is alive
+        gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        (cluster.folder / "owner.pid").write_text(gone.stdout.strip())   # as if the process that started it had died
+        assert set(pids) <= set(slurm_cluster.stale_daemons())
+        slurm_cluster.stop_stale()
+        assert not [p for p in pids if slurm_cluster.alive(p)]
+    finally:
+        cluster.stop()

@@ -16,7 +16,7 @@ from derma_jepa.docs import build_docs, reading_order
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-IMAGE_PAGES = ["nbs/03_nuisance.html", "nbs/04_pairs.html", "nbs/run.html", "nbs/paper.html", "paper/index.html"]
+IMAGE_PAGES = ["nbs/04_nuisance.html", "nbs/05_pairs.html", "nbs/run.html", "nbs/paper.html", "paper/index.html"]
 
 
 def _browser_or_skip():

@@ -30,15 +30,16 @@ def test_local_checkpoint_runs(tmp_path):
     import torch
     from safetensors.torch import save_file
     torch.manual_seed(0)
-    src = timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0)   # hub layout: 518 px
+    # the smallest model with the hub's DINOv2 layout (timm's model.safetensors, 518-px position embeddings): ViT-S/14
+    src = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, num_classes=0)
     ckpt = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(ckpt))
     run_dir = tmp_path / "run"
-    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "backbone", "dinov2_vitb14", "-p", "weights", str(ckpt), "-p", "stop_after", "embed", "-p", "dtype", "fp32",
+    p = papermill(tmp_path / "out.ipynb", *TINY, "-p", "backbone", "dinov2_vits14", "-p", "weights", str(ckpt), "-p", "stop_after", "embed", "-p", "dtype", "fp32",
                   "-p", "run_dir", str(run_dir))
     assert p.returncode == 0, p.stderr[-3000:]
     env = json.loads((run_dir / "environment.json").read_text())
-    assert env["weights"] == str(ckpt) and env["backbone"] == "dinov2_vitb14"
+    assert env["weights"] == str(ckpt) and env["backbone"] == "dinov2_vits14"
     timings = json.loads((run_dir / "timings.json").read_text())
     detail = timings["embed_detail"]
     assert detail["sides"] == detail["computed"] + detail["cache_hits"] > 0

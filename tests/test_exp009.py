@@ -39,6 +39,7 @@ def corpus(tmp_path_factory):
     return d, Path(ham.path.iloc[3]).name
 
 
+@pytest.mark.slow
 def test_exp009_end_to_end(tmp_path, corpus):
     folder, planted_from = corpus
     p = exp009_cmd(tmp_path, folder)

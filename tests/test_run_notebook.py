@@ -61,7 +61,7 @@ def test_full_run_contract(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     scorers = {"predictor", "identity", "bias_only", "flipped_cosine", "target_only_probe", "context_only_probe",
                "pixel_l2", "ssim", "cosine_color_texture"}
-    pixel = {"pixel_l2", "ssim"}             # symmetric scores the pixel baselines on val and test only (09_baselines)
+    pixel = {"pixel_l2", "ssim"}             # symmetric scores the pixel baselines on val and test only (11_baselines)
     for split in ("train", "val", "test"):
         want = scorers - pixel if split == "train" else scorers
         assert want <= set(metrics["metrics"][split]) and (split != "train" or not pixel & set(metrics["metrics"][split]))

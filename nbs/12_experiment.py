@@ -1,0 +1,863 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp experiment
+
+# %% [markdown]
+# # Experiment: `Config`, `run(config)` and the run directory
+#
+# > One configuration object whose fields are exactly the papermill parameters of `run.ipynb`,
+# > validated before any work, and one function that runs it into a run directory.
+#
+# A run is written into a temporary folder beside its destination and renamed into place only
+# when it is complete, so a failed or interrupted run leaves no half-written run directory. Bad
+# configuration stops before any work with one line naming the parameter, and so does a
+# destination the project may not write (03_safety): a run only ever replaces a run directory
+# that this project wrote.
+#
+# Stages: `manifest` (audit, split, pair manifest), `embed` (every side of the manifest through
+# the backbone, via the shared embedding cache) and `all` (fit, score, baselines, metrics,
+# figures). Asking for a stage that does not exist is an error, not a silent no-op. A run that
+# needs a backbone loads it *first*, so missing weights stop it before any work.
+
+# %%
+#| export
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from derma_jepa.backbones import ALIASES, backbone_spec, get_backbone
+from derma_jepa.data import DataError, load_records, require_readable, summarise_audit
+from derma_jepa.nuisance import HELD_OUT_FAMILIES
+from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
+from derma_jepa.safety import ConfigError, check_destination, coerce, coerce_fields, write_marked_dir
+from derma_jepa.split import SPLITS, check_fractions, check_protocol, split_counts, split_records
+
+# %%
+import tempfile
+from fastcore.test import test_close, test_eq, test_fail
+from derma_jepa.baselines import BASELINE_SPLITS, PIXEL_SCORERS, pixel_scores, with_paths
+from derma_jepa.predictors import Predictor, control_scores
+
+# %% [markdown]
+# ## The configuration
+#
+# Defaults are the *embedded default*: generated fixture data, the symmetric protocol, the
+# EXP-004 family rotation and the offline `color_texture` backbone, small enough to run in a
+# couple of minutes on a laptop. (The random-init ViTs are offline too, but slow on a CPU, and
+# `random_vits14` is nearly constant: see 07_backbones.) The experiment
+# YAMLs in `nbs/experiments/` override what each experiment of the arc changes. `data` is
+# `"fixture"` or a path; `$VARS` in it are expanded, so a YAML can say `data: $HAM10000_DIR`.
+# `experiment` is a label (`EXP-004`) that names the run and its rows in the paper's tables.
+# `preset: auto` means the protocol's own preset (`reference` → reference, `symmetric` → paper).
+# `lofo_fold` = 0, 1 or 2 runs one fold of the leave-one-family-out rotation (PROTOCOL B2.9): the
+# fold's family is held out for val/test and the other two rotate in train, whatever
+# `train_families` and `eval_family` say. `missing_lesion` says what a blank lesion id in the
+# metadata does (00_data): `auto` is the protocol's rule (`reference`: the release's
+# one-image-lesion fallback, counted in audit.json; `symmetric`: an error naming the rows);
+# `fallback` is the explicit opt-in under `symmetric`. `rephoto` adds the *real* stable pairs: two
+# different photographs of one lesion (HAM10000 has 1,956 such lesions), evaluated against the
+# changing pairs as a second test set (`auto`: on under `symmetric`, off under `reference`, whose
+# release had none; `on` / `off` or a boolean to choose).
+#
+# Values are converted only when nothing is lost (03_safety's `coerce`): `seed=1.5`, a negative
+# seed, `rephoto="maybe"` are refused with the parameter's name.
+
+# %%
+#| export
+STAGES = ("manifest", "embed", "all")
+
+
+@dataclass(frozen=True)
+class Config:
+    experiment: str = ""
+    data: str = "fixture"
+    fixture_lesions: int = 600
+    protocol: str = "symmetric"
+    train_families: str = "strong,strong_held_out"
+    eval_family: str = "strong_held_out_2"
+    changing_policy: str = "strict"
+    preset: str = "auto"
+    pairs_per_split: int = 100
+    split_fractions: tuple = (0.70, 0.15, 0.15)
+    image_size: int = 224
+    rephoto: str = "auto"
+    lofo_fold: int = -1
+    seed: int = 20260422
+    backbone: str = "color_texture"
+    weights: str = ""
+    dtype: str = "auto"
+    batch_size: int = 32
+    predictor: str = "linear"
+    optimizer: str = "sgd"
+    trainer: str = "auto"
+    epochs: int = 200
+    stop_after: str = "all"
+    n_boot: int = 1000
+    missing_lesion: str = "auto"
+    run_dir: str = ""
+
+    def __post_init__(self):
+        if not (isinstance(self.rephoto, str) and self.rephoto in ("auto", "on", "off")):   # a boolean says on / off
+            try: object.__setattr__(self, "rephoto", "on" if coerce("rephoto", self.rephoto, "bool") else "off")
+            except ConfigError: raise ConfigError(f"parameter rephoto={self.rephoto!r}: choose auto, on or off") from None
+        coerce_fields(self)         # what YAML and papermill hand over, converted only when nothing is lost
+        if self.lofo_fold < -1: raise ConfigError(f"parameter lofo_fold={self.lofo_fold}: -1 (off) or a fold 0-2")
+        if self.lofo_fold >= 0:     # leave-one-family-out: the fold decides the families
+            if self.lofo_fold >= len(HELD_OUT_FAMILIES):
+                raise ConfigError(f"lofo_fold={self.lofo_fold}: there are {len(HELD_OUT_FAMILIES)} folds (0-{len(HELD_OUT_FAMILIES) - 1})")
+            train, held = lofo_folds()[self.lofo_fold]
+            object.__setattr__(self, "train_families", ",".join(train)); object.__setattr__(self, "eval_family", held)
+        self.validate()
+
+    def validate(self):
+        "Check every field; raise `ConfigError` naming the first bad one."
+        try:
+            check_protocol(self.protocol)
+            preset = default_preset(self.protocol, None if self.preset == "auto" else self.preset)
+            parse_families(self.train_families, preset)
+            if self.eval_family: parse_families(self.eval_family, preset)
+            check_fractions(self.split_fractions)
+            backbone_spec(self.backbone)
+        except DataError as e: raise ConfigError(str(e)) from None
+        for name, allowed in [("predictor", ("linear", "mlp")), ("optimizer", ("sgd", "adam")),
+                              ("trainer", ("auto", "reference", "autograd"))]:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose one of {', '.join(allowed)}")
+        if self.resolved_trainer == "reference" and self.predictor == "linear" and self.optimizer != "sgd":
+            raise ConfigError("the reference linear trainer is the release's SGD: optimizer must be sgd (or trainer autograd)")
+        if self.dtype not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"unknown dtype {self.dtype!r}: choose auto, bf16, fp16 or fp32")
+        if self.changing_policy not in POLICIES:
+            raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
+        if self.stop_after not in STAGES:
+            raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
+        if self.rephoto == "on" and self.protocol == "reference":
+            raise ConfigError("rephoto=on: the reference protocol has no re-photography pairs (the release had none); use auto or off")
+        if self.missing_lesion not in ("auto", "error", "fallback"):
+            raise ConfigError(f"unknown missing_lesion {self.missing_lesion!r}: choose auto, error or fallback")
+        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1),
+                         ("seed", 0), ("n_boot", 1)]:
+            if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
+
+    @property
+    def resolved_trainer(self) -> str:
+        "`auto`: the release's trainer under the reference protocol, autograd on the paper's loss otherwise."
+        return self.trainer if self.trainer != "auto" else ("reference" if self.protocol == "reference" else "autograd")
+
+    @property
+    def resolved_preset(self) -> str: return default_preset(self.protocol, None if self.preset == "auto" else self.preset)
+
+    @property
+    def resolved_rephoto(self) -> bool:
+        "`auto`: the real re-photography pairs in every symmetric run, none under `reference`."
+        return self.rephoto == "on" or (self.rephoto == "auto" and self.protocol == "symmetric")
+
+    @property
+    def resolved_missing_lesion(self) -> str:
+        "`auto`: the release's fallback under `reference`, an error under `symmetric`."
+        if self.missing_lesion != "auto": return self.missing_lesion
+        return "fallback" if self.protocol == "reference" else "error"
+
+    @classmethod
+    def from_params(cls, params: dict, source: str = "parameters") -> "Config":
+        "Build a config from a mapping, refusing any key that is not a field."
+        names = [f.name for f in fields(cls)]
+        for k in (k for k in params if k not in names):
+            near = difflib.get_close_matches(k, names, n=1)
+            raise ConfigError(f"{source}: {k!r} is not a configuration field"
+                              + (f" (did you mean {near[0]!r}?)" if near else f"; fields: {', '.join(names)}"))
+        return cls(**params)
+
+    @classmethod
+    def from_yaml(cls, path, **overrides) -> "Config":
+        "Read an experiment YAML (papermill's `-f` file), then apply overrides."
+        params = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(params, dict): raise ConfigError(f"{path}: expected a mapping of parameters")
+        cls.from_params(params, str(path))            # unknown keys in the file are named with the file
+        return cls.from_params({**params, **overrides})
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self); d["split_fractions"] = list(self.split_fractions)
+        return d
+
+
+# %%
+test_eq(Config().resolved_preset, "paper")
+test_eq(Config(protocol="reference").resolved_preset, "reference")
+test_eq(Config.from_params({"seed": "3", "split_fractions": [0.8, 0.1, 0.1]}).split_fractions, (0.8, 0.1, 0.1))
+test_fail(lambda: Config.from_params({"seeed": 1}), contains="'seeed' is not a configuration field (did you mean 'seed'?)")
+test_fail(lambda: Config(protocol="leaky"), contains="unknown protocol 'leaky'")
+test_fail(lambda: Config(train_families="strong,fog"), contains="unknown nuisance family 'fog'")
+test_fail(lambda: Config(preset="appendix"), contains="unknown nuisance preset 'appendix'")
+test_fail(lambda: Config(split_fractions=(0.7, 0.2, 0.2)), contains="summing to 1")
+test_fail(lambda: Config(pairs_per_split="many"), contains="pairs_per_split='many'")
+test_fail(lambda: Config(backbone="resnet50"), contains="unknown backbone 'resnet50'")
+test_fail(lambda: Config(stop_after="train"), contains="the stages built so far are manifest, embed, all")
+test_fail(lambda: Config(predictor="transformer"), contains="unknown predictor 'transformer'")
+test_eq((Config(protocol="reference").resolved_trainer, Config().resolved_trainer), ("reference", "autograd"))
+test_eq([(c.train_families, c.eval_family) for c in (Config(lofo_fold=k) for k in range(3))],
+        [("strong_held_out,strong_held_out_2", "strong"), ("strong,strong_held_out_2", "strong_held_out"),
+         ("strong,strong_held_out", "strong_held_out_2")])
+test_fail(lambda: Config(lofo_fold=3), contains="there are 3 folds")
+for _bad, _msg in [(dict(seed=1.5), "seed=1.5 is not a valid int"), (dict(seed=-1), "seed=-1 must be at least 0"),
+                   (dict(rephoto="maybe"), "rephoto='maybe'"), (dict(epochs=True), "epochs=True"),
+                   (dict(protocol="reference", rephoto=True), "reference protocol has no re-photography pairs"),
+                   (dict(n_boot=0), "n_boot=0 must be at least 1"), (dict(missing_lesion="guess"), "unknown missing_lesion")]:
+    test_fail(lambda: Config(**_bad), contains=_msg)
+test_eq([Config(rephoto=v).rephoto for v in (True, "no", "auto", "on")], ["on", "off", "auto", "on"])
+test_eq((Config().resolved_rephoto, Config(protocol="reference").resolved_rephoto, Config(rephoto=False).resolved_rephoto),
+        (True, False, False))
+test_eq((Config().resolved_missing_lesion, Config(protocol="reference").resolved_missing_lesion,
+         Config(missing_lesion="fallback").resolved_missing_lesion), ("error", "fallback", "fallback"))
+
+
+# %% [markdown]
+# ## Where the data comes from
+#
+# `"fixture"` generates (once, cached) the synthetic dataset of `fixture_lesions` lesions; anything
+# else is a HAM10000-style folder.
+
+# %%
+#| export
+def resolve_data(config: Config) -> Path:
+    "The dataset folder a config names, generating the fixture if needed."
+    if config.data == "fixture":
+        from derma_jepa.fixture import fixture_dir
+        return fixture_dir(n_lesions=config.fixture_lesions, seed=0)
+    path = Path(os.path.expandvars(os.path.expanduser(config.data)))
+    if not path.is_dir():
+        hint = " (is the environment variable set?)" if "$" in str(path) else ""
+        raise DataError(f"data folder {path} not found{hint}")
+    return path
+
+
+# %% [markdown]
+# ## The run directory
+#
+# `runs/<run_id>/` by default, where the run id is readable and unique to the configuration:
+# the experiment label (or the families), protocol, backbone, seed and a short hash of the whole
+# config. `write_run_dir` writes the files through 03_safety's `write_marked_dir`: a marked
+# temporary sibling that replaces the destination in one rename, under a lock, and only if the
+# destination is absent, empty or a run directory this project wrote. `destination` is the same
+# check alone, made before any work: the data folder and the cache are protected.
+
+# %%
+#| export
+def run_id(config: Config) -> str:
+    import hashlib
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    what = (re.sub(r"[^a-z0-9]+", "", config.experiment.lower()) if config.experiment else
+            f"{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}")
+    bb = re.sub(r"[^A-Za-z0-9_.-]+", "_", ALIASES.get(config.backbone, config.backbone))
+    return f"{what}-{config.protocol}-{bb}-seed{config.seed}-{h}"
+
+
+def run_path(config: Config) -> Path:
+    return Path(config.run_dir) if config.run_dir else Path("runs") / run_id(config)
+
+
+def _parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO(); df.to_parquet(buf, index=False); return buf.getvalue()
+
+
+def protected_paths(config: Config) -> list[Path]:
+    "Folders a run directory may not be, be inside of, or contain: the data folder (the cache always is)."
+    if config.data == "fixture": return []        # the fixture lives in the cache
+    return [Path(os.path.expandvars(os.path.expanduser(config.data)))]
+
+
+def destination(config: Config) -> Path:
+    "The run directory this config writes, checked before any work (03_safety)."
+    return check_destination(run_path(config), "run", protected_paths(config))
+
+
+def write_run_dir(dest: Path, files: dict[str, bytes], protected=()) -> Path:
+    "Write `files` (name -> bytes) as the run directory `dest`, replacing only a run directory of this project's."
+    return write_marked_dir(dest, files, "run", protected)
+
+
+# %% [markdown]
+# ## `run(config)`
+#
+# The data side: audit every image (stopping on the first missing or unreadable one), split,
+# build and validate the manifest; `config.yaml`, `audit.json` and `manifest.parquet` record it.
+# The audit carries what PROTOCOL A1 and B2 ask to be reported: image and lesion counts, failures,
+# duplicate checksums, split sizes, and the dx mix of each label per split.
+#
+# The embedding stage: every distinct side through the backbone (cached, resumable), at the
+# precision 08_embed's measurement chose for this backbone on this machine. The pixel baselines
+# run first, on the splits the protocol reads them on (11_baselines), and embed the sides they
+# render on the way, so each side is decoded and rendered once; the embedding stage then renders
+# only the rest. `timings.json` records wall **and CPU** seconds per stage (CPU includes the data
+# loader's workers), sides/s, cache hits and how the precision was chosen; `environment.json`
+# the versions, the device and its model, the precision decision with its measured rates, the
+# backbone fingerprint, its preprocessing and the weights it came from.
+
+# %%
+#| export
+@dataclass
+class RunResult:
+    config: Config
+    run_dir: Path
+    records: pd.DataFrame
+    split: pd.DataFrame
+    manifest: pd.DataFrame
+    audit: dict
+    timings: dict
+    embeddings: dict | None = None     # the embedded sides and their matrix
+    scores: pd.DataFrame | None = None
+    evaluation: dict | None = None
+    figures: dict | None = None
+    predictor: object = None
+
+
+def manifest_for(config: Config, records: pd.DataFrame):
+    "Split and manifest of audited `records` under `config`: (split records, manifest, construction log)."
+    split = split_records(records, config.seed, config.split_fractions, config.protocol)
+    manifest, log = build_manifest(split, config.protocol, config.train_families, config.eval_family or None,
+                                   config.changing_policy, config.resolved_preset, config.pairs_per_split,
+                                   config.seed, config.image_size, config.resolved_rephoto)
+    return split, manifest, log
+
+
+def data_stage(config: Config):
+    "Audit, split and manifest for a config: (records, split records, manifest, audit dict)."
+    records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion)
+    audit = summarise_audit(records)
+    require_readable(records)
+    split, manifest, log = manifest_for(config, records)
+    audit.update(split_counts(split))
+    audit.update(n_pairs=int(len(manifest)), pairs_by_split_and_kind=
+                 {s: {k: int(n) for k, n in g.kind.value_counts().sort_index().items()} for s, g in manifest.groupby("split")},
+                 distinct_sides=distinct_sides(manifest), dx_mix=dx_mix(manifest), construction=log)
+    return records, split, manifest, audit
+
+
+def environment(backbone=None, dtype: str | None = None, precision: dict | None = None) -> dict:
+    "Versions, machine and (when given) the backbone's identity, for environment.json."
+    import platform, subprocess
+    from importlib.metadata import version
+    import torch
+    try: commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError): commit = ""
+    env = {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "git_commit": commit or "unknown",
+           "versions": {p: version(p) for p in ["derma_jepa", "numpy", "pandas", "pillow", "scikit-image", "torch",
+                                                 "torchvision", "timm", "open_clip_torch"]}}
+    if backbone is not None:
+        from derma_jepa.embed import device_model
+        env.update(device=backbone.device, dtype=dtype, backbone=backbone.name, backbone_fingerprint=backbone.fingerprint,
+                   weights=backbone.weights, weights_sha256=backbone.weights_digest, preprocess=backbone.preprocess,
+                   device_model=device_model(backbone.device), precision=precision)
+    return env
+
+
+def pair_embeddings(manifest: pd.DataFrame, sides: pd.DataFrame, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Context and target embeddings of every pair, looked up among the embedded sides."
+    row = pd.Series(np.arange(len(sides)), index=pd.MultiIndex.from_frame(sides[["image_id", "recipe"]]))
+    zc = z[row.loc[list(zip(manifest.context_image_id, manifest.context_recipe))].to_numpy()]
+    zt = z[row.loc[list(zip(manifest.target_image_id, manifest.target_recipe))].to_numpy()]
+    return zc, zt
+
+
+# %% [markdown]
+# ## Scoring and evaluation
+#
+# The predictor is fitted on the train split's stable pairs only. Every pair of every split is
+# then scored by the predictor, the five controls and the baselines. Metrics (four, with
+# bootstrap CIs, 10_metrics) are computed on stable vs changing pairs of each split; under
+# `symmetric` the re-photography pairs are a second evaluation set (real re-photographs vs the
+# same changing pairs).
+#
+# How the intervals are made is the protocol's:
+#
+# - `symmetric`: **one** set of resamples per split, drawn by context lesion within each pair kind
+#   (10_metrics' `cluster_counts`), shared by every scorer and by both evaluation sets (the
+#   changing pairs are the same columns in both). Δ(predictor − strongest baseline) and
+#   Δ(predictor − identity) get paired intervals, and the verdict reads Δ's interval (11_baselines).
+#   For comparison, the pair-level interval of every scorer on test is recorded beside it
+#   (`pair_level_test`), so a reader sees how much the lesion-level resampling widens it.
+# - `reference`: the release's pair-level resamples, drawn separately per scorer with its seed
+#   offsets (pixel 11, SSIM 23, embedding cosine 101, predictor 701/709/719 by split), so its
+#   intervals reproduce. The controls, which it did not have, share the predictor's resamples
+#   (identity, which *is* the raw cosine, shares the cosine's), and Δ gets a paired interval from
+#   the predictor's resamples. Its verdict is the release's rule on the point Δ.
+
+# %%
+#| export
+BOOTSTRAP_RULES = {
+    "symmetric": {"unit": "context lesion", "strata": "pair kind", "paired": True, "interval": "percentile"},
+    "reference": {"unit": "pair", "strata": None, "paired": False, "interval": "percentile",
+                  "note": "the release's rule: pairs resampled independently, a generator per scorer"}}
+
+
+def _boot_seed(seed: int, scorer: str, split: str) -> int:
+    "The release's bootstrap seed offsets; every other scorer shares the predictor's (identity: the cosine's)."
+    if scorer in ("pixel_l2", "ssim"): return seed + {"pixel_l2": 11, "ssim": 23}[scorer]
+    if scorer.startswith("cosine_") or scorer == "identity": return seed + 101
+    return seed + {"train": 701, "val": 709, "test": 719}[split]
+
+
+def _reference_split(y, scores: dict, seed: int, split: str, n_boot: int, deltas) -> dict:
+    from derma_jepa.metrics import bootstrap_counts, paired_bootstrap
+    by_seed = {}
+    for name in scores: by_seed.setdefault(_boot_seed(seed, name, split), []).append(name)
+    out = {"metrics": {}, "deltas": {}}
+    for bs, names in by_seed.items():
+        pb = paired_bootstrap(y, {n: scores[n] for n in names}, bootstrap_counts(len(y), n_boot, bs))
+        out["metrics"].update(pb["metrics"])
+    pb = paired_bootstrap(y, {n: scores[n] for n in dict.fromkeys(a for d in deltas for a in d)},
+                          bootstrap_counts(len(y), n_boot, _boot_seed(seed, "predictor", split)), deltas)
+    out["deltas"] = pb["deltas"]
+    out["metrics"] = {n: out["metrics"][n] for n in scores}
+    return out
+
+
+def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: list[str], protocol: str,
+             seed: int, n_boot: int = 1000) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of every scorer on every split with the protocol's bootstrap, baselines oriented and chosen by
+    the protocol's rule, and Δs with CIs. Returns (metrics block, scores with baselines oriented)."""
+    from derma_jepa.baselines import choose_baseline
+    from derma_jepa.metrics import bootstrap_counts, cluster_counts, paired_bootstrap
+    kind, split, y = manifest.kind.to_numpy(), manifest.split.to_numpy(), manifest.label.to_numpy()
+    main = np.isin(kind, ["stable", "changing"])
+    auroc = {sp: {b: float(roc_auc_score(y[m], scores[b][m])) for b in baselines if not np.isnan(scores[b][m]).any()}
+             for sp in SPLITS for m in [main & (split == sp)]}
+    choice = choose_baseline(auroc, protocol)
+    scores = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
+    best = choice["strongest"]
+    deltas = [("predictor", best)] + ([("predictor", "identity")] if "identity" in scores else [])
+    out = {"metrics": {}, "deltas": {}, "bootstrap": {**BOOTSTRAP_RULES[protocol], "n_boot": n_boot, "level": 0.95},
+           "baselines": {"names": baselines, **choice}, "strongest_baseline": best}
+    for k, sp in enumerate(SPLITS):
+        rows = split == sp
+        # a scorer not computed on this split (a baseline outside BASELINE_SPLITS) is NaN there: left out
+        at = lambda mask: {n: v[rows & mask] for n, v in scores.items() if not np.isnan(v[rows & mask]).any()}
+        ds = [d for d in deltas if set(d) <= set(at(main))]
+        if protocol == "reference":
+            res = _reference_split(y[rows & main], at(main), seed, sp, n_boot, ds)
+        else:
+            counts = cluster_counts(manifest.context_lesion_id.to_numpy()[rows], kind[rows], n_boot, seed + 907 + k)
+            res = paired_bootstrap(y[rows & main], at(main), counts[:, main[rows]], ds)
+            out["bootstrap"].setdefault("clusters", {})[sp] = int(manifest[rows & main].context_lesion_id.nunique())
+            reph = np.isin(kind, ["rephoto", "changing"])
+            if (rows & (kind == "rephoto")).any():
+                out.setdefault("rephoto", {})[sp] = paired_bootstrap(y[rows & reph], at(reph), counts[:, reph[rows]])["metrics"]
+            if sp == "test":
+                pc = bootstrap_counts(int((rows & main).sum()), n_boot, seed + 719)
+                out["pair_level_test"] = {n: m["auroc"] for n, m in paired_bootstrap(y[rows & main], at(main), pc)["metrics"].items()}
+        out["metrics"][sp], out["deltas"][sp] = res["metrics"], res["deltas"]
+    out["delta"] = out["deltas"]["test"][f"predictor - {best}"]
+    return out, scores
+
+
+# %% [markdown]
+# On a toy manifest: identical scores get identical intervals under both protocols; under
+# `symmetric` every scorer's resamples are the same, so a Δ is paired, and its point value is the
+# difference of the two AUROCs.
+
+# %%
+_tm = pd.DataFrame({"split": np.repeat(SPLITS, 40), "kind": np.tile(np.repeat(["stable", "changing"], 20), 3),
+                    "context_lesion_id": [f"L{i % 13}" for i in range(120)]})
+_tm["label"] = (_tm.kind == "changing").astype(int)
+_trng = np.random.default_rng(0)
+_ts = {"predictor": _tm.label + _trng.normal(0, 1, 120), "identity": 0.8 * _tm.label + _trng.normal(0, 1, 120)}
+_ts.update(cosine_x=_ts["identity"].copy(), pixel_l2=_tm.label * 0.5 + _trng.normal(0, 1, 120))
+for _prot in ("symmetric", "reference"):
+    _ev, _ = evaluate(_tm, {k: np.asarray(v, float) for k, v in _ts.items()}, ["pixel_l2", "cosine_x"], _prot, 3, 200)
+    test_eq(_ev["metrics"]["test"]["identity"], _ev["metrics"]["test"]["cosine_x"])
+    _dd = _ev["deltas"]["test"]["predictor - identity"]
+    test_close(_dd["value"], _ev["metrics"]["test"]["predictor"]["auroc"]["value"] - _ev["metrics"]["test"]["identity"]["auroc"]["value"], 1e-12)
+    assert _dd["ci_low"] <= _dd["value"] <= _dd["ci_high"]
+test_eq(_ev["bootstrap"]["unit"], "pair")
+
+
+# %% [markdown]
+# ## Figures
+#
+# What a reader would rather see than read: the score distributions of both classes in each
+# split (for the predictor and the strongest baseline; both classes of a panel share its bins),
+# ROC curves on test (without `identity`, which is the raw cosine under another name, and
+# `flipped_cosine`, its mirror image), and train-vs-test AUROC. Train and test differ in *two*
+# ways, the pairs (lesions never seen in fitting) and the nuisance family (held out from
+# training), so a scorer far right of the diagonal has either memorised its training pairs or
+# failed to transfer to the unseen family; this figure alone cannot say which.
+
+# %%
+#| export
+def make_figures(manifest: pd.DataFrame, scores: dict[str, np.ndarray], ev: dict) -> dict:
+    "name -> matplotlib Figure."
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from sklearn.metrics import roc_curve
+    main = manifest.kind.isin(["stable", "changing"]).to_numpy()
+    figs = {}
+    best = ev["strongest_baseline"]
+    long = pd.concat([manifest.loc[main, ["split", "kind"]].assign(scorer=n, score=scores[n][main]) for n in ("predictor", best)],
+                     ignore_index=True).dropna(subset=["score"])
+    g = sns.displot(data=long, x="score", hue="kind", row="scorer", col="split", kind="hist", stat="density",
+                    common_norm=False, common_bins=True, element="step", height=2.4, aspect=1.3,
+                    facet_kws={"sharex": False, "sharey": False})
+    figs["score_histograms"] = g.figure
+    fig, ax = plt.subplots(figsize=(5, 5))
+    t = main & (manifest.split == "test").to_numpy()
+    for n, s in scores.items():
+        if n in ("identity", "flipped_cosine"): continue       # the raw cosine again, and its mirror
+        fpr, tpr, _ = roc_curve(manifest.label.to_numpy()[t], s[t])
+        ax.plot(fpr, tpr, lw=2.2 if n == "predictor" else 1, label=f"{n} ({ev['metrics']['test'][n]['auroc']['value']:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xlabel("FPR"); ax.set_ylabel("TPR"); ax.set_title("test ROC (AUROC)")
+    ax.legend(fontsize=7, loc="lower right"); figs["roc_test"] = fig
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for n in scores:
+        if n not in ev["metrics"]["train"]: continue          # a baseline the protocol does not score on train
+        a = {sp: ev["metrics"][sp][n]["auroc"] for sp in ("train", "test")}
+        ax.errorbar(a["train"]["value"], a["test"]["value"], yerr=[[a["test"]["value"] - a["test"]["ci_low"]],
+                    [a["test"]["ci_high"] - a["test"]["value"]]], fmt="o", capsize=2, label=n)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xlim(0, 1); ax.set_ylim(0, 1)
+    ax.set_xlabel("train AUROC"); ax.set_ylabel("test AUROC (95% CI)"); ax.legend(fontsize=7); figs["train_vs_test_auroc"] = fig
+    return figs
+
+
+def model_card(config: Config, ev: dict, env: dict) -> str:
+    "A short human-readable summary of one run: what ran, on what, and what it found."
+    m = ev["metrics"]["test"]
+    def ci(a): return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
+    reph = ev.get("rephoto", {}).get("test", {})
+    rows = "\n".join(f"| {n} | {ci(m[n]['auroc'])} | {ci(reph[n]['auroc']) if n in reph else '–'} |" for n in m)
+    b = ev["bootstrap"]
+    how = (f"{b['n_boot']} resamples of context lesions within each pair kind, shared by every scorer (paired)"
+           if b["unit"] == "context lesion" else f"{b['n_boot']} resamples of pairs, a generator per scorer (the release's rule)")
+    stand_in = backbone_spec(config.backbone).hub_id == ""
+    return f"""# Model card: {config.experiment or run_id(config)}
+
+- protocol: **{config.protocol}**; families: train `{config.train_families}`, val/test `{config.eval_family or config.train_families}`
+- backbone: `{ev['backbone']}` (frozen; fingerprint `{env.get('backbone_fingerprint', '')}`)\
+{' an offline backbone, not a pretrained hub model.' if stand_in else ''}
+- predictor: {config.predictor}, trainer {ev['training']['trainer']}, optimiser {config.optimizer}, \
+{config.epochs} epochs, fitted on {ev['training']['train_stable_pairs']} train stable pairs only
+- data: {config.data}, seed {config.seed}, {config.pairs_per_split} stable + {config.pairs_per_split} changing pairs per split
+
+Verdict: **{ev['verdict']}**. Δ = predictor − strongest baseline ({ev['strongest_baseline']}, \
+chosen on {ev['baselines']['chosen_on']}) = {ci(ev['delta'])} test AUROC; rule: {ev['verdict_rule']}.
+
+Intervals: 95% percentile bootstrap, {how}.
+
+| test scorer | AUROC, stable vs changing [95% CI] | AUROC, re-photographed vs changing [95% CI] |
+|---|---|---|
+{rows}
+
+Intended use: research on acquisition-nuisance invariance of frozen embeddings. Not a diagnostic
+device; stable/changing labels are synthetic (PROTOCOL B2) except the re-photography pairs.
+"""
+
+
+def _png(fig) -> bytes:
+    "The figure as PNG bytes; the figure is closed (pyplot forgets it), so a notebook shows it only where displayed."
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# %% [markdown]
+# ## `run(config)`
+
+# %%
+#| export
+class Stopwatch:
+    """Wall and CPU seconds per stage. CPU counts this process and its finished children (the data loader's
+    workers), so a stage that fans out to two cores shows about twice its wall time."""
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self.start = self.last = self.now()
+
+    @staticmethod
+    def now() -> tuple[float, float]:
+        import resource, time
+        c = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.perf_counter(), time.process_time() + c.ru_utime + c.ru_stime
+
+    def lap(self, stage: str) -> float:
+        "Close `stage` (it ran since the previous lap) and return its wall seconds."
+        t = self.now()
+        self.wall[stage], self.cpu[stage] = round(t[0] - self.last[0], 3), round(t[1] - self.last[1], 3)
+        self.last = t
+        return self.wall[stage]
+
+    def totals(self) -> dict:
+        t = self.now()
+        return {"total": round(t[0] - self.start[0], 3), "cpu_total": round(t[1] - self.start[1], 3)}
+
+
+def run(config: Config) -> RunResult:
+    "Run `config` up to `config.stop_after` and write its run directory (the stages' modules imported here, not above)."
+    from derma_jepa.baselines import BASELINE_SPLITS, PIXEL_SCORERS, VERDICT_RULES, pixel_scores, verdict, with_paths
+    from derma_jepa.embed import embed_sides, side_precision, sides_table
+    from derma_jepa.metrics import representation_health
+    from derma_jepa.predictors import Predictor, control_scores, cosine_distance
+    t, stage, clock = {}, STAGES.index(config.stop_after), Stopwatch()
+    dest = destination(config)            # a destination the project may not write stops the run here
+    backbone = get_backbone(config.backbone, config.weights or None, protocol=config.protocol) if stage >= STAGES.index("embed") else None
+    t["backbone_load"] = clock.lap("backbone_load")
+    records, split, manifest, audit = data_stage(config)
+    t["manifest"] = clock.lap("manifest")
+    files = {"config.yaml": yaml.safe_dump(config.to_dict(), sort_keys=True).encode(),
+             "audit.json": json.dumps(audit, indent=1, sort_keys=True).encode(),
+             "manifest.parquet": _parquet_bytes(manifest)}
+    embeddings, extra = None, {}
+    sp, kind, y = manifest.split.to_numpy(), manifest.kind.to_numpy(), manifest.label.to_numpy()
+    if backbone is not None:
+        sides = sides_table(manifest, records)
+        precision = side_precision(backbone, sides, config.dtype)
+        t["precision"] = clock.lap("precision")
+        if stage >= STAGES.index("all"):
+            # the pixel baselines, only on the splits the protocol reads them on; the sides they render are embedded
+            # on the way (into the same cache), so `embed_sides` below renders only the other sides
+            need = np.isin(sp, BASELINE_SPLITS[config.protocol])
+            px = pixel_scores(with_paths(manifest[need], records), progress=True, backbone=backbone,
+                              dtype=precision["dtype"])
+            pixel = {n: np.full(len(manifest), np.nan) for n in PIXEL_SCORERS}
+            for n in PIXEL_SCORERS: pixel[n][need] = px[n].to_numpy()
+            t["baselines"] = clock.lap("baselines")
+        z, st = embed_sides(backbone, sides, precision, config.batch_size, progress=True)
+        embeddings = {"sides": sides, "z": z}
+        t["embed"] = clock.lap("embed")
+        t["embed_detail"] = {k: v for k, v in st.to_dict().items() if k not in ("seconds", "dtype", "device")}
+        env = environment(backbone, st.dtype, precision)
+    else: env = environment()
+    files["environment.json"] = json.dumps(env, indent=1).encode()
+    if stage >= STAGES.index("all"):
+        zc, zt = pair_embeddings(manifest, embeddings["sides"], embeddings["z"])
+        fit_on, train = (sp == "train") & (kind == "stable"), (sp == "train") & np.isin(kind, ["stable", "changing"])
+        predictor = Predictor(config.predictor, config.resolved_trainer, config.optimizer, config.epochs,
+                              seed=config.seed).fit(zc[fit_on], zt[fit_on])
+        t["fit"] = clock.lap("fit")
+        cos_name = f"cosine_{backbone.name}"
+        scores = {"predictor": predictor.score(zc, zt),
+                  **control_scores(zc, zt, zc[fit_on], zt[fit_on], zc[train], zt[train], y[train], config.seed),
+                  **pixel, cos_name: cosine_distance(zc, zt)}
+        ev, scores = evaluate(manifest, scores, ["pixel_l2", "ssim", cos_name], config.protocol, config.seed, config.n_boot)
+        test_main = (sp == "test") & np.isin(kind, ["stable", "changing"])
+        health = representation_health(predictor.predict(zc[test_main]))
+        ev.update(health=health, verdict=verdict(ev["delta"], health["collapsed"], config.protocol),
+                  verdict_rule=VERDICT_RULES[config.protocol], protocol=config.protocol,
+                  backbone=backbone.name, n_boot=config.n_boot,
+                  training={"predictor": config.predictor, "trainer": predictor.trainer, "optimizer": config.optimizer,
+                            "epochs": config.epochs, "batch_size": predictor.batch_size, "lr": predictor.lr,
+                            "weight_decay": predictor.weight_decay, "train_stable_pairs": int(fit_on.sum()),
+                            "loss_history": predictor.history_})
+        t["metrics"] = clock.lap("metrics")
+        long = pd.concat([manifest[["pair_id", "split", "kind", "label"]].assign(scorer=n, score=v) for n, v in scores.items()],
+                         ignore_index=True).dropna(subset=["score"])
+        figs = make_figures(manifest, scores, ev)
+        from safetensors.numpy import save as st_save
+        weights = st_save({k: np.ascontiguousarray(v) for k, v in predictor.params().items()},
+                          metadata={"derma_jepa": json.dumps({"predictor": config.predictor, "trainer": predictor.trainer})})
+        files.update({"scores.parquet": _parquet_bytes(long), "metrics.json": json.dumps(ev, indent=1).encode(),
+                      "predictor.safetensors": weights, "model_card.md": model_card(config, ev, env).encode(),
+                      **{f"figures/{k}.png": _png(f) for k, f in figs.items()}})
+        extra = {"scores": long, "evaluation": ev, "figures": figs, "predictor": predictor}
+        t["figures"] = clock.lap("figures")
+    t.update(clock.totals(), cpu=clock.cpu)
+    files["timings.json"] = json.dumps(t, indent=1).encode()
+    dest = write_run_dir(dest, files, protected_paths(config))
+    return RunResult(config, dest, records, split, manifest, audit, t, embeddings, **extra)
+
+
+# %% [markdown]
+# ## Tests
+#
+# A run on a small fixture writes the three files; running it again gives byte-identical files;
+# a failing run leaves nothing behind, even where an older complete run existed.
+
+# %%
+_out = Path(tempfile.mkdtemp())
+_cfg = Config(fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "r1"), stop_after="manifest")
+_res = run(_cfg)
+test_eq(sorted(p.name for p in _res.run_dir.iterdir()),
+        [".derma_jepa.json", "audit.json", "config.yaml", "environment.json", "manifest.parquet", "timings.json"])
+_first = {p.name: p.read_bytes() for p in _res.run_dir.iterdir() if p.name not in ("timings.json",)}
+run(_cfg)
+test_eq({p.name: p.read_bytes() for p in _res.run_dir.iterdir() if p.name not in ("timings.json",)}, _first)
+_aud = json.loads(_first["audit.json"])
+assert {"n_images", "n_lesions", "split_lesions", "split_images", "missing", "unreadable", "duplicate_checksums", "dx_mix"} <= set(_aud)
+
+# %%
+test_fail(lambda: run(dataclasses.replace(_cfg, run_dir=str(_out / "r2"), pairs_per_split=5000)), contains="pairs per label")
+assert not (_out / "r2").exists() and [p.name for p in _out.iterdir()] == ["r1"]
+test_fail(lambda: run(Config(data=str(_out / "nowhere"), run_dir=str(_out / "r3"))), contains="not found")
+
+# %% [markdown]
+# A destination that is not a run directory of this project stops the run before any work, and
+# leaves it as it was: a folder of notes, a file, the data folder itself.
+
+# %%
+(_out / "notes").mkdir(); (_out / "notes" / "n.txt").write_text("mine")
+(_out / "a_file").write_text("mine too")
+for _d, _msg in [(_out / "notes", "non-empty folder this project did not write"), (_out / "a_file", "is an existing file")]:
+    test_fail(lambda: run(dataclasses.replace(_cfg, run_dir=str(_d))), contains=_msg)
+test_eq(((_out / "notes" / "n.txt").read_text(), (_out / "a_file").read_text()), ("mine", "mine too"))
+_fx = resolve_data(_cfg)
+test_fail(lambda: run(dataclasses.replace(_cfg, data=str(_fx), run_dir=str(_fx))), contains="is inside the cache folder")
+
+# %% [markdown]
+# The embedding stage on a tiny manifest: the second run, which differs only in predictor and
+# optimiser, finds every side in the cache and computes nothing.
+
+# %%
+_e1 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e1"), stop_after="embed"))
+_e2 = run(Config(fixture_lesions=300, pairs_per_split=4, run_dir=str(_out / "e2"), predictor="mlp", optimizer="adam", stop_after="embed"))
+test_eq((_e2.timings["embed_detail"]["computed"], _e2.timings["embed_detail"]["cache_hits"]), (0, _e1.timings["embed_detail"]["sides"]))
+test_eq(_e1.embeddings["z"].tobytes(), _e2.embeddings["z"].tobytes())
+test_eq(json.loads((_e1.run_dir / "environment.json").read_text())["backbone"], "color_texture")
+
+# %% [markdown]
+# The whole run on a small fixture: the contract of `metrics.json`, `scores.parquet` and `timings.json`.
+
+# %%
+_full = run(Config(fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "full"), epochs=20, n_boot=200))
+_mj = json.loads((_full.run_dir / "metrics.json").read_text())
+_scorers = {"predictor", "identity", "bias_only", "flipped_cosine", "target_only_probe", "context_only_probe",
+            "pixel_l2", "ssim", "cosine_color_texture"}
+for _sp in ("train", "val", "test"):
+    # the pixel baselines are scored where the protocol reads them: under symmetric val and test, not train
+    _want = _scorers - set(PIXEL_SCORERS) if _sp not in BASELINE_SPLITS["symmetric"] else _scorers
+    test_eq((set(_mj["metrics"][_sp]) >= _want, set(_mj["metrics"][_sp]) & set(PIXEL_SCORERS) <= _want), (True, True))
+    for _sc in _want:
+        for _mt in ("auroc", "auprc", "eer", "fpr_at_tpr"):
+            assert set(_mj["metrics"][_sp][_sc][_mt]) == {"value", "ci_low", "ci_high"}
+assert {"health", "strongest_baseline", "delta", "deltas", "verdict", "verdict_rule", "bootstrap", "rephoto"} <= set(_mj)
+test_eq(_mj["bootstrap"]["unit"], "context lesion")
+_d = _mj["delta"]
+assert _d["ci_low"] <= _d["value"] <= _d["ci_high"] and set(_mj["deltas"]["test"]) == {f"predictor - {_mj['strongest_baseline']}", "predictor - identity"}
+test_eq(_mj["verdict"], "improved" if _d["ci_low"] > 0 else "worse" if _d["ci_high"] < 0 else "matched")
+test_eq(_full.manifest.kind.eq("rephoto").any(), True)          # symmetric runs carry the real re-photography pairs
+test_eq(set(_mj["rephoto"]["test"]) >= _scorers, True)
+_tj = json.loads((_full.run_dir / "timings.json").read_text())
+test_eq(set(_tj) >= {"manifest", "embed", "baselines", "fit", "metrics", "total", "cpu_total", "cpu"}, True)
+test_eq(set(_tj["cpu"]) >= {"manifest", "embed", "baselines", "fit", "metrics"}, True)
+assert _tj["total"] >= _tj["embed"] + _tj["fit"]
+assert "| predictor |" in (_full.run_dir / "model_card.md").read_text()
+_sc = pd.read_parquet(_full.run_dir / "scores.parquet")
+_vt = int(_full.manifest.split.isin(BASELINE_SPLITS["symmetric"]).sum())
+test_eq(len(_sc), len(_full.manifest) * (len(_mj["metrics"]["test"]) - len(PIXEL_SCORERS)) + len(PIXEL_SCORERS) * _vt)
+test_eq(sorted(p.name for p in (_full.run_dir / "figures").iterdir()), ["roc_test.png", "score_histograms.png", "train_vs_test_auroc.png"])
+
+# %% [markdown]
+# What that small run reports for the test split, and its ROC figure (fixture data at 30 pairs per
+# split, so the numbers show the shape of the report, not a finding; `run.ipynb` shows EXP-004 on
+# the real copy):
+
+# %%
+from IPython.display import display
+display(pd.DataFrame({n: {m: f"{v['value']:.3f} [{v['ci_low']:.3f}, {v['ci_high']:.3f}]" for m, v in d.items() if m != "n_boot_valid"}
+                      for n, d in _mj["metrics"]["test"].items()}).T.rename_axis("test, 95% CI"))
+print(f"strongest baseline: {_mj['strongest_baseline']}; Δ {_d['value']:+.3f} [{_d['ci_low']:+.3f}, {_d['ci_high']:+.3f}]; "
+      f"verdict {_mj['verdict']!r} ({_mj['verdict_rule']})")
+_full.figures["roc_test"]
+
+# %% [markdown]
+# ## The predictors of 07 on real pairs, under both protocols
+#
+# The predictors above, fitted on real EXP-004 pairs: HAM10000 when `HAM10000_DIR` is set (the
+# fixture otherwise), the offline `color_texture` backbone, 150 pairs per split (100 on the fixture,
+# whose 600 lesions leave 116 images in the validation split), the EXP-004
+# families. First a stable and a changing training pair of each protocol, as the predictor sees
+# them; then, per protocol, the training curves of the linear predictor (reference trainer, the
+# release's) and of the MLP (autograd, Adam), and the linear predictor's test scores by label. The
+# table gives test AUROC beside the raw cosine (`identity`) and the target-only probe, the leak
+# detector: under `reference` a probe that sees the target alone scores the label because only
+# stable targets are processed; under `symmetric` it has nothing to find.
+
+# %%
+#| slow
+import matplotlib.pyplot as plt
+from derma_jepa.pairs import pair_gallery
+
+_data = os.environ.get("HAM10000_DIR") or "fixture"
+_real, _tmp = {}, Path(tempfile.mkdtemp())
+for _prot in ("reference", "symmetric"):
+    _cfg = Config(experiment="EXP-004", data=_data, protocol=_prot, train_families="strong,strong_held_out",
+                  eval_family="strong_held_out_2", changing_policy="strict", pairs_per_split=150 if _data != "fixture" else 100,
+                  backbone="color_texture", stop_after="embed", run_dir=str(_tmp / _prot))
+    _r = run(_cfg)
+    _m = _r.manifest.reset_index(drop=True)
+    _zc, _zt = pair_embeddings(_m, _r.embeddings["sides"], _r.embeddings["z"])
+    _fit = (_m.split.eq("train") & _m.kind.eq("stable")).to_numpy()
+    _test = (_m.split.eq("test") & _m.kind.isin(["stable", "changing"])).to_numpy()
+    _train = (_m.split.eq("train") & _m.kind.isin(["stable", "changing"])).to_numpy()
+    _preds = {"linear, reference trainer (loss per element)": Predictor("linear", "reference").fit(_zc[_fit], _zt[_fit]),
+              "mlp, autograd + adam (loss per pair)": Predictor("mlp", "autograd", optimizer="adam").fit(_zc[_fit], _zt[_fit])}
+    _cs = control_scores(_zc[_test], _zt[_test], _zc[_fit], _zt[_fit], _zc[_train], _zt[_train], _m.label[_train].to_numpy())
+    _real[_prot] = dict(manifest=_m, records=_r.records, preds=_preds, y=_m.label[_test].to_numpy(),
+                        scores={**{k: p.score(_zc[_test], _zt[_test]) for k, p in _preds.items()},
+                                "identity": _cs["identity"], "target_only_probe": _cs["target_only_probe"]})
+    _g = pair_gallery(_m[_m.split.eq("train") & _m.kind.isin(["stable", "changing"])], _r.records, n=1, size=96)
+    _g.suptitle(f"{_prot}: a train stable and a train changing pair", y=1.02); plt.show()
+
+# %%
+#| slow
+_fig, _axes = plt.subplots(2, 2, figsize=(9, 5.6))
+for (_prot, _d), (_a1, _a2) in zip(_real.items(), _axes):
+    for _k, _p in _d["preds"].items():
+        _a1.plot(list(_p.history_), list(_p.history_.values()), marker="o", ms=3, label=_k)
+    _a1.set(yscale="log", xlabel="epoch", ylabel="training loss", title=f"{_prot}: fit on train stable pairs"); _a1.legend(fontsize=7)
+    _s = _d["scores"]["linear, reference trainer (loss per element)"]
+    _bins = np.histogram_bin_edges(_s, 30)
+    for _lab, _name in ((0, "stable"), (1, "changing")):
+        _a2.hist(_s[_d["y"] == _lab], bins=_bins, density=True, histtype="step", label=_name)
+    _a2.set(xlabel="linear predictor score (test)", ylabel="density", title=f"{_prot}: test scores by label"); _a2.legend(fontsize=7)
+_fig.tight_layout(); plt.show()
+pd.DataFrame({p: {k: round(roc_auc_score(d["y"], s), 3) for k, s in d["scores"].items()} for p, d in _real.items()}).rename_axis("test AUROC")
+
+# %% [markdown]
+# ## What the baselines of 09 see on real pairs, under both protocols
+#
+# Pixel L2 and SSIM distance on the test pairs of a small EXP-004 manifest (100 pairs per split;
+# HAM10000 when `HAM10000_DIR` is set, the fixture otherwise), by label. Neither baseline knows
+# anything about lesions, so what separates the labels here is how the two sides were *made*:
+# under `reference` a changing pair is two untouched originals (pixel-close in acquisition, far in
+# content) while a stable pair's target is processed; under `symmetric` both sides of both labels
+# carry an independent draw of the family. An AUROC below 0.5 under `reference` is that asymmetry
+# read backwards: a stable pair (one photograph and its processed copy) is *further apart* in pixels
+# than two untouched photographs of different lesions taken under the same conditions.
+
+# %%
+#| slow
+import matplotlib.pyplot as plt
+
+_data = os.environ.get("HAM10000_DIR") or "fixture"
+_fig, _axes = plt.subplots(2, 2, figsize=(8, 5))
+_auc = {}
+for _prot, _row in zip(("reference", "symmetric"), _axes):
+    _recs_p, _, _man, _ = data_stage(Config(data=_data, protocol=_prot, train_families="strong,strong_held_out",
+                                            eval_family="strong_held_out_2", changing_policy="strict", pairs_per_split=100))
+    _t = with_paths(_man[_man.split.eq("test") & _man.kind.isin(["stable", "changing"])], _recs_p)
+    _px = pixel_scores(_t)
+    for _ax, _b in zip(_row, ("pixel_l2", "ssim")):
+        _bins = np.histogram_bin_edges(_px[_b], 25)
+        for _kind in ("stable", "changing"):
+            _ax.hist(_px[_b][_t.kind.eq(_kind).to_numpy()], bins=_bins, density=True, histtype="step", label=_kind)
+        _ax.set(title=f"{_prot}: {_b}", xlabel="distance (higher = more different)", ylabel="density"); _ax.legend(fontsize=7)
+        _auc.setdefault(_b, {})[_prot] = round(roc_auc_score(_t.label, _px[_b]), 3)
+_fig.tight_layout(); plt.show()
+pd.DataFrame(_auc).T.rename_axis("test AUROC (changing = positive)")

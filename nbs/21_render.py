@@ -1,0 +1,487 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: python3
+#     language: python
+#     name: python3
+# ---
+
+# %%
+#| default_exp render
+
+# %% [markdown]
+# # Render: the paper's figures, their captions, and `paper/`
+#
+# > From the run directories of a plan (13_report) to the figures a reader wants, each with a caption that says what it shows.
+
+# %% [markdown]
+# The repository exists to show one finding: the release's reference protocol leaks the label,
+# and once the leak is closed the picture changes. A table of AUROCs says it; these figures show
+# it, each from the run directories alone (`metrics.json`, `scores.parquet`, `manifest.parquet`),
+# so every mark leads back to an executed `run.ipynb`:
+#
+# 1. **the leak**: the single-side probes' test AUROC per experiment, `reference` beside
+#    `symmetric`. A probe that sees one embedding only can score above 0.5 only if one side alone
+#    carries the label;
+# 2. **pairs, as the predictor sees them**: real stable and changing pairs (training families and
+#    the held-out family), and under `symmetric` a real re-photographed lesion, both protocols
+#    side by side;
+# 3. **Δ forest**: Δ = predictor − strongest baseline with its 95% interval, per experiment and
+#    protocol (paired, lesion-level under `symmetric`; pair-level under `reference`);
+# 4. **EXP-004 ROC curves** per protocol (the predictor, the pixel baselines, the raw cosine and
+#    the target-only probe; `identity` ≡ raw cosine and its mirror `flipped_cosine` left out);
+# 5. **score histograms**, both classes on common bins;
+# 6. **AUROC by backbone** and **train vs test AUROC** (arc runs only: the sweep's other seeds are
+#    not mixed in).
+#
+# A run that several experiments share (an offline stand-in for EXP-004/006b/007/008, which
+# differ only in the hub backbone) is drawn once, labelled with every experiment it stands for.
+
+# %%
+#| export
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from derma_jepa.data import atomic_write_bytes, load_records
+from derma_jepa.experiment import resolve_data
+from derma_jepa.pairs import render_side
+from derma_jepa.report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_symbols,
+                               tex_text, to_latex, to_markdown)
+from derma_jepa.safety import write_marked_dir
+
+# %%
+import tempfile
+from fastcore.test import test_eq
+
+
+# %% [markdown]
+# ## Which runs a figure draws
+#
+# `arc_runs` keeps the arc's runs (not the sweep's other seeds), one row per run and scorer, with
+# a label that names the experiments and the backbone.
+
+# %%
+#| export
+def arc_runs(long: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    "Arc runs (no sweep seeds), one row per (run, scorer) of `split`, labelled 'experiments · backbone'."
+    t = long[~long.sweep & long.split.eq(split)] if "split" in long else long.iloc[:0]
+    t = t.drop_duplicates(["run_dir", "scorer"])
+    return t.assign(label=[f"{e} · {backbone_label(b, s)}" for e, b, s in zip(t.experiments, t.backbone, t.stand_in)])
+
+
+def _rows_axis(ax, labels):
+    ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis()
+
+
+def _ci_points(ax, g, labels, x, lo, hi, offset, **kw):
+    g = g.set_index("label").reindex(labels)
+    y = np.arange(len(labels)) + offset
+    ax.errorbar(g[x], y, xerr=[g[x] - g[lo], g[hi] - g[x]], fmt="o", capsize=2, ms=4, **kw)
+
+
+# %% [markdown]
+# ## The leak, Δ, and AUROC by backbone
+
+# %%
+#| export
+PROTOCOL_COLOURS = {"reference": "#d55e00", "symmetric": "#0072b2"}
+
+
+def fig_leak(long: pd.DataFrame):
+    "Single-side probe AUROC (target-only, context-only) per experiment, a panel per protocol."
+    import matplotlib.pyplot as plt
+    t = arc_runs(long)
+    t = t[t.scorer.isin(["target_only_probe", "context_only_probe"])]
+    labels, prots = list(dict.fromkeys(t.label)), list(dict.fromkeys(t.protocol))
+    fig, axes = plt.subplots(1, len(prots), figsize=(5 * len(prots), 0.8 + 0.42 * len(labels)), squeeze=False, sharey=True)
+    for ax, prot in zip(axes[0], prots):
+        for k, (sc, colour) in enumerate([("target_only_probe", "#cc79a7"), ("context_only_probe", "#009e73")]):
+            _ci_points(ax, t[t.protocol.eq(prot) & t.scorer.eq(sc)], labels, "auroc", "auroc_lo", "auroc_hi",
+                       (k - 0.5) * 0.25, color=colour, label=sc.replace("_", " "))
+        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_xlim(0, 1.02)
+        ax.set_title(prot, fontsize=9); ax.set_xlabel("single-side probe, test AUROC (95% CI)", fontsize=8)
+    _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def fig_delta_forest(long: pd.DataFrame):
+    "Δ = predictor − strongest baseline (test AUROC) with its 95% interval, per experiment and protocol."
+    import matplotlib.pyplot as plt
+    t = arc_runs(long)
+    t = t[t.scorer.eq("predictor")]
+    labels = list(dict.fromkeys(t.label))
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.42 * len(labels)))
+    prots = list(dict.fromkeys(t.protocol))
+    for k, prot in enumerate(prots):
+        _ci_points(ax, t[t.protocol.eq(prot)], labels, "delta", "delta_lo", "delta_hi", (k - (len(prots) - 1) / 2) * 0.25,
+                   color=PROTOCOL_COLOURS.get(prot), label=prot)
+    ax.axvline(0, color="k", ls=":", lw=0.8)
+    ax.set_xlabel("Δ test AUROC: predictor − strongest baseline (95% CI)")
+    _rows_axis(ax, labels); ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def fig_auroc_by_backbone(long: pd.DataFrame, experiments=("EXP-004", "EXP-006b", "EXP-007", "EXP-008"),
+                          scorers=("predictor", "identity", "pixel_l2")):
+    "Test AUROC (95% CI) of the predictor, the raw cosine and pixel L2 on the EXP-004 data, per backbone and protocol."
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    t = arc_runs(long)
+    t = t[t.experiment.isin(experiments) & t.scorer.isin(scorers)]
+    labels, prots = list(dict.fromkeys(t.label)), list(dict.fromkeys(t.protocol))
+    fig, axes = plt.subplots(1, len(prots), figsize=(5.5 * len(prots), 0.8 + 0.45 * max(1, len(labels)) * len(scorers)),
+                             squeeze=False, sharex=True, sharey=True)
+    colours = dict(zip(scorers, sns.color_palette("colorblind", len(scorers))))
+    for ax, prot in zip(axes[0], prots):
+        for k, sc in enumerate(scorers):
+            _ci_points(ax, t[t.protocol.eq(prot) & t.scorer.eq(sc)], labels, "auroc", "auroc_lo", "auroc_hi",
+                       (k - (len(scorers) - 1) / 2) * 0.22, color=colours[sc], label=sc)
+        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(prot, fontsize=9); ax.set_xlabel("test AUROC (95% CI)", fontsize=8)
+    _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def fig_train_vs_test(long: pd.DataFrame):
+    "Every arc run's predictor: train AUROC against test AUROC, a panel per protocol."
+    import seaborn as sns
+    p = pd.concat([arc_runs(long, sp) for sp in ("train", "test")])
+    p = p[p.scorer.eq("predictor")]
+    w = p.pivot_table(index=["label", "protocol"], columns="split", values="auroc").reset_index()
+    g = sns.relplot(data=w, x="train", y="test", hue="label", col="protocol", height=3.6, s=60,
+                    facet_kws={"xlim": (0, 1), "ylim": (0, 1)})
+    for ax in g.axes.flat: ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.axhline(0.5, color="grey", lw=0.5)
+    g.set_axis_labels("predictor train AUROC", "predictor test AUROC")
+    return g.figure
+
+
+# %% [markdown]
+# ## From the run directories of one experiment: ROC curves, histograms, pairs
+#
+# These read `scores.parquet` and `manifest.parquet` of the experiment's arc runs (one per
+# protocol and backbone). The baselines' scores there are already oriented as the protocol says.
+
+# %%
+#| export
+ROC_SCORERS = ("predictor", "pixel_l2", "ssim", "cosine", "target_only_probe")
+
+
+def experiment_runs(plan: pd.DataFrame, experiment: str = "EXP-004") -> pd.DataFrame:
+    "The arc rows of `experiment` that ran, one per run directory."
+    rows = plan[(plan.experiment == experiment) & ~plan.sweep & (plan.status == "run")].drop_duplicates("run_dir")
+    return rows[[(Path(d) / "metrics.json").exists() for d in rows.run_dir]]
+
+
+def _test_scores(run_dir) -> pd.DataFrame:
+    s = pd.read_parquet(Path(run_dir) / "scores.parquet")
+    return s[s.split.eq("test") & s.kind.isin(["stable", "changing"])]
+
+
+def fig_roc(plan: pd.DataFrame, experiment: str = "EXP-004"):
+    "Test ROC curves of one experiment: a panel per (backbone, protocol)."
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
+    rows = experiment_runs(plan, experiment)
+    if rows.empty: return None
+    bbs, prots = list(dict.fromkeys(zip(rows.backbone, rows.stand_in))), list(dict.fromkeys(rows.protocol))
+    fig, axes = plt.subplots(len(bbs), len(prots), figsize=(4.2 * len(prots), 4 * len(bbs)), squeeze=False)
+    for r in rows.itertuples():
+        ax = axes[bbs.index((r.backbone, r.stand_in))][prots.index(r.protocol)]
+        s = _test_scores(r.run_dir)
+        for sc in ROC_SCORERS:
+            g = s[s.scorer.eq(sc) | (s.scorer.str.startswith("cosine_") if sc == "cosine" else False)]
+            if g.empty: continue
+            fpr, tpr, _ = roc_curve(g.label, g.score)
+            ax.plot(fpr, tpr, lw=2 if sc == "predictor" else 1, label=f"{g.scorer.iloc[0]} ({roc_auc_score(g.label, g.score):.3f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xlabel("FPR"); ax.set_ylabel("TPR")
+        ax.set_title(f"{experiment} · {backbone_label(r.backbone, r.stand_in)} · {r.protocol}", fontsize=8)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def fig_score_histograms(plan: pd.DataFrame, experiment: str = "EXP-004"):
+    "The predictor's test scores of stable and changing pairs, both classes on common bins, per backbone and protocol."
+    import seaborn as sns
+    rows = experiment_runs(plan, experiment)
+    if rows.empty: return None
+    parts = [_test_scores(r.run_dir).query("scorer == 'predictor'").assign(protocol=r.protocol,
+             backbone=backbone_label(r.backbone, r.stand_in)) for r in rows.itertuples()]
+    g = sns.displot(data=pd.concat(parts, ignore_index=True), x="score", hue="kind", row="backbone", col="protocol",
+                    kind="hist", stat="density", common_norm=False, common_bins=True, element="step", height=2.4, aspect=1.5,
+                    facet_kws={"sharex": False, "sharey": False})
+    g.set_titles("{row_name} · {col_name}"); g.set_xlabels(f"{experiment} predictor score (test)")
+    return g.figure
+
+
+# %% [markdown]
+# The gallery renders real pairs from the data folder the runs read (the manifest names each side
+# as an image and a recipe). Per protocol, the first pair of each kind: train pairs carry the
+# training families, test pairs the held-out family; the reference protocol's changing pairs and
+# contexts are untouched originals, which is the leak a reader can see.
+
+# %%
+#| export
+GALLERY_ROWS = (("train", "stable"), ("train", "changing"), ("test", "stable"), ("test", "changing"), ("test", "rephoto"))
+
+
+def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int = 120):
+    "Real pairs of one experiment, stable / changing / re-photographed, training and held-out families, protocols side by side."
+    import matplotlib.pyplot as plt
+    rows = experiment_runs(plan, experiment).drop_duplicates("protocol")
+    if rows.empty: return None
+    records = {}
+    fig, axes = plt.subplots(len(GALLERY_ROWS), 2 * len(rows), figsize=(2.1 * 2 * len(rows), 2 * len(GALLERY_ROWS)), squeeze=False)
+    for j, r in enumerate(rows.itertuples()):
+        cfg = r.config
+        if cfg.data not in records:
+            records[cfg.data] = load_records(resolve_data(cfg), missing_lesion=cfg.resolved_missing_lesion)
+        m = pd.read_parquet(Path(r.run_dir) / "manifest.parquet")
+        for i, (split, kind) in enumerate(GALLERY_ROWS):
+            pair = m[m.split.eq(split) & m.kind.eq(kind)].head(1)
+            for k, side in enumerate(("context", "target")):
+                ax = axes[i][2 * j + k]; ax.set_xticks([]); ax.set_yticks([])
+                if pair.empty:
+                    ax.text(0.5, 0.5, "none under\n" + r.protocol, ha="center", va="center", fontsize=7); continue
+                p = pair.iloc[0]
+                recipe = p[f"{side}_recipe"]
+                im = render_side(records[cfg.data], p[f"{side}_image_id"], recipe)
+                ax.imshow(im.resize((size, round(size * im.height / im.width))))
+                ax.set_title(f"{r.protocol} {side} ({p.dx}): {json.loads(recipe)['family']}", fontsize=6)
+    for i, (split, kind) in enumerate(GALLERY_ROWS):
+        axes[i][0].set_ylabel(f"{split} {kind}" + ("\n(real re-photograph)" if kind == "rephoto" else ""), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# %% [markdown]
+# ## Captions
+#
+# One sentence of *what the figure shows* per figure, used verbatim in `main.tex` and
+# `paper/README.md`.
+
+# %%
+#| export
+FIGURES = {
+    "leak": ("The leak. Test AUROC (95% CI) of the two single-side probes, logistic regressions that see only the target "
+             "(or only the context) embedding of a pair, per experiment; left the release's reference protocol, right the "
+             "symmetric one. One side alone should carry no label (AUROC 0.5); far from 0.5 it gives the label away.", fig_leak),
+    "pair_gallery": ("Real pairs of EXP-004, rendered from the manifests of the runs: a stable and a changing pair from the "
+                     "train split (training families) and from the test split (held-out family), and under the symmetric "
+                     "protocol a real re-photographed lesion; reference on the left, symmetric on the right. Under reference "
+                     "only stable targets are processed.", fig_pair_gallery),
+    "delta_forest": ("Δ = test AUROC of the predictor minus the strongest baseline, with its 95% paired bootstrap interval "
+                     "(lesion-level under symmetric, the release's pair-level under reference), per experiment and "
+                     "protocol. Left of the dotted line the predictor is worse than a baseline that needs no training.",
+                     fig_delta_forest),
+    "roc_exp004": ("EXP-004 test ROC curves per backbone and protocol: the predictor, pixel L2, SSIM, the raw embedding "
+                   "cosine and the target-only probe (AUROC in the legend).", fig_roc),
+    "score_histograms": ("EXP-004: the predictor's test scores of stable and changing pairs, both classes on the same bins "
+                         "(density), per backbone and protocol.", fig_score_histograms),
+    "auroc_by_backbone": ("Test AUROC (95% CI) of the predictor, the raw cosine (identity) and pixel L2 on the EXP-004 data, "
+                          "per backbone and protocol.", fig_auroc_by_backbone),
+    "train_vs_test": ("Every arc run's predictor, train AUROC against test AUROC (seed-sweep runs not included). Train and "
+                      "test differ in the pairs and in the nuisance family, so a gap mixes memorisation with family shift.",
+                      fig_train_vs_test),
+}
+PLAN_FIGURES = ("pair_gallery", "roc_exp004", "score_histograms")     # drawn from the plan (run files), not the long table
+
+
+def make_paper_figures(plan: pd.DataFrame, long: pd.DataFrame) -> dict:
+    "name -> Figure for every figure that has something to show."
+    ran = long.scorer.notna().any()
+    figs = {k: (fn(plan) if k in PLAN_FIGURES else fn(long) if ran else None) for k, (_, fn) in FIGURES.items()}
+    return {k: v for k, v in figs.items() if v is not None}
+
+
+# %% [markdown]
+# ## `paper/`
+#
+# `render_paper` writes `tables/*.{tex,md}`, `figures/*.png`, `runs.md` (every row of the plan
+# with its run directory, so each number can be traced to its executed notebook), `main.tex`,
+# which inputs the tables and includes the figures with their captions, and `README.md`, which
+# lists the same. `runs/` holds the executed EXP-004 notebook of each protocol (the first backbone
+# that ran), cleaned by `nbdev_clean`'s rules (no execution counts, no papermill timestamps), so the
+# documentation site can show the central run under both protocols from a fresh clone. Tables,
+# figures and runs are written as marked folders (03_safety), and nothing in them depends on the
+# time of rendering, so an unchanged set of runs renders byte-identical files.
+
+# %%
+#| export
+MAIN_TEX = r"""\documentclass[11pt]{article}
+\usepackage[margin=1.5cm,landscape]{geometry}
+\usepackage{booktabs,multirow,graphicx,caption}
+\title{DermaJEPA, re-run: the experiment arc under the reference and symmetric protocols}
+\author{derma-jepa}
+\date{}
+\begin{document}
+\maketitle
+\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs. Rows marked ``not run'' had no weights on the machine that rendered this paper.
+
+\section{The arc}
+Per protocol: the predictor, the strongest baseline, $\Delta$ = predictor $-$ strongest baseline with its interval, the verdict (the release's fixed-threshold rule under reference, labelled so; under symmetric, improved or worse when $\Delta$'s interval excludes 0, else matched), the two single-side probes (the leak detectors: 0.5 when one side alone carries no label) and the predictor's AUROC on the real re-photography pairs against the changing pairs (symmetric only). A run that several experiments share (an offline stand-in for experiments that differ only in the hub backbone) is one row naming them all.
+\input{tables/arc.tex}
+
+\section{Predictor and optimiser}
+\input{tables/optimisers.tex}
+
+\section{Seed sweep}
+Mean $\pm$ SD over seeds and the Student-$t$ 95\%% interval of the mean (mean $\pm$ $t_{0.975,n-1}$ SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed; the release's normal-approximation interval (1.96 in place of $t$, too narrow for a handful of seeds) is in its own column.
+\input{tables/sweep.tex}
+
+\IfFileExists{exp009/exp009.tex}{\input{exp009/exp009.tex}}{}
+
+\section{Figures}
+%(figures)s
+\end{document}
+"""
+
+def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, bytes]:
+    "The executed run.ipynb of `experiment` per protocol (first backbone that ran, arc rows only), cleaned of timestamps."
+    import nbformat
+    from nbdev.clean import clean_nb
+    ran = plan[(plan.status == "run") & ~plan.sweep.astype(bool) & (plan.experiment == experiment)]
+    out = {}
+    for prot, rows in ran.groupby("protocol", sort=True):
+        row = rows.iloc[0]
+        if not (Path(row.run_dir) / "run.ipynb").exists(): continue      # a run made by experiment.run, not papermill
+        nb = nbformat.read(Path(row.run_dir) / "run.ipynb", as_version=4)
+        clean_nb(nb, allowed_cell_metadata_keys=["tags"])
+        for c in nb.cells:                                    # papermill's empty `tags: []` on every cell
+            if c.metadata.get("tags") == []: del c.metadata["tags"]
+            if "injected-parameters" in c.metadata.get("tags", []): c.id = "injected-parameters"   # papermill's id is random
+        out[f"{experiment}-{prot}-{row.backbone}.ipynb"] = (nbformat.writes(nb) + "\n").encode()
+    return out
+
+
+README = """# paper/
+
+Rendered from run directories by `make paper` (through `nbs/paper.ipynb`, code in `nbs/21_render`);
+nothing here is written by hand and every file is rewritten identically when the runs have not changed.
+Backbones: {backbones}.
+
+- `main.tex`: inputs the tables and includes the figures with their captions (`pdflatex main.tex` here);
+- `tables/arc.*`: the arc, both protocols side by side: predictor test AUROC [95% CI], the strongest
+  baseline, Δ [95% CI], verdict, target-only and context-only probes, re-photography AUROC; a run several
+  experiments share is one row naming them all; hub-backbone rows without weights read "not run: …";
+- `tables/optimisers.*`: predictor × optimiser on the EXP-004 data (linear/SGD, MLP/SGD, MLP/Adam);
+- `tables/sweep.*`: the seed sweep, mean ± SD [Student-t 95% CI of the mean] per scorer, and the release's
+  1.96 interval in its own column;
+- `runs.md`: every row of the plan and the executed `run.ipynb` behind it (run directories live under
+  `runs/`, which is not committed);
+- `runs/`: the executed EXP-004 notebooks of the first backbone that ran, one per protocol, as the
+  arc ran them (cleaned of papermill's timestamps), so the paper's central run can be read without `runs/`;
+- `audit/`: the overlap audit of HAM10000 against the EXP-009 pretraining corpus (`make audit`, or step 1
+  of `make exp009`);
+- `exp009/`: EXP-009, rendered by `make exp009` (`nbs/exp009.ipynb`).
+
+Intervals: 95% percentile bootstrap, {n_boot} resamples; symmetric runs resample context lesions within
+each pair kind, shared by every scorer (paired); reference runs keep the release's per-scorer resamples
+of pairs.
+
+## Figures
+
+{figures}
+
+Thumbnails of HAM10000 images in `figures/pair_gallery.png` and `audit/`: HAM10000 is CC BY-NC-SA 4.0
+(Tschandl et al., Sci. Data 5:180161, 2018); shown here for non-commercial research.
+"""
+
+
+def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") -> dict:
+    "Tables, figures, runs.md, main.tex and README.md from the runs of `plan`, written into `paper_dir`."
+    long = collect(plan)
+    tables = {"arc": (arc_table(long), "The arc: test AUROC [95\\% CI] of the predictor, the strongest baseline, $\\Delta$ "
+                                       "[95\\% CI], verdict, single-side probes and re-photography AUROC."),
+              "optimisers": (optimiser_table(long), "Predictor $\\times$ optimiser on the EXP-004 data."),
+              "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [Student-$t$ 95\\% CI of the mean].")}
+    files = {}
+    for name, (df, cap) in tables.items():
+        if df.empty: df = pd.DataFrame({"status": ["none of these runs could be made on this machine"]})
+        files[f"tables/{name}.md"] = to_markdown(df).encode()
+        files[f"tables/{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
+    figs = make_paper_figures(plan, long)
+    files.update({f"figures/{k}.png": _fig_bytes(f) for k, f in figs.items()})
+    # where a run executed (job id, state, log) is the plan's business, not the paper's: the same runs give the same paper
+    runs = (plan.drop(columns=["config", "job_id", "job_state", "job_log"], errors="ignore")
+            .drop_duplicates(["experiment", "protocol", "seed", "backbone"]))
+    runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
+    runs = runs.drop(columns="run_dir")
+    files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
+    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height=0.8\\textheight,"
+                        f"keepaspectratio]{{figures/{k}.png}}\\caption{{{tex_symbols(tex_text(FIGURES[k][0]))}}}\\label{{fig:{k}}}"
+                        f"\\end{{figure}}" for k in figs)
+    label = {"hub": "the paper's hub backbones only",
+             "offline": "the paper's hub backbones and the offline stand-ins random_vitb16 and color_texture"}
+    bb = label.get(backbones, "the paper's hub backbones and the offline stand-ins " + backbones)
+    n_boot = ", ".join(map(str, sorted({c.n_boot for c in plan.config}))) if len(plan) else "–"
+    files["main.tex"] = (MAIN_TEX % {"backbones": tex_text(bb), "figures": fig_tex, "n_boot": n_boot}).encode()
+    fig_md = "\n".join(f"- `figures/{k}.png`: {FIGURES[k][0]}" for k in figs) or "(none: nothing ran)"
+    files["README.md"] = README.format(backbones=bb, n_boot=n_boot, figures=fig_md).encode()
+    out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
+    files.update({f"runs/{k}": v for k, v in run_notebooks(plan).items()})
+    for sub in ("tables", "figures", "runs"):
+        write_marked_dir(out / sub, {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(sub + "/")}, kind="paper",
+                         what="paper folder")
+    for k in ("runs.md", "main.tex", "README.md"): atomic_write_bytes(out / k, files[k])
+    return {"long": long, "tables": {k: v[0] for k, v in tables.items()}, "figures": figs, "files": sorted(files)}
+
+
+# %% [markdown]
+# ## On a tiny fixture arc
+#
+# EXP-004 and EXP-006b on the offline `color_texture` stand-in, both protocols, straight through
+# `experiment.run` (the papermill route is `tests/test_paper.py`): the two experiments are one
+# run per protocol, shown once; every figure renders; a second render is byte-identical.
+
+# %%
+import dataclasses
+from derma_jepa.experiment import run
+from derma_jepa.plan import plan_arc, experiments_dir
+
+_tmp = Path(tempfile.mkdtemp())
+(_tmp / "arc.yaml").write_text("experiments: [exp004, exp006b]\nprotocols: [reference, symmetric]\n")
+for _stem in ("exp004", "exp006b"): (_tmp / f"{_stem}.yaml").write_text((experiments_dir() / f"{_stem}.yaml").read_text())
+_plan = plan_arc(_tmp / "arc.yaml", "color_texture", {"data": "fixture", "fixture_lesions": 250, "pairs_per_split": 20,
+                                                      "epochs": 20, "n_boot": 100}, runs_dir=_tmp / "runs")
+for _cfg in _plan[_plan.status.eq("run")].drop_duplicates("run_dir").config: run(_cfg)
+test_eq(_plan[_plan.status.eq("run")].run_dir.nunique(), 2)
+_paper = render_paper(_plan, _tmp / "paper", "color_texture")
+test_eq(sorted(_paper["figures"]), sorted(FIGURES))
+test_eq(list(_paper["tables"]["arc"].index.get_level_values(0)).count("EXP-004 = EXP-006b"), 1)
+_before = {f: f.read_bytes() for f in (_tmp / "paper").rglob("*") if f.is_file()}
+render_paper(_plan, _tmp / "paper", "color_texture")
+test_eq({f: f.read_bytes() for f in (_tmp / "paper").rglob("*") if f.is_file()}, _before)
+assert all(f"figures/{k}.png" in (_tmp / "paper" / "README.md").read_text() for k in FIGURES)
+_paper["tables"]["arc"]
+
+# %% [markdown]
+# `runs/` takes the executed notebook that papermill leaves in a run directory (these runs were made
+# by `experiment.run`, so one is planted here): papermill's timestamps and execution counts are
+# dropped, the `parameters` tag is kept.
+
+# %%
+import nbformat
+_rd = Path(_plan[_plan.status.eq("run") & _plan.protocol.eq("reference")].run_dir.iloc[0])
+nbformat.write(nbformat.v4.new_notebook(
+    cells=[nbformat.v4.new_code_cell("x = 1", execution_count=3, metadata={"papermill": {"duration": 1.5}, "tags": ["parameters"]})],
+    metadata={"papermill": {"start_time": "2026-11-23T10:00:00"}}), _rd / "run.ipynb")
+_runs = run_notebooks(_plan)
+test_eq(list(_runs), ["EXP-004-reference-color_texture.ipynb"])
+_c = nbformat.reads(_runs["EXP-004-reference-color_texture.ipynb"].decode(), as_version=4)
+assert "papermill" not in _c.metadata and _c.cells[0].metadata == {"tags": ["parameters"]} and _c.cells[0].execution_count is None
+render_paper(_plan, _tmp / "paper", "color_texture")
+test_eq((_tmp / "paper" / "runs" / "EXP-004-reference-color_texture.ipynb").read_bytes(), _runs["EXP-004-reference-color_texture.ipynb"])
+(_rd / "run.ipynb").unlink()
+
+# %%
+from IPython.display import display
+for _k, _f in _paper["figures"].items():
+    print(f"{_k}: {FIGURES[_k][0]}"); display(_f)
