@@ -76,13 +76,9 @@ def test_executors_import_config_error_from_where_it_is_defined():
 
 
 def defining_notebooks() -> dict[str, str]:
-    "Module -> the numbered notebook that exports it (`#| default_exp`)."
-    out = {}
-    for p in sorted((ROOT / "nbs").glob("[0-9][0-9]_*.ipynb")):
-        for c in nbformat.read(p, as_version=4).cells:
-            if c.cell_type == "code" and c.source.startswith("#| default_exp "):
-                out[c.source.split()[2]] = p.stem; break
-    return out
+    "Module -> the numbered notebook that exports it (the package's own reader of `#| default_exp`)."
+    from derma_jepa.notebooks import defining_notebooks as owners
+    return {m: p.stem for m, p in owners(ROOT / "nbs").items()}
 
 
 def notebook_imports(path: Path, tmp: Path) -> set[str]:
