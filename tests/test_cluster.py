@@ -158,7 +158,7 @@ def test_failures_stay_local(slurm, tmp_path):
 def test_sigterm_finishes_the_shard(slurm, tmp_path, monkeypatch):
     "SIGTERM to an embedding job: it stores the shard in progress and ends `interrupted`; a resubmission does the rest."
     monkeypatch.setenv("DERMA_JEPA_CACHE", str(tmp_path / "cache"))
-    sides = _fixture_sides(n_pairs=20)
+    sides = _fixture_sides(n_pairs=6)          # a few shards of 8: enough to stop one mid-way
     (tmp_path / "jobs" / "embed").mkdir(parents=True)
     sides.to_parquet(tmp_path / "jobs" / "embed" / "sides.parquet", index=False)
     item = WorkItem("embed", "chunk", "derma_jepa.plan:embed_job",

@@ -55,7 +55,7 @@ EMBED = textwrap.dedent("""
     from derma_jepa.split import split_records
     recs = load_records(fixture_dir(n_lesions=250, seed=0))
     m, _ = build_manifest(split_records(recs, 5), "symmetric", pairs_per_split=3, seed=5)
-    z, st = embed_sides(get_backbone("random_vitb16"), sides_table(m, recs), dtype="fp32", batch_size=4, shard_size=4,
+    z, st = embed_sides(get_backbone("random_vits14"), sides_table(m, recs), dtype="fp32", batch_size=4, shard_size=4,
                         workers=0, cache_root=sys.argv[1])
     np.save(sys.argv[2], z)
     print(st.computed, st.cache_hits)
