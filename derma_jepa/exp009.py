@@ -168,13 +168,13 @@ def plan_exp009(settings: dict, encoders: pd.DataFrame, runs_dir="runs", recipe_
     return pd.DataFrame(rows)
 
 # %% ../nbs/22_exp009.ipynb #a6f163bf
-def probe_all(plan: pd.DataFrame, settings: dict, data, seed: int, log=print) -> pd.DataFrame:
-    "The diagnosis probe of every distinct backbone of an EXP-009 plan, labelled."
+def probe_all(plan: pd.DataFrame, settings: dict, folder, seed: int, log=print) -> pd.DataFrame:
+    "The diagnosis probe of every distinct backbone of an EXP-009 plan on the dataset `folder`, labelled."
     from derma_jepa.probe import probe_backbone
     out = []
     for r in plan.drop_duplicates("backbone").itertuples():
         t0 = time.perf_counter()
-        p = probe_backbone(r.backbone, data, seed, fractions=tuple(settings["probe"]["fractions"]), n_boot=settings["probe"]["n_boot"])
+        p = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]), n_boot=settings["probe"]["n_boot"])
         out.append(p.assign(label=r.label, encoder=r.encoder, backbone=r.backbone))
         log(f"probe {r.label}: done")
     return pd.concat(out, ignore_index=True)

@@ -72,15 +72,14 @@ def probe(z_train, y_train, z_test, y_test, fractions=FRACTIONS, seed: int = 202
     return pd.DataFrame(rows)
 
 # %% ../nbs/16_probe.ipynb #6360198d
-def probe_backbone(backbone: str, data, seed: int = 20260422, weights=None, fractions=FRACTIONS, n_boot: int = 200,
+def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS, n_boot: int = 200,
                    progress: bool = False) -> pd.DataFrame:
-    "The diagnosis probe of a registry backbone on a HAM10000-style folder (or 'fixture')."
+    "The diagnosis probe of a registry backbone on a HAM10000-style `folder` (metadata CSV + images)."
     from derma_jepa.backbones import get_backbone
     from derma_jepa.data import load_records, require_readable
     from derma_jepa.embed import embed_sides
-    from derma_jepa.experiment import Config, resolve_data
     from derma_jepa.split import split_records
-    records = load_records(resolve_data(Config(data=str(data))))
+    records = load_records(folder)
     require_readable(records)
     split = split_records(records, seed, (0.70, 0.15, 0.15), "symmetric")
     bb = get_backbone(backbone, weights)

@@ -518,6 +518,9 @@ assert encoder_digest(_r0 / "mae.safetensors") != encoder_digest(_a / "encoder.s
 # imports it the first time an `ssl:` name is asked for; `backbones` never imports it), so
 # `get_backbone("ssl:runs/pretrain/mae/encoder.safetensors")`, the embedding engine and
 # `papermill nbs/run.ipynb -p backbone ssl:...` all accept it. The objectives register the same way.
+# Below, the backbone encodes fixture images directly; that the embedding engine (08_embed) takes it
+# like any other backbone, cache included, is `tests/test_embed.py::test_ssl_backbone_through_the_engine`
+# (kept out of this notebook, which then needs none of the rendering code).
 
 # %%
 #| export
@@ -565,13 +568,12 @@ def _ssl_family(spec, weights, hub_cache):
 
 # %%
 from derma_jepa.backbones import get_backbone
-from derma_jepa.embed import embed_sides
 _bb = get_backbone(f"ssl:{_a / 'encoder.safetensors'}")
 test_eq((_bb.dim, _bb.preprocess["objective"]), (192, "ijepa"))
 test_eq(get_backbone(f"ssl:{_r0 / 'mae.safetensors'}").preprocess["objective"], "none (random init)")
 _fxr = load_records(fixture_dir(n_lesions=300, seed=0)).head(6)
-_z, _ = embed_sides(_bb, _fxr.assign(recipe='{"family":"none","ops":[]}'), cache_root=tempfile.mkdtemp(), workers=0)
-test_eq(_z.shape, (6, 192)); test_close(np.linalg.norm(_z, axis=1), np.ones(6), eps=1e-4)
+with torch.inference_mode(): _z = _bb.model(torch.stack([_bb.transform(open_rgb(p)) for p in _fxr.path]))
+test_eq(tuple(_z.shape), (6, 192)); assert torch.isfinite(_z).all()
 test_fail(lambda: get_backbone("ssl:/nowhere/encoder.pt"), contains="checkpoint /nowhere/encoder.pt not found")
 
 # %% [markdown]

@@ -145,21 +145,22 @@ _good.round(3)
 # %% [markdown]
 # ## A backbone on a dataset
 #
-# `probe_backbone` embeds every readable image once, un-processed (through the same cache as the
-# runs, so a probe after a run costs only the images the run did not see), splits by lesion with
-# the run's seed and probes train → test.
+# `probe_backbone` embeds every readable image of a HAM10000-style folder once, un-processed (through
+# the same cache as the runs, so a probe after a run costs only the images the run did not see),
+# splits by lesion with the run's seed and probes train → test. It takes the folder itself: the
+# caller resolves a run's `data` (12_experiment's `resolve_data`), so probing needs none of the
+# run's machinery.
 
 # %%
 #| export
-def probe_backbone(backbone: str, data, seed: int = 20260422, weights=None, fractions=FRACTIONS, n_boot: int = 200,
+def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS, n_boot: int = 200,
                    progress: bool = False) -> pd.DataFrame:
-    "The diagnosis probe of a registry backbone on a HAM10000-style folder (or 'fixture')."
+    "The diagnosis probe of a registry backbone on a HAM10000-style `folder` (metadata CSV + images)."
     from derma_jepa.backbones import get_backbone
     from derma_jepa.data import load_records, require_readable
     from derma_jepa.embed import embed_sides
-    from derma_jepa.experiment import Config, resolve_data
     from derma_jepa.split import split_records
-    records = load_records(resolve_data(Config(data=str(data))))
+    records = load_records(folder)
     require_readable(records)
     split = split_records(records, seed, (0.70, 0.15, 0.15), "symmetric")
     bb = get_backbone(backbone, weights)
@@ -171,7 +172,8 @@ def probe_backbone(backbone: str, data, seed: int = 20260422, weights=None, frac
 
 
 # %%
-_fx = probe_backbone("color_texture", "fixture", n_boot=50)
+from derma_jepa.fixture import fixture_dir
+_fx = probe_backbone("color_texture", fixture_dir(n_lesions=600, seed=0), n_boot=50)
 test_eq(set(_fx.classifier), {"logistic", "knn"}); test_eq(sorted(set(_fx.fraction)), [0.01, 0.1, 1.0])
 test_eq(_fx.balanced_accuracy.between(0, 1).all(), True)
 _fx.round(3)

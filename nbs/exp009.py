@@ -121,7 +121,7 @@ plan = plan_exp009(settings, encoders, runs_dir, recipe_overrides)
 plan[["label", "protocol", "backbone", "run_dir"]]
 
 # %%
-probes = probe_all(plan, settings, recipe.data, recipe.seed)
+probes = probe_all(plan, settings, resolve_data(recipe), recipe.seed)
 atomic_write_bytes(out / "probes.csv", probes.to_csv(index=False).encode())
 probes.round(3)
 

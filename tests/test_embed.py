@@ -81,3 +81,20 @@ def test_killed_run_resumes_to_identical_embeddings(tmp_path):
     assert resumed.returncode == 0 and hits >= 4 * shards_at_kill and computed > 0
     a, b = np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy")
     assert a.tobytes() == b.tobytes()
+
+
+def test_ssl_backbone_through_the_engine(tmp_path):
+    "A self-supervised checkpoint (15_pretrain) named `ssl:<path>` embeds through 08_embed like any backbone, cache included."
+    from derma_jepa.backbones import get_backbone
+    from derma_jepa.data import load_records
+    from derma_jepa.embed import embed_sides
+    from derma_jepa.fixture import fixture_dir
+    from derma_jepa.pretrain import PretrainConfig, random_encoder
+    tiny = {"image_size": 48, "patch_size": 8, "batch_size": 8, "warmup": 1, "dtype": "fp32"}
+    ckpt = random_encoder(PretrainConfig(objective="mae", **tiny), tmp_path / "mae.safetensors")
+    bb = get_backbone(f"ssl:{ckpt}")
+    sides = load_records(fixture_dir(n_lesions=300, seed=0)).head(6).assign(recipe='{"family":"none","ops":[]}')
+    z, st = embed_sides(bb, sides, cache_root=tmp_path / "cache", workers=0)
+    assert z.shape == (6, bb.dim) and st.computed == 6 and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-4)
+    z2, st2 = embed_sides(get_backbone(f"ssl:{ckpt}"), sides, cache_root=tmp_path / "cache", workers=0)
+    assert (st2.computed, st2.cache_hits, z2.tobytes()) == (0, 6, z.tobytes())
