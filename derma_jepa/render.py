@@ -14,7 +14,8 @@ import pandas as pd
 from .data import atomic_write_bytes, load_records
 from .experiment import resolve_data
 from .pairs import render_side
-from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, sweep_table, tex_symbols,
+from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, rephoto_table, sweep_delta_table,
+                               sweep_table, tex_symbols,
                                tex_text, to_latex, to_markdown)
 from .safety import write_marked_dir
 
@@ -243,12 +244,19 @@ MAIN_TEX = r"""\documentclass[11pt]{article}
 Per protocol: the predictor, the strongest baseline, $\Delta$ = predictor $-$ strongest baseline with its interval, the verdict (the release's fixed-threshold rule under reference, labelled so; under symmetric, improved or worse when $\Delta$'s interval excludes 0, else matched), the two single-side probes (the leak detectors: 0.5 when one side alone carries no label) and the predictor's AUROC on the real re-photography pairs against the changing pairs (symmetric only). A run that several experiments share (an offline stand-in for experiments that differ only in the hub backbone) is one row naming them all.
 \input{tables/arc.tex}
 
+\section{The re-photo endpoint}
+Under the symmetric protocol a synthetic stable pair is two draws of nuisance on the same photograph, which a pixel metric separates from a different lesion almost by construction. The real re-photographs (two photographs of one lesion) are the realistic stable pairs: here every scorer's test AUROC on both endpoints, per protocol (``--'' where a run has no re-photo pairs: the reference protocol has none yet).
+\input{tables/rephoto.tex}
+
 \section{Predictor and optimiser}
 \input{tables/optimisers.tex}
 
 \section{Seed sweep}
 Mean $\pm$ SD over seeds and the Student-$t$ 95\%% interval of the mean (mean $\pm$ $t_{0.975,n-1}$ SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed; the release's normal-approximation interval (1.96 in place of $t$, too narrow for a handful of seeds) is in its own column.
 \input{tables/sweep.tex}
+
+Paired within each seed (the same split and pairs for every scorer), then summarised over the seeds: predictor $-$ raw cosine, predictor $-$ bias-only control, predictor $-$ the baseline with the highest validation AUROC (one rule for both protocols; the table names the choices), reference $-$ symmetric for the predictor on the same seed, and the target-only probe.
+\input{tables/sweep_deltas.tex}
 
 \IfFileExists{exp009/exp009.tex}{\input{exp009/exp009.tex}}{}
 
@@ -285,9 +293,14 @@ Backbones: {backbones}.
 - `tables/arc.*`: the arc, both protocols side by side: predictor test AUROC [95% CI], the strongest
   baseline, Δ [95% CI], verdict, target-only and context-only probes, re-photography AUROC; a run several
   experiments share is one row naming them all; hub-backbone rows without weights read "not run: …";
+- `tables/rephoto.*`: every scorer's test AUROC [95% CI] on the synthetic endpoint beside the real
+  re-photographs, per protocol (arc runs; "–" where a run has no re-photo pairs);
 - `tables/optimisers.*`: predictor × optimiser on the EXP-004 data (linear/SGD, MLP/SGD, MLP/Adam);
 - `tables/sweep.*`: the seed sweep, mean ± SD [Student-t 95% CI of the mean] per scorer, and the release's
   1.96 interval in its own column;
+- `tables/sweep_deltas.*`: the sweep paired within each seed: predictor − raw cosine, − bias-only control,
+  − the val-chosen baseline (one rule for both protocols), reference − symmetric, and the target-only
+  probe, each mean ± SD [Student-t 95% CI] with its seeds;
 - `runs.md`: every row of the plan and the executed `run.ipynb` behind it (run directories live under
   `runs/`, which is not committed);
 - `runs/`: the executed EXP-004 notebooks of the first backbone that ran, one per protocol, as the
@@ -315,7 +328,11 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     tables = {"arc": (arc_table(long), "The arc: test AUROC [95\\% CI] of the predictor, the strongest baseline, $\\Delta$ "
                                        "[95\\% CI], verdict, single-side probes and re-photography AUROC."),
               "optimisers": (optimiser_table(long), "Predictor $\\times$ optimiser on the EXP-004 data."),
-              "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [Student-$t$ 95\\% CI of the mean].")}
+              "rephoto": (rephoto_table(long), "Every scorer's test AUROC [95\\% CI] on the synthetic endpoint and on the real "
+                                               "re-photographs, per protocol (arc runs)."),
+              "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [Student-$t$ 95\\% CI of the mean]."),
+              "sweep_deltas": (sweep_delta_table(long), "Seed sweep, paired within each seed: differences of test AUROC, "
+                                                        "mean $\\pm$ SD [Student-$t$ 95\\% CI of the mean].")}
     files = {}
     for name, (df, cap) in tables.items():
         if df.empty: df = pd.DataFrame({"status": ["none of these runs could be made on this machine"]})

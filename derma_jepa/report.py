@@ -15,13 +15,14 @@ import pandas as pd
 from .metrics import METRICS          # one list of the four metrics (10_metrics)
 
 # %% auto #0
-__all__ = ['BACKBONE_LABELS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'TEX_SYMBOLS', 'experiments_label', 'collect', 'backbone_label',
-           'fmt_ci', 'arc_cells', 'arc_table', 'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table',
-           'to_markdown', 'tex_text', 'tex_symbols', 'to_latex']
+__all__ = ['BACKBONE_LABELS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'SCORER_LABELS', 'REPHOTO_SCORERS', 'PAIRED', 'TEX_SYMBOLS',
+           'experiments_label', 'collect', 'backbone_label', 'fmt_ci', 'arc_cells', 'arc_table', 'optimiser_table',
+           'mean_sd_ci', 'sweep_summary', 'sweep_table', 'scorer_label', 'rephoto_table', 'val_chosen_baseline',
+           'sweep_deltas', 'sweep_delta_table', 'to_markdown', 'tex_text', 'tex_symbols', 'to_latex']
 
 # %% ../nbs/13_report.ipynb #79cc7e49
 _RUN_COLS = ["strongest_baseline", "delta", "delta_lo", "delta_hi", "delta_identity", "delta_identity_lo", "delta_identity_hi",
-             "verdict", "verdict_rule", "bootstrap_unit", "predictor", "optimizer", "seconds", "fit_seconds"]
+             "verdict", "verdict_rule", "bootstrap_unit", "predictor", "optimizer", "seconds", "fit_seconds", "baselines"]
 
 
 def _run_fields(ev: dict, tim: dict) -> dict:
@@ -31,7 +32,8 @@ def _run_fields(ev: dict, tim: dict) -> dict:
             "delta_identity": di.get("value", np.nan), "delta_identity_lo": di.get("ci_low", np.nan),
             "delta_identity_hi": di.get("ci_high", np.nan), "verdict": ev["verdict"], "verdict_rule": ev["verdict_rule"],
             "bootstrap_unit": ev["bootstrap"]["unit"], "predictor": ev["training"]["predictor"],
-            "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan)}
+            "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan),
+            "baselines": ",".join(ev["baselines"]["names"])}
 
 
 def experiments_label(plan: pd.DataFrame) -> pd.Series:
@@ -180,6 +182,83 @@ def sweep_table(long: pd.DataFrame) -> pd.DataFrame:
     order = {e: k for k, e in enumerate(dict.fromkeys(long.experiments))}
     t = t.sort_index(key=lambda ix: ix.map(order) if ix.name == "experiment" else ix, sort_remaining=False)
     return t[[c for c in [*SWEEP_SCORERS, release] if c in t.columns]].fillna("–")
+
+# %% ../nbs/13_report.ipynb #57d18e58
+SCORER_LABELS = {"predictor": "predictor", "identity": "raw cosine", "bias_only": "bias-only control",
+                 "pixel_l2": "pixel L2", "ssim": "SSIM", "flipped_cosine": "flipped cosine",
+                 "target_only_probe": "target-only probe", "context_only_probe": "context-only probe"}
+REPHOTO_SCORERS = ("predictor", "identity", "bias_only", "pixel_l2", "ssim", "target_only_probe", "context_only_probe")
+
+
+def scorer_label(scorer: str) -> str:
+    "A scorer as a reader names it (`cosine_<backbone>` is that backbone's raw-embedding cosine baseline)."
+    return f"cosine of {scorer[len('cosine_'):]}" if scorer.startswith("cosine_") else SCORER_LABELS.get(scorer, scorer)
+
+
+def rephoto_table(long: pd.DataFrame) -> pd.DataFrame:
+    """Arc runs, test split: each scorer's AUROC [95% CI] on the synthetic endpoint beside the re-photo endpoint, per
+    protocol (rows: experiments, backbone, scorer); '–' where a run has no re-photo pairs."""
+    t = _test(long[~long.sweep]).drop_duplicates(["run_dir", "scorer"])
+    t = t[t.scorer.isin(REPHOTO_SCORERS) | t.scorer.str.startswith("cosine_")]
+    if t.empty: return pd.DataFrame()
+    rank = {s: k for k, s in enumerate(REPHOTO_SCORERS)}
+    t = t.assign(_r=t.scorer.map(rank).fillna(len(rank))).sort_values("_r", kind="stable")
+    rows = {}
+    for exp in dict.fromkeys(long.experiments):            # the arc's order
+        for r in t[t.experiments.eq(exp)].itertuples():
+            cells = rows.setdefault((exp, backbone_label(r.backbone, r.stand_in), scorer_label(r.scorer)), {})
+            cells[(r.protocol, "synthetic")] = fmt_ci(r.auroc, r.auroc_lo, r.auroc_hi)
+            cells[(r.protocol, "re-photo")] = "–" if pd.isna(r.rephoto_auroc) else fmt_ci(r.rephoto_auroc, r.rephoto_lo, r.rephoto_hi)
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["experiment", "backbone", "scorer"])
+    df.columns = pd.MultiIndex.from_tuples(df.columns, names=["protocol", "endpoint"])
+    return df.fillna("–")
+
+# %% ../nbs/13_report.ipynb #9ddb6f44
+def val_chosen_baseline(run: pd.DataFrame) -> str:
+    "One run's comparator, by one rule for every protocol: its baseline with the highest val AUROC (a tie: the first listed)."
+    names = run.baselines.iloc[0].split(",")
+    val = run[run.split.eq("val")].set_index("scorer").auroc
+    return max(names, key=lambda n: val.get(n, -np.inf))
+
+
+PAIRED = ("predictor − raw cosine", "predictor − bias-only control", "predictor − val-chosen baseline", "target-only probe")
+
+
+def sweep_deltas(long: pd.DataFrame) -> pd.DataFrame:
+    "One row per (experiments, backbone, protocol, seed, comparison) of the sweep: the within-seed difference of test AUROCs."
+    sw = long[long.sweep & long.status.eq("run")].drop_duplicates(["run_dir", "split", "scorer"])
+    out = []
+    for (exp, bb, si, prot, seed), run in sw.groupby(["experiments", "backbone", "stand_in", "protocol", "seed"], sort=False):
+        test, best = run[run.split.eq("test")].set_index("scorer").auroc, val_chosen_baseline(run)
+        key = dict(experiment=exp, backbone=backbone_label(bb, si), protocol=prot, seed=seed, chosen="")
+        out += [dict(key, comparison=PAIRED[0], value=test.predictor - test.identity),
+                dict(key, comparison=PAIRED[1], value=test.predictor - test.bias_only),
+                dict(key, comparison=PAIRED[2], value=test.predictor - test[best], chosen=best),
+                dict(key, comparison=PAIRED[3], value=test.target_only_probe),
+                dict(key, comparison="predictor", value=test.predictor)]
+    d = pd.DataFrame(out, columns=["experiment", "backbone", "protocol", "seed", "chosen", "comparison", "value"])
+    p = d[d.comparison.eq("predictor")].pivot_table(index=["experiment", "backbone", "seed"], columns="protocol", values="value")
+    if {"reference", "symmetric"} <= set(p.columns):           # the same seed under both protocols
+        p = p.dropna(subset=["reference", "symmetric"]).reset_index()
+        d = pd.concat([d, p.assign(protocol="reference − symmetric", comparison="predictor", chosen="",
+                                   value=p.reference - p.symmetric)[d.columns]], ignore_index=True)
+    return d[~(d.comparison.eq("predictor") & d.protocol.isin(["reference", "symmetric"]))].reset_index(drop=True)
+
+
+def sweep_delta_table(long: pd.DataFrame) -> pd.DataFrame:
+    "The paired comparisons as printed: n, the seeds, 'mean ± SD [t CI]', and which baseline val chose in how many seeds."
+    d = sweep_deltas(long)
+    rows = []
+    for (exp, bb, prot, comp), g in d.groupby(["experiment", "backbone", "protocol", "comparison"], sort=False):
+        s = mean_sd_ci(g.value)
+        chosen = g.chosen[g.chosen.ne("")].map(scorer_label).value_counts()
+        f = "+.3f" if "−" in comp or "−" in prot else ".3f"              # a difference carries its sign, an AUROC does not
+        rows.append({"experiment": exp, "backbone": bb, "protocol": prot, "comparison": comp, "n": s["n"],
+                     "seeds": ",".join(map(str, sorted(g.seed))),
+                     "mean ± SD [95% t CI]": f"{s['mean']:{f}} ± {s['sd']:.3f} [{s['ci_low']:{f}}, {s['ci_high']:{f}}]",
+                     "val-chosen baseline (seeds)": ", ".join(f"{k} ({v})" for k, v in chosen.items()) or "–"})
+    return pd.DataFrame(rows).set_index(["experiment", "backbone", "protocol", "comparison"]) if rows else pd.DataFrame()
 
 # %% ../nbs/13_report.ipynb #4dd1bf41
 def to_markdown(df: pd.DataFrame) -> str:

@@ -40,7 +40,7 @@ def rendered(tmp_path_factory):
 def test_paper_rendered_from_executed_runs(rendered):
     tmp, p = rendered
     paper = tmp / "paper"
-    for name in ("arc", "optimisers", "sweep"):
+    for name in ("arc", "rephoto", "optimisers", "sweep", "sweep_deltas"):
         assert (paper / "tables" / f"{name}.md").stat().st_size > 0 and (paper / "tables" / f"{name}.tex").stat().st_size > 0
         assert f"\\input{{tables/{name}.tex}}" in (paper / "main.tex").read_text()
     figures = {"leak", "pair_gallery", "delta_forest", "roc_exp004", "score_histograms", "auroc_by_backbone", "train_vs_test"}
@@ -56,6 +56,14 @@ def test_paper_rendered_from_executed_runs(rendered):
     sweep = (paper / "tables" / "sweep.md").read_text()
     assert "±" in sweep and "|   2 |" in sweep                    # two seeds aggregated
     assert "release's ±1.96·SD/√n" in sweep
+    rephoto = (paper / "tables" / "rephoto.md").read_text()          # every scorer on both endpoints
+    for scorer in ("predictor", "raw cosine", "bias-only control", "pixel L2", "SSIM", "target-only probe"):
+        assert f"| {scorer} " in rephoto, scorer
+    assert "symmetric · re-photo" in rephoto and "reference · synthetic" in rephoto
+    deltas = (paper / "tables" / "sweep_deltas.md").read_text()      # paired within seeds, both protocols
+    for comparison in ("predictor − raw cosine", "predictor − val-chosen baseline", "target-only probe"):
+        assert comparison in deltas, comparison
+    assert "reference − symmetric" in deltas and "1,20260422" in deltas
     plan = json.loads((tmp / "runs" / "plan-color_texture.json").read_text())
     ran = {r["run_dir"] for r in plan if r["status"] == "run"}
     assert len(ran) == 6                                           # 2 experiments x 2 protocols + seed 1 of the sweep x 2
