@@ -14,8 +14,8 @@ import pandas as pd
 from .data import atomic_write_bytes, load_records
 from .experiment import resolve_data
 from .pairs import render_side
-from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, rephoto_table, sweep_delta_table,
-                               sweep_table, tex_symbols,
+from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, rephoto_table, scorer_label,
+                               sweep_delta_table, sweep_table, tex_symbols,
                                tex_text, to_latex, to_markdown)
 from .safety import write_marked_dir
 
@@ -36,10 +36,12 @@ def _rows_axis(ax, labels):
     ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis()
 
 
-def _ci_points(ax, g, labels, x, lo, hi, offset, **kw):
+def _ci_points(ax, g, labels, x, lo, hi, offset, color=None, **kw):
+    "Each row's point and, as a line from lo to hi, its interval (a bootstrap interval need not contain its point)."
     g = g.set_index("label").reindex(labels)
     y = np.arange(len(labels)) + offset
-    ax.errorbar(g[x], y, xerr=[g[x] - g[lo], g[hi] - g[x]], fmt="o", capsize=2, ms=4, **kw)
+    ax.hlines(y, g[lo], g[hi], color=color, lw=1.2)
+    ax.plot(g[x], y, "o", ms=4, color=color, **kw)
 
 # %% ../nbs/21_render.ipynb #a6134517
 PROTOCOL_COLOURS = {"reference": "#d55e00", "symmetric": "#0072b2"}
@@ -64,19 +66,28 @@ def fig_leak(long: pd.DataFrame):
 
 
 def fig_delta_forest(long: pd.DataFrame):
-    "Δ = predictor − strongest baseline (test AUROC) with its 95% interval, per experiment and protocol."
+    """Δ test AUROC with 95% intervals, per experiment and protocol, in two panels: the predictor − the raw cosine (the
+    same comparator under both protocols) and the predictor − the strongest baseline (each point names the baseline its
+    protocol's rule chose), so a change of comparator is not read as a change of the predictor."""
     import matplotlib.pyplot as plt
     t = arc_runs(long)
     t = t[t.scorer.eq("predictor")]
-    labels = list(dict.fromkeys(t.label))
-    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.42 * len(labels)))
-    prots = list(dict.fromkeys(t.protocol))
-    for k, prot in enumerate(prots):
-        _ci_points(ax, t[t.protocol.eq(prot)], labels, "delta", "delta_lo", "delta_hi", (k - (len(prots) - 1) / 2) * 0.25,
-                   color=PROTOCOL_COLOURS.get(prot), label=prot)
-    ax.axvline(0, color="k", ls=":", lw=0.8)
-    ax.set_xlabel("Δ test AUROC: predictor − strongest baseline (95% CI)")
-    _rows_axis(ax, labels); ax.legend(fontsize=8)
+    labels, prots = list(dict.fromkeys(t.label)), list(dict.fromkeys(t.protocol))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.9 + 0.42 * len(labels)), sharey=True)
+    panels = [("delta_identity", "predictor − raw cosine\n(one comparator for both protocols)"),
+              ("delta", "predictor − strongest baseline\n(as each protocol chose it; named)")]
+    for ax, (col, title) in zip(axes, panels):
+        for k, prot in enumerate(prots):
+            off = (k - (len(prots) - 1) / 2) * 0.25
+            g = t[t.protocol.eq(prot)]
+            _ci_points(ax, g, labels, col, f"{col}_lo", f"{col}_hi", off, color=PROTOCOL_COLOURS.get(prot), label=prot)
+            if col == "delta":
+                for r in g.itertuples():
+                    ax.annotate(scorer_label(r.strongest_baseline), (r.delta_hi, labels.index(r.label) + off),
+                                xytext=(3, 0), textcoords="offset points", va="center", fontsize=6)
+        ax.axvline(0, color="k", ls=":", lw=0.8)
+        ax.set_xlabel("Δ test AUROC (95% CI)"); ax.set_title(title, fontsize=9)
+    _rows_axis(axes[0], labels); axes[0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -206,9 +217,13 @@ FIGURES = {
                      "train split (training families) and from the test split (held-out family), and under the symmetric "
                      "protocol a real re-photographed lesion; reference on the left, symmetric on the right. Under reference "
                      "only stable targets are processed.", fig_pair_gallery),
-    "delta_forest": ("Δ = test AUROC of the predictor minus the strongest baseline, with its 95% paired bootstrap interval "
+    "delta_forest": ("Δ = test AUROC of the predictor minus a comparator, with its 95% paired bootstrap interval "
                      "(lesion-level under symmetric, the release's pair-level under reference), per experiment and "
-                     "protocol. Left of the dotted line the predictor is worse than a baseline that needs no training.",
+                     "protocol. Left: minus the raw embedding cosine, the same comparator under both protocols. Right: "
+                     "minus the strongest baseline, which each protocol's rule chooses differently (on test under "
+                     "reference, on val under symmetric), named beside each point: a move between protocols on the "
+                     "right can be a change of comparator, not of the predictor. Left of the dotted line the predictor "
+                     "is worse than a comparator that needs no training.",
                      fig_delta_forest),
     "roc_exp004": ("EXP-004 test ROC curves per backbone and protocol: the predictor, pixel L2, SSIM, the raw embedding "
                    "cosine and the target-only probe (AUROC in the legend).", fig_roc),
