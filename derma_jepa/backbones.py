@@ -6,8 +6,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -74,27 +76,48 @@ ALIASES = {"dinov2": "dinov2_vitb14", "dinov2_small": "dinov2_vits14", "clip": "
 OFFLINE_BACKBONES = tuple(n for n, s in REGISTRY.items() if not s.hub_id)
 
 
-USER_BACKBONES = {   # prefix -> (what follows it, how the spec is built)
-    "ssl:": ("a checkpoint path: ssl:<path to encoder.safetensors>",
+_REPO = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+USER_BACKBONES = {   # prefix -> (what follows it, its grammar, the library that must know it, how the spec is built)
+    "ssl:": ("a checkpoint path: ssl:<path to encoder.safetensors>", r"[^\x00-\x1f]+", "",
              lambda n, r: BackboneSpec(n, "ssl", r, note="self-supervised checkpoint (15_pretrain)")),
-    "timm:": ("a timm model name: timm:<name>[.<pretrained tag>]",
+    "timm:": ("a timm model name: timm:<name>[.<pretrained tag>]", r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)?", "timm",
               lambda n, r: BackboneSpec(n, "timm", r, f"timm/{r}", ("model.safetensors", "pytorch_model.bin"), image_size=0,
                                         note=f"timm {r}: pooled output, timm's data config")),
-    "open_clip:": ("an open_clip architecture: open_clip:<arch> (with weights=<checkpoint>)",
+    "open_clip:": ("an open_clip architecture: open_clip:<arch> (with weights=<checkpoint>)", _REPO, "open_clip",
                    lambda n, r: BackboneSpec(n, "open_clip", r, "", _OC_FILES, note=f"open_clip {r}, encode_image")),
-    "hf-hub:": ("a Hugging Face repo of an open_clip model: hf-hub:<org>/<name>",
+    "hf-hub:": ("a Hugging Face repo of an open_clip model: hf-hub:<org>/<name>", rf"(?!.*\.\.){_REPO}/{_REPO}", "",
                 lambda n, r: BackboneSpec(n, "open_clip", n, r, _OC_FILES, "open_clip_config.json",
                                           note=f"open_clip hf-hub:{r}, encode_image")),
 }
 
 
+def _unknown_model(library: str, arch: str) -> list[str] | None:
+    "None when `library` (timm or open_clip) has a model `arch`; else its closest names."
+    if library == "timm":
+        import timm
+        if timm.is_model(arch): return None
+        names = timm.list_models()
+    else:
+        import open_clip
+        names = open_clip.list_models()
+        if arch in names: return None
+    return difflib.get_close_matches(arch.split(".")[0], names, n=3)
+
+
 def backbone_spec(name: str) -> BackboneSpec:
     """The registry row for a backbone name or alias; or a backbone the user names: `ssl:<path>` (15_pretrain),
-    `timm:<model>`, `open_clip:<arch>`, `hf-hub:<repo>` (weights from `weights=` or the Hugging Face cache)."""
-    for prefix, (what, make) in USER_BACKBONES.items():
+    `timm:<model>`, `open_clip:<arch>`, `hf-hub:<org>/<name>` (weights from `weights=` or the Hugging Face cache). A
+    name off its grammar (a path where a model name belongs, `..` in a repo) or a model its library does not have is
+    refused here, in one line, before anything is loaded."""
+    for prefix, (what, grammar, library, make) in USER_BACKBONES.items():
         if name.startswith(prefix):
-            if not name[len(prefix):]: raise DataError(f"backbone {prefix!r} needs {what}")
-            return make(name, name[len(prefix):])
+            rest = name[len(prefix):]
+            if not rest: raise DataError(f"backbone {prefix!r} needs {what}")
+            if not re.fullmatch(grammar, rest): raise DataError(f"backbone {name!r}: {rest!r} is not {what}")
+            if library and (near := _unknown_model(library, rest)) is not None:
+                raise DataError(f"backbone {name!r}: {library} has no model {rest!r}"
+                                + (f" (did you mean {', '.join(near)}?)" if near else ""))
+            return make(name, rest)
     key = ALIASES.get(name, name)
     if key not in REGISTRY:
         raise DataError(f"unknown backbone {name!r}: choose one of {', '.join(list(REGISTRY) + list(ALIASES))}")

@@ -44,6 +44,8 @@ def test_manifest_stage(tmp_path, protocol):
     (["-p", "train_families", "strong,fog"], "unknown nuisance family 'fog'"),
     (["-p", "preset", "appendix"], "unknown nuisance preset 'appendix'"),
     (["-p", "backbone", "resnet50"], "unknown backbone 'resnet50'"),
+    (["-p", "backbone", "timm:../../x"], "'../../x' is not a timm model name"),
+    (["-p", "backbone", "open_clip:ViT-B-61"], "open_clip has no model 'ViT-B-61' (did you mean ViT-B-16"),
     (["-p", "protocol", "leaky"], "unknown protocol 'leaky'"),
 ])
 def test_bad_parameters_stop_before_any_work(tmp_path, args, message):
