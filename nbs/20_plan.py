@@ -507,10 +507,14 @@ def paper_main(argv=None):
     ap.add_argument("--poll", type=float, default=10.0, help="seconds between looks at SLURM jobs")
     a = ap.parse_args(argv)
     try:
+        for flag, folder in (("--runs", a.runs), ("--paper", a.paper)):
+            if Path(folder).exists() and not Path(folder).is_dir(): raise ConfigError(f"{flag} {folder}: a file, not a folder")
         overrides = {}
         for kv in a.set:
             if "=" not in kv: raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
-            k, v = kv.split("=", 1); overrides[k] = yaml.safe_load(v)
+            k, v = kv.split("=", 1)
+            try: overrides[k] = yaml.safe_load(v)
+            except yaml.YAMLError as e: raise ConfigError(f"--set {kv!r}: not a YAML value ({e.problem})") from None
         arc = load_arc(a.arc or experiments_dir() / "arc.yaml")
         plan = plan_arc(a.arc, a.backbones, overrides, not a.no_sweep, a.runs)
         for cfg in plan[plan.status == "run"].drop_duplicates("run_dir").config:

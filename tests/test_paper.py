@@ -105,3 +105,16 @@ def test_bad_arc_stops_before_any_work(tmp_path, arc_text, exp_extra, message):
 def test_typo_in_override_is_one_line(tmp_path):
     p = paper_cmd(tmp_path, EXP / "arc.yaml", "--set", "pairs_per_splt=3")
     assert p.returncode == 2 and "did you mean 'pairs_per_split'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "epochs=[1, 2"], "--set 'epochs=[1, 2': not a YAML value"),
+    (["--runs", "FILE"], "afile: a file, not a folder"),
+    (["--paper", "FILE"], "afile: a file, not a folder"),
+])
+def test_bad_command_line_is_one_line(tmp_path, extra, message):
+    mine = tmp_path / "afile"
+    mine.write_text("not the project's\n")
+    p = paper_cmd(tmp_path, EXP / "arc.yaml", *[str(mine) if x == "FILE" else x for x in extra])
+    assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert mine.read_text() == "not the project's\n" and not (tmp_path / "runs").exists()
