@@ -193,7 +193,7 @@ def stamp_of(nb, trace: dict, root: Path, lib: str = "derma_jepa") -> dict:
         rel = Path(p).relative_to(root).as_posix()
         if p in written or not Path(p).is_file() or rel.startswith(lib + "/") or (tracked is not None and rel not in tracked):
             continue
-        if _product(rel): products.add(_product(rel))
+        if (product := _product(rel)): products.add(product)
         else: inputs[rel] = _sha(Path(p).read_bytes())
     pins = requirement_pins(root)
     return {"version": STAMP_VERSION, "code": code_digest(nb), "modules": dict(sorted(mods.items())),
