@@ -10,13 +10,16 @@ import pandas as pd
 import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
+from sklearn.metrics import roc_auc_score
 
 from .embed import EmbeddingCache, cached_compute, default_workers, encoder, side_keys
 from .nuisance import exif_applies, load_rgb, render, side_keys_of
+from .split import SPLITS
 
 # %% auto #0
-__all__ = ['PIXEL_FINGERPRINT', 'PIXEL_SCORERS', 'BASELINE_SPLITS', 'VERDICT_RULES', 'pixel_array', 'pixel_l2', 'ssim_distance',
-           'with_paths', 'PairPixels', 'pixel_scores', 'choose_baseline', 'verdict']
+__all__ = ['PIXEL_FINGERPRINT', 'PIXEL_SCORERS', 'BASELINE_SPLITS', 'VERDICT_RULES', 'BOOTSTRAP_RULES', 'TWO_WAY',
+           'ENDPOINT_BOOTSTRAP', 'pixel_array', 'pixel_l2', 'ssim_distance', 'with_paths', 'PairPixels', 'pixel_scores',
+           'choose_baseline', 'verdict', 'evaluate_rephoto', 'evaluate']
 
 # %% ../nbs/11_baselines.ipynb #7ad96db3
 def pixel_array(img: Image.Image, size: int = 224) -> np.ndarray:
@@ -47,6 +50,7 @@ def with_paths(manifest: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
         out[f"{side}_path"] = rec.path.reindex(ids).to_numpy()
         out[f"{side}_orientation"] = orient.reindex(ids).fillna(1).astype(int).to_numpy()
         prot = manifest.get("protocol", pd.Series("symmetric", index=manifest.index))
+        prot = prot.where(prot.ne("shared"), prot.iloc[0] if len(prot) else "symmetric")   # the endpoint: the run's rule
         for reader, col in (("pixels", "exif"), ("backbone", "backbone_exif")):
             out[f"{side}_{col}"] = [exif_applies(p, r, reader) for p, r in zip(prot, manifest[f"{side}_recipe"])]
     return manifest.assign(**out)
@@ -149,3 +153,110 @@ def verdict(delta: dict, collapsed: bool, protocol: str) -> str:
         d = delta["value"]
         return "improved" if d >= 0.05 else "matched" if d >= 0 else "did not beat"
     return "improved" if delta["ci_low"] > 0 else "worse" if delta["ci_high"] < 0 else "matched"
+
+# %% ../nbs/11_baselines.ipynb #2e36ba12
+BOOTSTRAP_RULES = {
+    "symmetric": {"unit": "context lesion", "strata": "pair kind", "paired": True, "interval": "percentile"},
+    "reference": {"unit": "pair", "strata": None, "paired": False, "interval": "percentile",
+                  "note": "the release's rule: pairs resampled independently, a generator per scorer"}}
+
+
+def _boot_seed(seed: int, scorer: str, split: str) -> int:
+    "The release's bootstrap seed offsets; every other scorer shares the predictor's (identity: the cosine's)."
+    if scorer in ("pixel_l2", "ssim"): return seed + {"pixel_l2": 11, "ssim": 23}[scorer]
+    if scorer.startswith("cosine_") or scorer == "identity": return seed + 101
+    return seed + {"train": 701, "val": 709, "test": 719}[split]
+
+
+def _reference_split(y, scores: dict, seed: int, split: str, n_boot: int, deltas) -> dict:
+    from derma_jepa.metrics import bootstrap_counts, paired_bootstrap
+    by_seed = {}
+    for name in scores: by_seed.setdefault(_boot_seed(seed, name, split), []).append(name)
+    out = {"metrics": {}, "deltas": {}}
+    for bs, names in by_seed.items():
+        pb = paired_bootstrap(y, {n: scores[n] for n in names}, bootstrap_counts(len(y), n_boot, bs))
+        out["metrics"].update(pb["metrics"])
+    pb = paired_bootstrap(y, {n: scores[n] for n in dict.fromkeys(a for d in deltas for a in d)},
+                          bootstrap_counts(len(y), n_boot, _boot_seed(seed, "predictor", split)), deltas)
+    out["deltas"] = pb["deltas"]
+    out["metrics"] = {n: out["metrics"][n] for n in scores}
+    return out
+
+
+TWO_WAY = ("pigeonhole (Owen 2007): context lesions and target lesions resampled independently, each within pair kind; "
+           "a pair weighs the product of its two lesions' multiplicities")
+ENDPOINT_BOOTSTRAP = {"unit": "context lesion", "strata": None, "paired": True, "interval": "percentile",
+                      "note": "a lesion's re-photo pair and its matched changing pair share the context photograph "
+                              "and are drawn together; the same resamples for every scorer"}
+
+
+def evaluate_rephoto(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: list[str], seed: int,
+                     n_boot: int = 1000) -> dict:
+    """The re-photo endpoint, one rule under both protocols: every scorer on each split's re-photo pairs against
+    their matched changing pairs, lesion-level paired resamples; the baselines oriented and the strongest chosen on
+    val (`choose_baseline`'s val rule); Δ of the predictor against it, the raw cosine and bias-only; the verdict
+    from Δ's interval. Empty when the manifest has no re-photo pairs on val and test."""
+    from derma_jepa.metrics import cluster_counts, paired_bootstrap
+    kind, split, y = manifest.kind.to_numpy(), manifest.split.to_numpy(), manifest.label.to_numpy()
+    end = np.isin(kind, ["rephoto", "rephoto_changing"])
+    if not all(len(set(y[end & (split == sp)])) == 2 for sp in ("val", "test")): return {}
+    auroc = {sp: {b: float(roc_auc_score(y[m], scores[b][m])) for b in baselines} for sp in ("val", "test")
+             for m in [end & (split == sp)]}
+    choice = {**choose_baseline(auroc, "symmetric"), "chosen_on": "val (re-photo endpoint)"}
+    oriented = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
+    best = choice["strongest"]
+    deltas = [("predictor", b) for b in (best, "identity", "bias_only") if b in scores]
+    out = {"metrics": {}, "deltas": {}, "pairs": {}, "baselines": {"names": baselines, **choice}, "strongest_baseline": best,
+           "bootstrap": {**ENDPOINT_BOOTSTRAP, "n_boot": n_boot, "level": 0.95}}
+    for k, sp in enumerate(("val", "test")):
+        rows = end & (split == sp)
+        lesions = manifest.context_lesion_id.to_numpy()[rows]
+        sc = {n: v[rows] for n, v in oriented.items() if not np.isnan(v[rows]).any()}
+        res = paired_bootstrap(y[rows], sc, cluster_counts(lesions, np.zeros(len(lesions)), n_boot, seed + 911 + k),
+                               [d for d in deltas if set(d) <= set(sc)])
+        out["metrics"][sp], out["deltas"][sp] = res["metrics"], res["deltas"]
+        out["pairs"][sp] = {"rephoto": int((rows & (kind == "rephoto")).sum()), "changing": int((rows & (kind != "rephoto")).sum()),
+                            "lesions": int(len(set(lesions)))}
+    out["delta"] = out["deltas"]["test"][f"predictor - {best}"]
+    out["verdict"], out["verdict_rule"] = verdict(out["delta"], False, "symmetric"), VERDICT_RULES["symmetric"]
+    return out
+
+
+def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: list[str], protocol: str,
+             seed: int, n_boot: int = 1000) -> tuple[dict, dict[str, np.ndarray]]:
+    """Metrics of every scorer on every split with the protocol's bootstrap, baselines oriented and chosen by
+    the protocol's rule, and Δs with CIs; the re-photo endpoint under `rephoto` (`evaluate_rephoto`).
+    Returns (metrics block, scores with baselines oriented by the protocol's rule)."""
+    from derma_jepa.metrics import bootstrap_counts, cluster_counts, paired_bootstrap
+    kind, split, y = manifest.kind.to_numpy(), manifest.split.to_numpy(), manifest.label.to_numpy()
+    main = np.isin(kind, ["stable", "changing"])
+    auroc = {sp: {b: float(roc_auc_score(y[m], scores[b][m])) for b in baselines if not np.isnan(scores[b][m]).any()}
+             for sp in SPLITS for m in [main & (split == sp)]}
+    choice = choose_baseline(auroc, protocol)
+    scores = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
+    best = choice["strongest"]
+    deltas = [("predictor", best)] + ([("predictor", "identity")] if "identity" in scores else [])
+    out = {"metrics": {}, "deltas": {}, "bootstrap": {**BOOTSTRAP_RULES[protocol], "n_boot": n_boot, "level": 0.95},
+           "baselines": {"names": baselines, **choice}, "strongest_baseline": best}
+    for k, sp in enumerate(SPLITS):
+        rows = split == sp
+        # a scorer not computed on this split (a baseline outside BASELINE_SPLITS) is NaN there: left out
+        at = lambda mask: {n: v[rows & mask] for n, v in scores.items() if not np.isnan(v[rows & mask]).any()}
+        ds = [d for d in deltas if set(d) <= set(at(main))]
+        if protocol == "reference":
+            res = _reference_split(y[rows & main], at(main), seed, sp, n_boot, ds)
+        else:
+            counts = cluster_counts(manifest.context_lesion_id.to_numpy()[rows & main], kind[rows & main], n_boot, seed + 907 + k)
+            res = paired_bootstrap(y[rows & main], at(main), counts, ds)
+            out["bootstrap"].setdefault("clusters", {})[sp] = int(manifest[rows & main].context_lesion_id.nunique())
+            if sp == "test":
+                pc = bootstrap_counts(int((rows & main).sum()), n_boot, seed + 719)
+                out["pair_level_test"] = {n: m["auroc"] for n, m in paired_bootstrap(y[rows & main], at(main), pc)["metrics"].items()}
+                tc = cluster_counts(manifest.target_lesion_id.to_numpy()[rows & main], kind[rows & main], n_boot, seed + 929)
+                out["two_way_test"] = {n: m["auroc"] for n, m in paired_bootstrap(y[rows & main], at(main), counts * tc)["metrics"].items()}
+                out["bootstrap"]["two_way"] = TWO_WAY
+        out["metrics"][sp], out["deltas"][sp] = res["metrics"], res["deltas"]
+    out["delta"] = out["deltas"]["test"][f"predictor - {best}"]
+    reph = evaluate_rephoto(manifest, scores, baselines, seed, n_boot)
+    if reph: out["rephoto"] = reph
+    return out, scores

@@ -16,14 +16,17 @@ from .nuisance import NONE_RECIPE, PRESETS, draw_recipe, get_family, recipe_json
 from .split import SPLITS, check_protocol
 
 # %% auto #0
-__all__ = ['POLICIES', 'KINDS', 'TIERS', 'MANIFEST_COLUMNS', 'parse_families', 'default_preset', 'lofo_folds', 'Partners',
-           'reference_manifest', 'pair_streams', 'pair_recipes', 'dx_quotas', 'select_by_dx', 'symmetric_manifest',
-           'validate_manifest', 'build_manifest', 'manifest_sides', 'distinct_sides', 'dx_mix', 'render_side',
-           'pair_gallery']
+__all__ = ['POLICIES', 'KINDS', 'CHANGING_KINDS', 'ENDPOINT_KINDS', 'TIERS', 'MANIFEST_COLUMNS', 'PAIRING', 'ABLATIONS',
+           'ENDPOINT_SPLITS', 'parse_families', 'default_preset', 'lofo_folds', 'Partners', 'parse_ablate',
+           'pairing_for', 'pair_streams', 'pair_recipes', 'dx_quotas', 'select_by_dx', 'pair_manifest',
+           'rephoto_endpoint', 'endpoint_mix', 'validate_manifest', 'build_manifest', 'manifest_sides',
+           'distinct_sides', 'dx_mix', 'render_side', 'pair_gallery']
 
 # %% ../nbs/05_pairs.ipynb #90acd058
 POLICIES = ("strict", "fallback")
-KINDS = ("stable", "changing", "rephoto", "selection")
+KINDS = ("stable", "changing", "rephoto", "selection", "rephoto_changing")   # new kinds go last: the streams keep their keys
+CHANGING_KINDS = ("changing", "rephoto_changing")
+ENDPOINT_KINDS = ("rephoto", "rephoto_changing")
 
 
 def parse_families(families, preset: str) -> tuple[str, ...]:
@@ -84,7 +87,7 @@ MANIFEST_COLUMNS = ["pair_id", "split", "label", "kind", "family", "context_imag
 
 
 def _row(split, kind, i, family, c, t, c_recipe, t_recipe, tier, protocol) -> dict:
-    return dict(pair_id=f"{split}_{kind}_{i:04d}", split=split, label=int(kind == "changing"), kind=kind,
+    return dict(pair_id=f"{split}_{kind}_{i:04d}", split=split, label=int(kind in CHANGING_KINDS), kind=kind,
                 family=family, context_image_id=c.image_id, target_image_id=t.image_id,
                 context_recipe=recipe_json(c_recipe), target_recipe=recipe_json(t_recipe),
                 context_lesion_id=c.lesion_id, target_lesion_id=t.lesion_id, dx=c.dx, site=c.site,
@@ -100,37 +103,27 @@ def _split_recs(split_df: pd.DataFrame, split: str, need: int) -> pd.DataFrame:
     return recs
 
 # %% ../nbs/05_pairs.ipynb #cb8588eb
-def reference_manifest(split_df, train_families, eval_families, policy="strict", preset="reference",
-                       pairs_per_split=1000, seed=20260422, size=224) -> tuple[pd.DataFrame, dict]:
-    "The release's manifest, and its construction log (skipped anchors, partner tiers)."
-    rng = np.random.default_rng(seed + 1009)
-    rows, log = [], {"changing_skipped": {}, "changing_tiers": {}}
-    for split in SPLITS:
-        fams = train_families if split == "train" else eval_families
-        recs = _split_recs(split_df, split, pairs_per_split)
-        items = list(recs.itertuples(index=False))
-        for i in range(pairs_per_split):
-            fam = fams[i % len(fams)]
-            rows.append(_row(split, "stable", i, fam, items[i], items[i], NONE_RECIPE,
-                             draw_recipe(fam, rng, i, preset, size), "same-image", "reference"))
-        partners, N = Partners(recs), len(recs)
-        made, skipped, tiers, cursor = 0, 0, Counter(), 0
-        while made < pairs_per_split and cursor < 4 * N:
-            a = (cursor + pairs_per_split) % N
-            cands, tier = partners.candidates(a, policy)
-            if tier is None: skipped += 1
-            else:
-                rows.append(_row(split, "changing", made, "none", items[a], items[cands[cursor % len(cands)]],
-                                 NONE_RECIPE, NONE_RECIPE, tier, "reference"))
-                made += 1; tiers[tier] += 1
-            cursor += 1
-        if made < pairs_per_split:
-            raise DataError(f"split {split!r}: only {made} changing pairs under policy {policy!r} "
-                            f"({pairs_per_split} requested, {skipped} anchors without partner)")
-        log["changing_skipped"][split], log["changing_tiers"][split] = skipped, dict(tiers)
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+PAIRING = {"reference": {"processing": "target", "streams": "sequential", "selection": "sorted", "partner": "walk"},
+           "symmetric": {"processing": "both", "streams": "per-pair", "selection": "dx", "partner": "random"}}
+ABLATIONS = ("processing", "streams", "selection", "partner", "split")    # `split`: 02_split's rule, the rest PAIRING's
 
-# %% ../nbs/05_pairs.ipynb #65889ef1
+
+def parse_ablate(ablate) -> tuple[str, ...]:
+    "The differences a `reference` run takes from `symmetric`, in ABLATIONS' order (a comma list or a sequence)."
+    names = [n.strip() for n in (ablate.split(",") if isinstance(ablate, str) else ablate) if n.strip()]
+    bad = [n for n in names if n not in ABLATIONS]
+    if bad: raise DataError(f"ablate: unknown difference {bad[0]!r}; choose among {', '.join(ABLATIONS)}")
+    return tuple(n for n in ABLATIONS if n in names)
+
+
+def pairing_for(protocol: str, ablate=()) -> dict:
+    "The switches `protocol` builds pairs with, those named in `ablate` taken from `symmetric`."
+    p = dict(PAIRING[check_protocol(protocol)])
+    for k in parse_ablate(ablate):
+        if k in p: p[k] = PAIRING["symmetric"][k]
+    return p
+
+
 def pair_streams(seed: int, split: str, kind: str, index: int) -> list[np.random.Generator]:
     "The context, target and partner generators of one symmetric pair."
     ss = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index(kind), index))
@@ -169,47 +162,104 @@ def select_by_dx(rng, dx: np.ndarray, eligible: np.ndarray, quotas: dict) -> np.
     return rng.permutation(np.concatenate(picks)) if picks else eligible[:0]
 
 
-def symmetric_manifest(split_df, train_families, eval_families, policy="strict", preset="paper",
-                       pairs_per_split=1000, seed=20260422, size=224, rephoto=False) -> tuple[pd.DataFrame, dict]:
-    "The paper's manifest with both sides of both labels processed, per-pair seeds, dx-matched selection."
-    rows, log = [], {"changing_tiers": {}, "changing_anchors_reused": {}}
+def _walk(partners: Partners, n: int, N: int, policy: str, split: str) -> tuple[list[tuple[int, int]], int]:
+    "The release's changing anchors: (anchor, walk position) from position n on, cyclically, at most 4N steps; and the skips."
+    anchors, skipped, cursor = [], 0, 0
+    while len(anchors) < n and cursor < 4 * N:
+        a = (cursor + n) % N
+        if partners.candidates(a, policy)[1] is None: skipped += 1
+        else: anchors.append((a, cursor))
+        cursor += 1
+    if len(anchors) < n:
+        raise DataError(f"split {split!r}: only {len(anchors)} changing pairs under policy {policy!r} "
+                        f"({n} requested, {skipped} anchors without partner)")
+    return anchors, skipped
+
+
+def pair_manifest(split_df, train_families, eval_families, policy="strict", preset="paper", pairs_per_split=1000,
+                  seed=20260422, size=224, pairing=PAIRING["symmetric"], protocol="symmetric") -> tuple[pd.DataFrame, dict]:
+    "A manifest built with the `pairing` switches (rows labelled `protocol`), and its construction log."
+    n, both = pairs_per_split, pairing["processing"] == "both"
+    seq = np.random.default_rng(seed + 1009) if pairing["streams"] == "sequential" else None
+    streams = (lambda split, kind, i: [seq] * 3) if seq is not None else (lambda split, kind, i: pair_streams(seed, split, kind, i))
+    draw = lambda fam, g, i: draw_recipe(fam, g, i, preset, size, private=seq is None)
+    rows, log = [], {"changing_tiers": {}, **({"changing_skipped": {}} if pairing["selection"] == "sorted" else {"changing_anchors_reused": {}})}
     for split in SPLITS:
         fams = train_families if split == "train" else eval_families
-        recs = _split_recs(split_df, split, pairs_per_split)
-        items, dx = list(recs.itertuples(index=False)), recs.dx.to_numpy()
-        quotas = dx_quotas(recs.dx, pairs_per_split)
-        sel = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index("selection"))))
-        stable = select_by_dx(sel, dx, np.arange(len(recs)), quotas)
-        partners = Partners(recs)
-        eligible = np.array([a for a in range(len(recs)) if partners.candidates(a, policy)[1] is not None], int)
-        if not len(eligible): raise DataError(f"split {split!r}: no image has a changing partner under policy {policy!r}")
-        anchors = select_by_dx(sel, dx, eligible, quotas)
+        recs = _split_recs(split_df, split, n)
+        items, dx, N, partners = list(recs.itertuples(index=False)), recs.dx.to_numpy(), len(recs), Partners(recs)
+        if pairing["selection"] == "dx":
+            quotas = dx_quotas(recs.dx, n)
+            sel = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index("selection"))))
+            stable = select_by_dx(sel, dx, np.arange(N), quotas)
+            eligible = np.array([a for a in range(N) if partners.candidates(a, policy)[1] is not None], int)
+            if not len(eligible): raise DataError(f"split {split!r}: no image has a changing partner under policy {policy!r}")
+            anchors = [(int(a), i) for i, a in enumerate(select_by_dx(sel, dx, eligible, quotas))]
+            log["changing_anchors_reused"][split] = len(anchors) - len({a for a, _ in anchors})
+        else:
+            stable, (anchors, log["changing_skipped"][split]) = np.arange(n), _walk(partners, n, N, policy, split)
         for i, c in enumerate(stable):
-            fam = fams[i % len(fams)]
-            cr, tr = pair_recipes(seed, split, "stable", i, fam, preset, size)
-            rows.append(_row(split, "stable", i, fam, items[c], items[c], cr, tr, "same-image", "symmetric"))
+            fam, g = fams[i % len(fams)], streams(split, "stable", i)
+            cr = draw(fam, g[0], i) if both else NONE_RECIPE
+            rows.append(_row(split, "stable", i, fam, items[c], items[c], cr, draw(fam, g[1], i), "same-image", protocol))
         tiers = Counter()
-        for i, a in enumerate(anchors):
-            fam = fams[i % len(fams)]
+        for i, (a, pos) in enumerate(anchors):
             cands, tier = partners.candidates(a, policy)
-            streams = pair_streams(seed, split, "changing", i)
-            t = cands[int(streams[2].integers(len(cands)))]
-            cr, tr = pair_recipes(seed, split, "changing", i, fam, preset, size, streams)
-            rows.append(_row(split, "changing", i, fam, items[a], items[t], cr, tr, tier, "symmetric"))
+            g = streams(split, "changing", i)
+            t = cands[int(g[2].integers(len(cands)))] if pairing["partner"] == "random" else cands[pos % len(cands)]
+            fam = fams[i % len(fams)] if both else "none"
+            cr, tr = (draw(fam, g[0], i), draw(fam, g[1], i)) if both else (NONE_RECIPE, NONE_RECIPE)
+            rows.append(_row(split, "changing", i, fam, items[a], items[t], cr, tr, tier, protocol))
             tiers[tier] += 1
         log["changing_tiers"][split] = dict(tiers)
-        log["changing_anchors_reused"][split] = int(len(anchors) - len(set(anchors.tolist())))
-        if rephoto:
-            uniq = recs.drop_duplicates("sha256")
-            groups = {k: uniq.index[v] for k, v in uniq.groupby("lesion_id", sort=True).indices.items() if len(v) >= 2}
-            for i, lesion in enumerate(sorted(groups)):
-                fam, g = fams[i % len(fams)], groups[lesion]
-                streams = pair_streams(seed, split, "rephoto", i)
-                pick = streams[2].choice(len(g), size=2, replace=False)
-                c, t = (items[j] for j in g[pick])
-                cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size, streams)
-                rows.append(_row(split, "rephoto", i, fam, c, t, cr, tr, "same-lesion", "symmetric"))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+
+# %% ../nbs/05_pairs.ipynb #b58800b7
+ENDPOINT_SPLITS = ("val", "test")
+
+
+def rephoto_endpoint(shared: pd.DataFrame, families, policy="strict", preset="paper", seed=20260422, size=224,
+                     splits=ENDPOINT_SPLITS) -> tuple[pd.DataFrame, dict]:
+    "Re-photo pairs and their matched changing pairs on `shared` split records (02_split's `shared_split`), with a log."
+    families = parse_families(families, preset)
+    rows, log = [], {"lesions": {}, "without_partner": {}, "changing_tiers": {}}
+    for split in splits:
+        recs = shared[shared.split == split].reset_index(drop=True)
+        items, partners = list(recs.itertuples(index=False)), Partners(recs)
+        uniq = recs.drop_duplicates("sha256")
+        groups = {k: uniq.index[v] for k, v in uniq.groupby("lesion_id", sort=True).indices.items() if len(v) >= 2}
+        tiers, lonely = Counter(), 0
+        for i, lesion in enumerate(sorted(groups)):
+            fam, g = families[i % len(families)], groups[lesion]
+            streams, other = pair_streams(seed, split, "rephoto", i), pair_streams(seed, split, "rephoto_changing", i)
+            c, t = g[streams[2].choice(len(g), size=2, replace=False)]
+            cands, tier = partners.candidates(c, policy)
+            if tier is None: lonely += 1; continue
+            p = cands[int(other[2].integers(len(cands)))]
+            cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size, streams)
+            pr = pair_recipes(seed, split, "rephoto_changing", i, fam, preset, size, other)[1]
+            rows += [_row(split, "rephoto", i, fam, items[c], items[t], cr, tr, "same-lesion", "shared"),
+                     _row(split, "rephoto_changing", i, fam, items[c], items[p], cr, pr, tier, "shared")]
+            tiers[tier] += 1
+        log["lesions"][split], log["without_partner"][split], log["changing_tiers"][split] = len(groups), lonely, dict(tiers)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+
+
+def _tvd(a: pd.Series, b: pd.Series) -> float:
+    "Total-variation distance between the value distributions of two columns."
+    return round(float(0.5 * a.value_counts(normalize=True).sub(b.value_counts(normalize=True), fill_value=0).abs().sum()), 4)
+
+
+def endpoint_mix(m: pd.DataFrame) -> dict:
+    """Per split with re-photo pairs: how many, the diagnosis and site TVD between the re-photo pairs' targets and
+    the matched changing pairs' targets (their contexts are the same photographs), and for comparison the diagnosis
+    TVD the re-photo pairs would have against the split's main changing pairs."""
+    out = {}
+    for s, g in m[m.kind.isin(ENDPOINT_KINDS)].groupby("split", sort=False):
+        r, c, main = g[g.kind == "rephoto"], g[g.kind == "rephoto_changing"], m[(m.split == s) & (m.kind == "changing")]
+        out[s] = {"pairs": int(len(r)), "tv_dx": _tvd(r.target_dx, c.target_dx), "tv_site": _tvd(r.target_site, c.target_site),
+                  "tv_dx_vs_main_changing": _tvd(r.dx, main.dx) if len(main) else None}
+    return out
 
 # %% ../nbs/05_pairs.ipynb #de00e484
 def _spanning(m: pd.DataFrame, key: str) -> tuple | None:
@@ -250,20 +300,22 @@ def validate_manifest(m: pd.DataFrame, policy: str = "strict") -> pd.DataFrame:
 # %% ../nbs/05_pairs.ipynb #dd1b4371
 def build_manifest(split_df: pd.DataFrame, protocol="symmetric", train_families="strong", eval_family=None,
                    changing_policy="strict", preset=None, pairs_per_split=1000, seed=20260422, size=224,
-                   rephoto=False) -> tuple[pd.DataFrame, dict]:
-    "A validated pair manifest for `protocol`, and its construction log."
-    preset = default_preset(protocol, preset)
+                   shared: pd.DataFrame | None = None, ablate=()) -> tuple[pd.DataFrame, dict]:
+    """A validated pair manifest for `protocol` (with the pairing differences named in `ablate` taken from `symmetric`),
+    and its construction log; with `shared` (02_split's `shared_split` of the same records and seed) the re-photo
+    endpoint follows the protocol's pairs, built the same under both."""
+    named, preset, pairing = preset, default_preset(protocol, preset), pairing_for(protocol, ablate)
     if changing_policy not in POLICIES:
         raise DataError(f"unknown changing_policy {changing_policy!r}: choose one of {', '.join(POLICIES)}")
     if int(pairs_per_split) < 1: raise DataError(f"pairs_per_split must be at least 1, got {pairs_per_split}")
     train = parse_families(train_families, preset)
     evalf = parse_families(eval_family, preset) if eval_family else train
-    if protocol == "reference":
-        if rephoto: raise DataError("rephoto pairs belong to the symmetric protocol; the release has none")
-        m, log = reference_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size)
-    else:
-        m, log = symmetric_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size, rephoto)
+    m, log = pair_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size, pairing, protocol)
     log.update(protocol=protocol, preset=preset, train_families=list(train), eval_families=list(evalf))
+    if pairing != PAIRING[protocol]: log["pairing"] = pairing
+    if shared is not None:
+        e, log["rephoto"] = rephoto_endpoint(shared, evalf, changing_policy, default_preset("symmetric", named), seed, size)
+        m = pd.concat([m, e], ignore_index=True)
     return validate_manifest(m, changing_policy), log
 
 
@@ -282,7 +334,7 @@ def distinct_sides(m: pd.DataFrame) -> int:
 def dx_mix(m: pd.DataFrame) -> dict:
     "Per split and label: the dx distribution of the pairs, and the total-variation distance between labels."
     out = {}
-    for s, g in m[m.kind != "rephoto"].groupby("split", sort=False):
+    for s, g in m[m.kind.isin(["stable", "changing"])].groupby("split", sort=False):
         mix = pd.crosstab(g.dx, g.label, normalize="columns")
         out[s] = {"stable": {k: round(float(v), 4) for k, v in mix.get(0, pd.Series()).items()},
                   "changing": {k: round(float(v), 4) for k, v in mix.get(1, pd.Series()).items()},

@@ -21,13 +21,14 @@ from .backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolv
 from .data import DataError, atomic_write_bytes
 from .executors import EXECUTORS, LocalExecutor, WorkItem, check_resources, make_executor, summary
 from .experiment import Config, ConfigError, resolve_data, run_id
+from .pairs import ABLATIONS, lofo_folds
 
 SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sides_per_job` changes it)
 
 # %% auto #0
-__all__ = ['SIDES_PER_JOB', 'ARC_KEYS', 'SWEEP_KEYS', 'STAND_INS', 'repo_root', 'experiments_dir', 'load_arc', 'weights_status',
-           'parse_backbones', 'plan_arc', 'is_complete', 'execute_run', 'side_groups', 'group_sides', 'embed_items',
-           'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan', 'paper_main']
+__all__ = ['SIDES_PER_JOB', 'ARC_KEYS', 'SWEEP_KEYS', 'STAND_INS', 'ABLATION_STEPS', 'repo_root', 'experiments_dir', 'load_arc',
+           'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run', 'side_groups', 'group_sides',
+           'embed_items', 'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan', 'paper_main']
 
 # %% ../nbs/20_plan.ipynb #b3a85f80
 def repo_root(start=None) -> Path:
@@ -41,11 +42,11 @@ def repo_root(start=None) -> Path:
 def experiments_dir() -> Path: return repo_root() / "nbs" / "experiments"
 
 # %% ../nbs/20_plan.ipynb #67e2e2c8
-ARC_KEYS = {"experiments", "protocols", "sweep", "resources", "sides_per_job"}
+ARC_KEYS = {"experiments", "protocols", "sweep", "lofo", "ablation", "resources", "sides_per_job"}
 SWEEP_KEYS = {"experiments", "seeds"}
 
 def load_arc(path) -> dict:
-    "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}}."
+    "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}, 'lofo': [...]}."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"arc file {path} not found")
     arc = yaml.safe_load(path.read_text()) or {}
@@ -58,8 +59,8 @@ def load_arc(path) -> dict:
         raise ConfigError(f"{path}: sides_per_job={per_job!r}: a positive number of sides per embedding job")
     out = {"experiments": list(arc.get("experiments") or []), "protocols": list(arc.get("protocols") or ["symmetric"]),
            "sweep": {"experiments": list(sweep.get("experiments") or []), "seeds": [int(s) for s in sweep.get("seeds") or []]},
-           "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
-    for e in out["experiments"] + out["sweep"]["experiments"]:
+           "lofo": list(arc.get("lofo") or []), "ablation": list(arc.get("ablation") or []), "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
+    for e in out["experiments"] + out["sweep"]["experiments"] + out["lofo"] + out["ablation"]:
         if not (path.parent / f"{e}.yaml").exists(): raise ConfigError(f"{path}: experiment {e!r} has no file {path.parent / (e + '.yaml')}")
     return out
 
@@ -85,25 +86,41 @@ def parse_backbones(backbones: str) -> list[str]:
 STAND_INS = ("random_vitb16", "color_texture")
 
 # %% ../nbs/20_plan.ipynb #e8c89c7f
+# The ablation from the release to the paper: `reference`, then one difference closed at a time (cumulative), the
+# five of 05_pairs / 02_split and then the preset and the trainer (existing options), then `symmetric` itself.
+_ALL = ",".join(ABLATIONS)
+ABLATION_STEPS = ([("reference", "reference", {})] +
+                  [(f"+ {a}", "reference", {"ablate": ",".join(ABLATIONS[:k + 1])}) for k, a in enumerate(ABLATIONS)] +
+                  [("+ preset paper", "reference", {"ablate": _ALL, "preset": "paper"}),
+                   ("+ trainer autograd", "reference", {"ablate": _ALL, "preset": "paper", "trainer": "autograd"}),
+                   ("symmetric", "symmetric", {})])
+
+
 def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = None, sweep: bool = True,
              runs_dir="runs") -> pd.DataFrame:
     "Every run of the arc (and sweep) as a validated config with its run directory and status."
     arc_file = Path(arc_file or experiments_dir() / "arc.yaml")
     arc, stand_ins, overrides = load_arc(arc_file), parse_backbones(backbones), dict(overrides or {})
     if "run_dir" in overrides: raise ConfigError("run_dir cannot be overridden for a whole arc: use the runs folder")
-    jobs = [(e, None, False) for e in arc["experiments"]]
-    if sweep: jobs += [(e, s, True) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
+    jobs = [(e, {}, {}, arc["protocols"]) for e in arc["experiments"]]
+    if sweep: jobs += [(e, {"seed": s}, {"sweep": True}, arc["protocols"]) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
+    jobs += [(e, {"lofo_fold": f}, {"lofo": held}, arc["protocols"]) for e in arc["lofo"] for f, (_, held) in enumerate(lofo_folds())]
+    jobs += [(e, params, {"ablation": label}, [prot]) for e in arc["ablation"] for label, prot, params in ABLATION_STEPS]
     rows = []
-    for stem, seed, in_sweep in jobs:
-        for protocol in arc["protocols"]:
-            extra = {"protocol": protocol, **({"seed": seed} if seed is not None else {})}
-            base = Config.from_yaml(arc_file.parent / f"{stem}.yaml", **{**overrides, **extra})
+    for stem, params, tags, protocols in jobs:
+        for protocol in protocols:
+            make = lambda **p: Config.from_yaml(arc_file.parent / f"{stem}.yaml", **{**overrides, "protocol": protocol, **p})
+            base = make(**params)
+            if base.lofo_fold >= 0:        # the fold equal to the experiment's own families is the experiment's run
+                own = make()
+                base = own if (own.train_families, own.eval_family) == (base.train_families, base.eval_family) else base
             for bb in [backbone_spec(base.backbone).name, *stand_ins]:
                 cfg = dataclasses.replace(base, backbone=bb)
                 stand_in = bb != backbone_spec(base.backbone).name
                 cfg = dataclasses.replace(cfg, run_dir=str(Path(runs_dir) / run_id(cfg)))
                 rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
-                             "sweep": in_sweep, "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
+                             "sweep": tags.get("sweep", False), "lofo": tags.get("lofo", ""), "ablation": tags.get("ablation", ""),
+                             "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
                              "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
     plan = pd.DataFrame(rows)
     same = [json.dumps({k: v for k, v in c.to_dict().items() if k not in ("experiment", "run_dir")}, sort_keys=True)

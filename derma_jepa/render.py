@@ -14,9 +14,9 @@ import pandas as pd
 from .data import atomic_write_bytes, load_records
 from .experiment import resolve_data
 from .pairs import render_side
-from .report import (_fig_bytes, arc_table, backbone_label, collect, optimiser_table, rephoto_table, scorer_label,
-                               sweep_delta_table, sweep_table, tex_symbols,
-                               tex_text, to_latex, to_markdown)
+from .report import (_fig_bytes, ablation_table, arc_table, backbone_label, collect, in_arc, interval_table, lofo_table, optimiser_table, rephoto_delta_table,
+                               rephoto_table, scorer_label, sweep_delta_table, sweep_table, tex_symbols, tex_text, to_latex,
+                               to_markdown)
 from .safety import write_marked_dir
 
 # %% auto #0
@@ -27,7 +27,7 @@ __all__ = ['PROTOCOL_COLOURS', 'ROC_SCORERS', 'GALLERY_ROWS', 'FIGURES', 'PLAN_F
 # %% ../nbs/21_render.ipynb #2103d9de
 def arc_runs(long: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     "Arc runs (no sweep seeds), one row per (run, scorer) of `split`, labelled 'experiments · backbone'."
-    t = long[~long.sweep & long.split.eq(split)] if "split" in long else long.iloc[:0]
+    t = long[in_arc(long) & long.split.eq(split)] if "split" in long else long.iloc[:0]
     t = t.drop_duplicates(["run_dir", "scorer"])
     return t.assign(label=[f"{e} · {backbone_label(b, s)}" for e, b, s in zip(t.experiments, t.backbone, t.stand_in)])
 
@@ -131,7 +131,7 @@ ROC_SCORERS = ("predictor", "pixel_l2", "ssim", "cosine", "target_only_probe")
 
 def experiment_runs(plan: pd.DataFrame, experiment: str = "EXP-004") -> pd.DataFrame:
     "The arc rows of `experiment` that ran, one per run directory."
-    rows = plan[(plan.experiment == experiment) & ~plan.sweep & (plan.status == "run")].drop_duplicates("run_dir")
+    rows = plan[(plan.experiment == experiment) & in_arc(plan) & (plan.status == "run")].drop_duplicates("run_dir")
     return rows[[(Path(d) / "metrics.json").exists() for d in rows.run_dir]]
 
 
@@ -253,15 +253,30 @@ MAIN_TEX = r"""\documentclass[11pt]{article}
 \date{}
 \begin{document}
 \maketitle
-\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs. Rows marked ``not run'' had no weights on the machine that rendered this paper.
+\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs (Table~\ref{tab:intervals} measures by how much). Rows marked ``not run'' had no weights on the machine that rendered this paper.
 
 \section{The arc}
-Per protocol: the predictor, the strongest baseline, $\Delta$ = predictor $-$ strongest baseline with its interval, the verdict (the release's fixed-threshold rule under reference, labelled so; under symmetric, improved or worse when $\Delta$'s interval excludes 0, else matched), the two single-side probes (the leak detectors: 0.5 when one side alone carries no label) and the predictor's AUROC on the real re-photography pairs against the changing pairs (symmetric only). A run that several experiments share (an offline stand-in for experiments that differ only in the hub backbone) is one row naming them all.
+Per protocol: the predictor, the strongest baseline, $\Delta$ = predictor $-$ strongest baseline with its interval, the verdict (the release's fixed-threshold rule under reference, labelled so; under symmetric, improved or worse when $\Delta$'s interval excludes 0, else matched), the two single-side probes (the leak detectors: 0.5 when one side alone carries no label), the predictor's AUROC on the real re-photograph endpoint, and that endpoint's $\Delta$ against the baseline its own validation split chose, with the verdict read off $\Delta$'s interval (the same rule under both protocols). A run that several experiments share (an offline stand-in for experiments that differ only in the hub backbone) is one row naming them all.
 \input{tables/arc.tex}
 
 \section{The re-photo endpoint}
-Under the symmetric protocol a synthetic stable pair is two draws of nuisance on the same photograph, which a pixel metric separates from a different lesion almost by construction. The real re-photographs (two photographs of one lesion) are the realistic stable pairs: here every scorer's test AUROC on both endpoints, per protocol (``--'' where a run has no re-photo pairs: the reference protocol has none yet).
+Under the symmetric protocol a synthetic stable pair is two draws of nuisance on the same photograph, which a pixel metric separates from a different lesion almost by construction. The real re-photographs are the realistic stable pairs: per lesion photographed more than once, two of its photographs against a changing pair that keeps the same context photograph and takes another lesion of the same diagnosis and site (so the two kinds have one diagnosis and site mix), on validation and test. They are the same pairs under both protocols (drawn from the lesions both split rules place alike), beside each protocol's own pairs, so the protocols differ there only in what was trained. Intervals resample lesions, each with its two pairs, shared by every scorer. Here every scorer's test AUROC on both endpoints, per protocol.
 \input{tables/rephoto.tex}
+
+The predictor's re-photo $\Delta$ with its paired interval, against the baseline the endpoint's validation split chose, the raw cosine and the bias-only control.
+\input{tables/rephoto_deltas.tex}
+
+\section{Each leak closed in turn}
+EXP-004 from the reference protocol to the symmetric one, one difference of the release closed at a time and cumulatively: processing (both sides of both labels processed), per-pair random streams, dx-matched selection, a random partner, the checksum split rule, the paper's preset, the autograd trainer; then the symmetric protocol itself (which differs from the last step only in how it evaluates: baseline rule, bootstrap, missing-lesion rule). Each number is test AUROC with its change from the step before: the target-only probe (the leak's measure), the predictor, the bias-only control, the strongest baseline on test, and the predictor on the re-photo endpoint.
+\input{tables/ablation.tex}
+
+\section{Every held-out family}
+EXP-004 in each leave-one-family-out fold: one family held out for validation and test, the other two rotated in training. Every scorer on both endpoints, per protocol; the fold holding out \texttt{strong\_held\_out\_2} is EXP-004 itself.
+\input{tables/lofo.tex}
+
+\section{Resampling units}
+The width of each interval depends on what is resampled: pairs (the release), context lesions (this re-run), or context and target lesions both (two-way, pigeonhole: drawn independently, a pair weighted by the product of its two multiplicities). The ratios to the pair-level width say how far the release's intervals understate the uncertainty on these runs.
+\input{tables/intervals.tex}
 
 \section{Predictor and optimiser}
 \input{tables/optimisers.tex}
@@ -270,7 +285,7 @@ Under the symmetric protocol a synthetic stable pair is two draws of nuisance on
 Mean $\pm$ SD over seeds and the Student-$t$ 95\%% interval of the mean (mean $\pm$ $t_{0.975,n-1}$ SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed; the release's normal-approximation interval (1.96 in place of $t$, too narrow for a handful of seeds) is in its own column.
 \input{tables/sweep.tex}
 
-Paired within each seed (the same split and pairs for every scorer), then summarised over the seeds: predictor $-$ raw cosine, predictor $-$ bias-only control, predictor $-$ the baseline with the highest validation AUROC (one rule for both protocols; the table names the choices), reference $-$ symmetric for the predictor on the same seed, and the target-only probe.
+Paired within each seed (the same split and pairs for every scorer), then summarised over the seeds, on both endpoints: predictor $-$ raw cosine, predictor $-$ bias-only control, predictor $-$ the baseline with the highest validation AUROC (one rule for both protocols; the table names the choices), reference $-$ symmetric for the predictor on the same seed, and the target-only probe.
 \input{tables/sweep_deltas.tex}
 
 \IfFileExists{exp009/exp009.tex}{\input{exp009/exp009.tex}}{}
@@ -284,7 +299,7 @@ def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, 
     "The executed run.ipynb of `experiment` per protocol (first backbone that ran, arc rows only), cleaned of timestamps."
     import nbformat
     from nbdev.clean import clean_nb
-    ran = plan[(plan.status == "run") & ~plan.sweep.astype(bool) & (plan.experiment == experiment)]
+    ran = plan[(plan.status == "run") & in_arc(plan) & (plan.experiment == experiment)]
     out = {}
     for prot, rows in ran.groupby("protocol", sort=True):
         row = rows.iloc[0]
@@ -306,14 +321,24 @@ Backbones: {backbones}.
 
 - `main.tex`: inputs the tables and includes the figures with their captions (`pdflatex main.tex` here);
 - `tables/arc.*`: the arc, both protocols side by side: predictor test AUROC [95% CI], the strongest
-  baseline, Δ [95% CI], verdict, target-only and context-only probes, re-photography AUROC; a run several
-  experiments share is one row naming them all; hub-backbone rows without weights read "not run: …";
+  baseline, Δ [95% CI], verdict, target-only and context-only probes, the re-photo endpoint's AUROC and its
+  Δ against the baseline its val chose, with that verdict; a run several experiments share is one row naming
+  them all; hub-backbone rows without weights read "not run: …";
 - `tables/rephoto.*`: every scorer's test AUROC [95% CI] on the synthetic endpoint beside the real
-  re-photographs, per protocol (arc runs; "–" where a run has no re-photo pairs);
+  re-photographs (re-photo pairs against matched changing pairs, the same pairs under both protocols),
+  per protocol (arc runs);
+- `tables/rephoto_deltas.*`: the predictor's re-photo Δ [95% CI] against the val-chosen baseline, the raw
+  cosine and the bias-only control, per protocol (arc runs);
+- `tables/lofo.*`: EXP-004 in each leave-one-family-out fold, every scorer on both endpoints, per protocol;
+- `tables/ablation.*`: EXP-004 from `reference` to `symmetric`, one release difference closed at a time: the
+  target-only probe, predictor, bias-only control, strongest baseline and re-photo AUROC, each with its change
+  from the step before;
+- `tables/intervals.*`: 95% CI widths of test AUROC when pairs, context lesions, or context and target lesions
+  (two-way) are resampled, and their ratios to the pair width (symmetric arc runs);
 - `tables/optimisers.*`: predictor × optimiser on the EXP-004 data (linear/SGD, MLP/SGD, MLP/Adam);
 - `tables/sweep.*`: the seed sweep, mean ± SD [Student-t 95% CI of the mean] per scorer, and the release's
   1.96 interval in its own column;
-- `tables/sweep_deltas.*`: the sweep paired within each seed: predictor − raw cosine, − bias-only control,
+- `tables/sweep_deltas.*`: the sweep paired within each seed, on both endpoints: predictor − raw cosine, − bias-only control,
   − the val-chosen baseline (one rule for both protocols), reference − symmetric, and the target-only
   probe, each mean ± SD [Student-t 95% CI] with its seeds;
 - `runs.md`: every row of the plan and the executed `run.ipynb` behind it (run directories live under
@@ -326,7 +351,7 @@ Backbones: {backbones}.
 
 Intervals: 95% percentile bootstrap, {n_boot} resamples; symmetric runs resample context lesions within
 each pair kind, shared by every scorer (paired); reference runs keep the release's per-scorer resamples
-of pairs.
+of pairs; the re-photo endpoint resamples lesions, each with its two pairs, under both protocols.
 
 ## Figures
 
@@ -341,10 +366,18 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     "Tables, figures, runs.md, main.tex and README.md from the runs of `plan`, written into `paper_dir`."
     long = collect(plan)
     tables = {"arc": (arc_table(long), "The arc: test AUROC [95\\% CI] of the predictor, the strongest baseline, $\\Delta$ "
-                                       "[95\\% CI], verdict, single-side probes and re-photography AUROC."),
+                                       "[95\\% CI], verdict, single-side probes, re-photo AUROC and re-photo $\\Delta$ with its verdict."),
               "optimisers": (optimiser_table(long), "Predictor $\\times$ optimiser on the EXP-004 data."),
               "rephoto": (rephoto_table(long), "Every scorer's test AUROC [95\\% CI] on the synthetic endpoint and on the real "
                                                "re-photographs, per protocol (arc runs)."),
+              "rephoto_deltas": (rephoto_delta_table(long), "The predictor's re-photo $\\Delta$ [95\\% CI, lesion-level paired "
+                                                            "bootstrap] against the val-chosen baseline, the raw cosine and bias-only."),
+              "ablation": (ablation_table(long), "EXP-004 from the reference to the symmetric protocol, one difference "
+                                                 "closed at a time: test AUROC (change from the step before)."),
+              "intervals": (interval_table(long), "95\\% interval widths of test AUROC by resampling unit (pairs, context "
+                                                  "lesions, context and target lesions two-way), and their ratios to the pair width."),
+              "lofo": (lofo_table(long), "EXP-004 in each leave-one-family-out fold: test AUROC [95\\% CI] of every scorer on "
+                                         "both endpoints, per protocol."),
               "sweep": (sweep_table(long), "Seed sweep: test AUROC, mean $\\pm$ SD [Student-$t$ 95\\% CI of the mean]."),
               "sweep_deltas": (sweep_delta_table(long), "Seed sweep, paired within each seed: differences of test AUROC, "
                                                         "mean $\\pm$ SD [Student-$t$ 95\\% CI of the mean].")}

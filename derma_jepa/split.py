@@ -12,7 +12,7 @@ from .data import DataError
 
 # %% auto #0
 __all__ = ['SPLITS', 'SORT_KEY', 'PROTOCOLS', 'check_fractions', 'check_protocol', 'assign_groups', 'split_records',
-           'split_counts']
+           'shared_split', 'split_counts']
 
 # %% ../nbs/02_split.ipynb #387dd161
 SPLITS = ("train", "val", "test")
@@ -77,6 +77,17 @@ def split_records(records: pd.DataFrame, seed: int, fractions=(0.70, 0.15, 0.15)
         if n < 2: raise DataError(f"split {s!r} has {n} lesion(s) at seed {seed}: every split needs at least 2")
     out["split"] = out.split.astype(str)
     return out
+
+
+def shared_split(records: pd.DataFrame, seed: int, fractions=(0.70, 0.15, 0.15)) -> pd.DataFrame:
+    """The symmetric split of `records`, kept to the lesions that every protocol's split rule puts in the same
+    split and whose files' bytes sit in one split under both: the records an evaluation set shared by both
+    protocols may draw from (neither a lesion of it nor a copy of its files is trained on under either protocol)."""
+    sym = split_records(records, seed, fractions, "symmetric")
+    ref = sym.image_id.map(split_records(records, seed, fractions, "reference").set_index("image_id").split)
+    spread = ref.groupby(sym.sha256.where(sym.sha256.ne(""), sym.image_id)).transform("nunique") > 1
+    out = set(sym.lesion_id[ref.ne(sym.split) | spread])
+    return sym[~sym.lesion_id.isin(out)].reset_index(drop=True)
 
 
 def split_counts(split: pd.DataFrame) -> dict:

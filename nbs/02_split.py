@@ -26,6 +26,11 @@
 # they go to one split. Groups linked by a shared checksum are merged into a component, and the
 # whole component follows the member the permutation reaches first. Where no bytes are shared
 # (most datasets) the split is the reference split.
+#
+# One evaluation set is shared by both protocols: the real re-photograph endpoint (05_pairs).
+# It draws from `shared_split`, the symmetric split kept to the lesions that both rules put in
+# the same split, so no lesion of that set is trained on under either protocol and the two
+# protocols are scored on the same pairs.
 
 # %%
 #| export
@@ -105,6 +110,17 @@ def split_records(records: pd.DataFrame, seed: int, fractions=(0.70, 0.15, 0.15)
     return out
 
 
+def shared_split(records: pd.DataFrame, seed: int, fractions=(0.70, 0.15, 0.15)) -> pd.DataFrame:
+    """The symmetric split of `records`, kept to the lesions that every protocol's split rule puts in the same
+    split and whose files' bytes sit in one split under both: the records an evaluation set shared by both
+    protocols may draw from (neither a lesion of it nor a copy of its files is trained on under either protocol)."""
+    sym = split_records(records, seed, fractions, "symmetric")
+    ref = sym.image_id.map(split_records(records, seed, fractions, "reference").set_index("image_id").split)
+    spread = ref.groupby(sym.sha256.where(sym.sha256.ne(""), sym.image_id)).transform("nunique") > 1
+    out = set(sym.lesion_id[ref.ne(sym.split) | spread])
+    return sym[~sym.lesion_id.isin(out)].reset_index(drop=True)
+
+
 def split_counts(split: pd.DataFrame) -> dict:
     "Lesions and images per split."
     g = split.groupby("split", sort=False)
@@ -144,6 +160,13 @@ for _seed in range(40):
         assert _spans(split_records(_twin, _seed, protocol="reference"))
         break
 else: raise AssertionError("no seed separated the twins")
+# both twins the two rules split apart are left out of the shared split (one moved, the other shares its bytes);
+# every other lesion keeps its split
+_sh = shared_split(_twin, _seed)
+test_eq(set(_sh.group) & {_a, _b}, set())
+test_eq(len(_sh), len(_twin) - (_twin.group.isin([_a, _b])).sum())
+test_eq(_sh.set_index("image_id").split.to_dict(),
+        _sym[~_sym.group.isin([_a, _b])].set_index("image_id").split.to_dict())
 
 # %% [markdown]
 # ## On the real copy
@@ -167,3 +190,5 @@ if os.environ.get("HAM10000_DIR"):
     _sym = split_records(_ham, 20260422, protocol="symmetric")
     assert not _spans(_sym)
     print("symmetric:", split_counts(_sym))
+    _shared = shared_split(_ham, 20260422)
+    print("shared by both rules:", split_counts(_shared), f"({_ham.lesion_id.nunique() - _shared.lesion_id.nunique()} lesions left out)")

@@ -59,7 +59,9 @@ from fastcore.test import test_eq, test_fail
 # %%
 #| export
 POLICIES = ("strict", "fallback")
-KINDS = ("stable", "changing", "rephoto", "selection")
+KINDS = ("stable", "changing", "rephoto", "selection", "rephoto_changing")   # new kinds go last: the streams keep their keys
+CHANGING_KINDS = ("changing", "rephoto_changing")
+ENDPOINT_KINDS = ("rephoto", "rephoto_changing")
 
 
 def parse_families(families, preset: str) -> tuple[str, ...]:
@@ -143,7 +145,7 @@ MANIFEST_COLUMNS = ["pair_id", "split", "label", "kind", "family", "context_imag
 
 
 def _row(split, kind, i, family, c, t, c_recipe, t_recipe, tier, protocol) -> dict:
-    return dict(pair_id=f"{split}_{kind}_{i:04d}", split=split, label=int(kind == "changing"), kind=kind,
+    return dict(pair_id=f"{split}_{kind}_{i:04d}", split=split, label=int(kind in CHANGING_KINDS), kind=kind,
                 family=family, context_image_id=c.image_id, target_image_id=t.image_id,
                 context_recipe=recipe_json(c_recipe), target_recipe=recipe_json(t_recipe),
                 context_lesion_id=c.lesion_id, target_lesion_id=t.lesion_id, dx=c.dx, site=c.site,
@@ -160,62 +162,46 @@ def _split_recs(split_df: pd.DataFrame, split: str, need: int) -> pd.DataFrame:
 
 
 # %% [markdown]
-# ## The reference manifest (PROTOCOL A3, exactly)
+# ## One pair builder, four switches
 #
-# Stable pair i: the context is `records[i]` of the sorted split, untouched; the target is one
-# draw of `families[i mod k]` on the same image, from the single stream. Changing pairs walk
-# anchors cyclically from position n (the number of stable pairs), at most 4N steps; the partner is
-# `candidates[cursor mod len]`; an anchor without partner is skipped and counted. Neither side
-# of a changing pair is processed. The stream is consumed train, val, test, stable pairs only.
+# The release's manifest (PROTOCOL A3) and the paper's (PROTOCOL B2) differ in four ways of
+# building pairs, and in a fifth, the split rule (02_split). The four are a table of switches, one
+# builder reads them, so each difference can be closed on its own (the ablation of 12_experiment):
+#
+# | switch | `reference` (the release) | `symmetric` (the paper) |
+# |---|---|---|
+# | `processing` | only a stable pair's target is processed; the context and both sides of a changing pair are untouched originals (not even fit to 224) | both sides of both labels get an independent draw of the split's family |
+# | `streams` | one generator, `default_rng(seed + 1009)`, consumed in order: train, val, test | a generator per pair, `SeedSequence(seed, spawn_key=(split, kind, i))`, spawned into context, target and partner streams, so any pair can be rebuilt alone |
+# | `selection` | stable pair i is `records[i]` of the dx-sorted split; changing anchors walk cyclically from position n, at most 4N steps, skipping (and counting) anchors without partner | the split's dx mix as per-dx quotas (largest remainder); stable contexts and changing anchors (among images with a partner) sampled within each dx, on a selection generator of their own |
+# | `partner` | `candidates[walk position mod len]` | a draw from the pair's partner stream |
+#
+# Under `reference` the stream is consumed by stable targets only (nothing else is drawn).
+# Families rotate by pair index, for changing pairs exactly like stable ones wherever they are
+# processed.
 
 # %%
 #| export
-def reference_manifest(split_df, train_families, eval_families, policy="strict", preset="reference",
-                       pairs_per_split=1000, seed=20260422, size=224) -> tuple[pd.DataFrame, dict]:
-    "The release's manifest, and its construction log (skipped anchors, partner tiers)."
-    rng = np.random.default_rng(seed + 1009)
-    rows, log = [], {"changing_skipped": {}, "changing_tiers": {}}
-    for split in SPLITS:
-        fams = train_families if split == "train" else eval_families
-        recs = _split_recs(split_df, split, pairs_per_split)
-        items = list(recs.itertuples(index=False))
-        for i in range(pairs_per_split):
-            fam = fams[i % len(fams)]
-            rows.append(_row(split, "stable", i, fam, items[i], items[i], NONE_RECIPE,
-                             draw_recipe(fam, rng, i, preset, size), "same-image", "reference"))
-        partners, N = Partners(recs), len(recs)
-        made, skipped, tiers, cursor = 0, 0, Counter(), 0
-        while made < pairs_per_split and cursor < 4 * N:
-            a = (cursor + pairs_per_split) % N
-            cands, tier = partners.candidates(a, policy)
-            if tier is None: skipped += 1
-            else:
-                rows.append(_row(split, "changing", made, "none", items[a], items[cands[cursor % len(cands)]],
-                                 NONE_RECIPE, NONE_RECIPE, tier, "reference"))
-                made += 1; tiers[tier] += 1
-            cursor += 1
-        if made < pairs_per_split:
-            raise DataError(f"split {split!r}: only {made} changing pairs under policy {policy!r} "
-                            f"({pairs_per_split} requested, {skipped} anchors without partner)")
-        log["changing_skipped"][split], log["changing_tiers"][split] = skipped, dict(tiers)
-    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+PAIRING = {"reference": {"processing": "target", "streams": "sequential", "selection": "sorted", "partner": "walk"},
+           "symmetric": {"processing": "both", "streams": "per-pair", "selection": "dx", "partner": "random"}}
+ABLATIONS = ("processing", "streams", "selection", "partner", "split")    # `split`: 02_split's rule, the rest PAIRING's
 
 
-# %% [markdown]
-# ## The symmetric manifest (PROTOCOL B2)
-#
-# Selection first, per split and label: the split's dx mix is turned into per-dx quotas
-# (largest remainder), stable contexts are sampled without replacement within each dx, changing
-# anchors likewise among the images that have a partner (with replacement only where a dx has
-# fewer eligible anchors than its quota). Then every pair gets its own generator from
-# `SeedSequence(seed, spawn_key=(split, kind, i))`, spawned into context, target and partner
-# streams, so any pair can be rebuilt alone. Both sides of every pair are fit to 224 and drawn
-# from the split's family; when the train families rotate by index, changing pairs rotate
-# exactly like stable ones. Optional `rephoto` pairs: two different images (different bytes) of
-# one lesion, one pair per lesion that has them, processed like every other side.
+def parse_ablate(ablate) -> tuple[str, ...]:
+    "The differences a `reference` run takes from `symmetric`, in ABLATIONS' order (a comma list or a sequence)."
+    names = [n.strip() for n in (ablate.split(",") if isinstance(ablate, str) else ablate) if n.strip()]
+    bad = [n for n in names if n not in ABLATIONS]
+    if bad: raise DataError(f"ablate: unknown difference {bad[0]!r}; choose among {', '.join(ABLATIONS)}")
+    return tuple(n for n in ABLATIONS if n in names)
 
-# %%
-#| export
+
+def pairing_for(protocol: str, ablate=()) -> dict:
+    "The switches `protocol` builds pairs with, those named in `ablate` taken from `symmetric`."
+    p = dict(PAIRING[check_protocol(protocol)])
+    for k in parse_ablate(ablate):
+        if k in p: p[k] = PAIRING["symmetric"][k]
+    return p
+
+
 def pair_streams(seed: int, split: str, kind: str, index: int) -> list[np.random.Generator]:
     "The context, target and partner generators of one symmetric pair."
     ss = np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index(kind), index))
@@ -254,47 +240,128 @@ def select_by_dx(rng, dx: np.ndarray, eligible: np.ndarray, quotas: dict) -> np.
     return rng.permutation(np.concatenate(picks)) if picks else eligible[:0]
 
 
-def symmetric_manifest(split_df, train_families, eval_families, policy="strict", preset="paper",
-                       pairs_per_split=1000, seed=20260422, size=224, rephoto=False) -> tuple[pd.DataFrame, dict]:
-    "The paper's manifest with both sides of both labels processed, per-pair seeds, dx-matched selection."
-    rows, log = [], {"changing_tiers": {}, "changing_anchors_reused": {}}
+def _walk(partners: Partners, n: int, N: int, policy: str, split: str) -> tuple[list[tuple[int, int]], int]:
+    "The release's changing anchors: (anchor, walk position) from position n on, cyclically, at most 4N steps; and the skips."
+    anchors, skipped, cursor = [], 0, 0
+    while len(anchors) < n and cursor < 4 * N:
+        a = (cursor + n) % N
+        if partners.candidates(a, policy)[1] is None: skipped += 1
+        else: anchors.append((a, cursor))
+        cursor += 1
+    if len(anchors) < n:
+        raise DataError(f"split {split!r}: only {len(anchors)} changing pairs under policy {policy!r} "
+                        f"({n} requested, {skipped} anchors without partner)")
+    return anchors, skipped
+
+
+def pair_manifest(split_df, train_families, eval_families, policy="strict", preset="paper", pairs_per_split=1000,
+                  seed=20260422, size=224, pairing=PAIRING["symmetric"], protocol="symmetric") -> tuple[pd.DataFrame, dict]:
+    "A manifest built with the `pairing` switches (rows labelled `protocol`), and its construction log."
+    n, both = pairs_per_split, pairing["processing"] == "both"
+    seq = np.random.default_rng(seed + 1009) if pairing["streams"] == "sequential" else None
+    streams = (lambda split, kind, i: [seq] * 3) if seq is not None else (lambda split, kind, i: pair_streams(seed, split, kind, i))
+    draw = lambda fam, g, i: draw_recipe(fam, g, i, preset, size, private=seq is None)
+    rows, log = [], {"changing_tiers": {}, **({"changing_skipped": {}} if pairing["selection"] == "sorted" else {"changing_anchors_reused": {}})}
     for split in SPLITS:
         fams = train_families if split == "train" else eval_families
-        recs = _split_recs(split_df, split, pairs_per_split)
-        items, dx = list(recs.itertuples(index=False)), recs.dx.to_numpy()
-        quotas = dx_quotas(recs.dx, pairs_per_split)
-        sel = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index("selection"))))
-        stable = select_by_dx(sel, dx, np.arange(len(recs)), quotas)
-        partners = Partners(recs)
-        eligible = np.array([a for a in range(len(recs)) if partners.candidates(a, policy)[1] is not None], int)
-        if not len(eligible): raise DataError(f"split {split!r}: no image has a changing partner under policy {policy!r}")
-        anchors = select_by_dx(sel, dx, eligible, quotas)
+        recs = _split_recs(split_df, split, n)
+        items, dx, N, partners = list(recs.itertuples(index=False)), recs.dx.to_numpy(), len(recs), Partners(recs)
+        if pairing["selection"] == "dx":
+            quotas = dx_quotas(recs.dx, n)
+            sel = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLITS.index(split), KINDS.index("selection"))))
+            stable = select_by_dx(sel, dx, np.arange(N), quotas)
+            eligible = np.array([a for a in range(N) if partners.candidates(a, policy)[1] is not None], int)
+            if not len(eligible): raise DataError(f"split {split!r}: no image has a changing partner under policy {policy!r}")
+            anchors = [(int(a), i) for i, a in enumerate(select_by_dx(sel, dx, eligible, quotas))]
+            log["changing_anchors_reused"][split] = len(anchors) - len({a for a, _ in anchors})
+        else:
+            stable, (anchors, log["changing_skipped"][split]) = np.arange(n), _walk(partners, n, N, policy, split)
         for i, c in enumerate(stable):
-            fam = fams[i % len(fams)]
-            cr, tr = pair_recipes(seed, split, "stable", i, fam, preset, size)
-            rows.append(_row(split, "stable", i, fam, items[c], items[c], cr, tr, "same-image", "symmetric"))
+            fam, g = fams[i % len(fams)], streams(split, "stable", i)
+            cr = draw(fam, g[0], i) if both else NONE_RECIPE
+            rows.append(_row(split, "stable", i, fam, items[c], items[c], cr, draw(fam, g[1], i), "same-image", protocol))
         tiers = Counter()
-        for i, a in enumerate(anchors):
-            fam = fams[i % len(fams)]
+        for i, (a, pos) in enumerate(anchors):
             cands, tier = partners.candidates(a, policy)
-            streams = pair_streams(seed, split, "changing", i)
-            t = cands[int(streams[2].integers(len(cands)))]
-            cr, tr = pair_recipes(seed, split, "changing", i, fam, preset, size, streams)
-            rows.append(_row(split, "changing", i, fam, items[a], items[t], cr, tr, tier, "symmetric"))
+            g = streams(split, "changing", i)
+            t = cands[int(g[2].integers(len(cands)))] if pairing["partner"] == "random" else cands[pos % len(cands)]
+            fam = fams[i % len(fams)] if both else "none"
+            cr, tr = (draw(fam, g[0], i), draw(fam, g[1], i)) if both else (NONE_RECIPE, NONE_RECIPE)
+            rows.append(_row(split, "changing", i, fam, items[a], items[t], cr, tr, tier, protocol))
             tiers[tier] += 1
         log["changing_tiers"][split] = dict(tiers)
-        log["changing_anchors_reused"][split] = int(len(anchors) - len(set(anchors.tolist())))
-        if rephoto:
-            uniq = recs.drop_duplicates("sha256")
-            groups = {k: uniq.index[v] for k, v in uniq.groupby("lesion_id", sort=True).indices.items() if len(v) >= 2}
-            for i, lesion in enumerate(sorted(groups)):
-                fam, g = fams[i % len(fams)], groups[lesion]
-                streams = pair_streams(seed, split, "rephoto", i)
-                pick = streams[2].choice(len(g), size=2, replace=False)
-                c, t = (items[j] for j in g[pick])
-                cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size, streams)
-                rows.append(_row(split, "rephoto", i, fam, c, t, cr, tr, "same-lesion", "symmetric"))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+
+
+# %% [markdown]
+# ## The real re-photograph endpoint, shared by both protocols
+#
+# A synthetic stable pair under `symmetric` is two draws on *the same photograph*; a pixel metric
+# tells it from a different lesion almost by construction. The honest stable pair is a real
+# re-photograph: two different photographs (different bytes) of one lesion. HAM10000 has 1,956
+# lesions with two or more.
+#
+# The endpoint is one evaluation set per split (val and test) and seed, built the same way under
+# both protocols, beside (never inside) each protocol's own pairs, so the release's pairs stay
+# byte-identical and the two protocols differ only in what they trained. Per lesion with two
+# photographs (in lesion order): a **re-photo pair** (two of its photographs, drawn from the pair's
+# own stream) and a **matched changing pair** that keeps the re-photo pair's context side (the same
+# photograph, the same recipe) and takes as target another lesion's photograph, a partner under the
+# run's policy (same diagnosis and site under `strict`). The comparison is then paired by
+# construction: each lesion contributes one stable and one changing pair with one shared context,
+# and the two kinds have the same diagnosis and site mix, which the main changing pairs do not
+# (their dx mix follows the split, 67% nv, against ~52% nv among lesions with re-photographs). A
+# lesion without a partner contributes neither pair (logged). Both sides of both pairs are drawn
+# from the split's family with the symmetric preset, like every symmetric side. The records come
+# from `shared_split` (02_split), so no lesion of the set is trained on under either protocol.
+
+# %%
+#| export
+ENDPOINT_SPLITS = ("val", "test")
+
+
+def rephoto_endpoint(shared: pd.DataFrame, families, policy="strict", preset="paper", seed=20260422, size=224,
+                     splits=ENDPOINT_SPLITS) -> tuple[pd.DataFrame, dict]:
+    "Re-photo pairs and their matched changing pairs on `shared` split records (02_split's `shared_split`), with a log."
+    families = parse_families(families, preset)
+    rows, log = [], {"lesions": {}, "without_partner": {}, "changing_tiers": {}}
+    for split in splits:
+        recs = shared[shared.split == split].reset_index(drop=True)
+        items, partners = list(recs.itertuples(index=False)), Partners(recs)
+        uniq = recs.drop_duplicates("sha256")
+        groups = {k: uniq.index[v] for k, v in uniq.groupby("lesion_id", sort=True).indices.items() if len(v) >= 2}
+        tiers, lonely = Counter(), 0
+        for i, lesion in enumerate(sorted(groups)):
+            fam, g = families[i % len(families)], groups[lesion]
+            streams, other = pair_streams(seed, split, "rephoto", i), pair_streams(seed, split, "rephoto_changing", i)
+            c, t = g[streams[2].choice(len(g), size=2, replace=False)]
+            cands, tier = partners.candidates(c, policy)
+            if tier is None: lonely += 1; continue
+            p = cands[int(other[2].integers(len(cands)))]
+            cr, tr = pair_recipes(seed, split, "rephoto", i, fam, preset, size, streams)
+            pr = pair_recipes(seed, split, "rephoto_changing", i, fam, preset, size, other)[1]
+            rows += [_row(split, "rephoto", i, fam, items[c], items[t], cr, tr, "same-lesion", "shared"),
+                     _row(split, "rephoto_changing", i, fam, items[c], items[p], cr, pr, tier, "shared")]
+            tiers[tier] += 1
+        log["lesions"][split], log["without_partner"][split], log["changing_tiers"][split] = len(groups), lonely, dict(tiers)
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), log
+
+
+def _tvd(a: pd.Series, b: pd.Series) -> float:
+    "Total-variation distance between the value distributions of two columns."
+    return round(float(0.5 * a.value_counts(normalize=True).sub(b.value_counts(normalize=True), fill_value=0).abs().sum()), 4)
+
+
+def endpoint_mix(m: pd.DataFrame) -> dict:
+    """Per split with re-photo pairs: how many, the diagnosis and site TVD between the re-photo pairs' targets and
+    the matched changing pairs' targets (their contexts are the same photographs), and for comparison the diagnosis
+    TVD the re-photo pairs would have against the split's main changing pairs."""
+    out = {}
+    for s, g in m[m.kind.isin(ENDPOINT_KINDS)].groupby("split", sort=False):
+        r, c, main = g[g.kind == "rephoto"], g[g.kind == "rephoto_changing"], m[(m.split == s) & (m.kind == "changing")]
+        out[s] = {"pairs": int(len(r)), "tv_dx": _tvd(r.target_dx, c.target_dx), "tv_site": _tvd(r.target_site, c.target_site),
+                  "tv_dx_vs_main_changing": _tvd(r.dx, main.dx) if len(main) else None}
+    return out
 
 
 # %% [markdown]
@@ -345,27 +412,30 @@ def validate_manifest(m: pd.DataFrame, policy: str = "strict") -> pd.DataFrame:
 # %% [markdown]
 # ## One entry point
 #
-# `build_manifest` takes the data-side configuration, dispatches on the protocol, validates, and
+# `build_manifest` takes the data-side configuration, builds the pairs with the protocol's switches
+# (or, for the ablation, `reference` with some of them taken from `symmetric`), validates, and
 # returns the manifest with its construction log.
 
 # %%
 #| export
 def build_manifest(split_df: pd.DataFrame, protocol="symmetric", train_families="strong", eval_family=None,
                    changing_policy="strict", preset=None, pairs_per_split=1000, seed=20260422, size=224,
-                   rephoto=False) -> tuple[pd.DataFrame, dict]:
-    "A validated pair manifest for `protocol`, and its construction log."
-    preset = default_preset(protocol, preset)
+                   shared: pd.DataFrame | None = None, ablate=()) -> tuple[pd.DataFrame, dict]:
+    """A validated pair manifest for `protocol` (with the pairing differences named in `ablate` taken from `symmetric`),
+    and its construction log; with `shared` (02_split's `shared_split` of the same records and seed) the re-photo
+    endpoint follows the protocol's pairs, built the same under both."""
+    named, preset, pairing = preset, default_preset(protocol, preset), pairing_for(protocol, ablate)
     if changing_policy not in POLICIES:
         raise DataError(f"unknown changing_policy {changing_policy!r}: choose one of {', '.join(POLICIES)}")
     if int(pairs_per_split) < 1: raise DataError(f"pairs_per_split must be at least 1, got {pairs_per_split}")
     train = parse_families(train_families, preset)
     evalf = parse_families(eval_family, preset) if eval_family else train
-    if protocol == "reference":
-        if rephoto: raise DataError("rephoto pairs belong to the symmetric protocol; the release has none")
-        m, log = reference_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size)
-    else:
-        m, log = symmetric_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size, rephoto)
+    m, log = pair_manifest(split_df, train, evalf, changing_policy, preset, pairs_per_split, seed, size, pairing, protocol)
     log.update(protocol=protocol, preset=preset, train_families=list(train), eval_families=list(evalf))
+    if pairing != PAIRING[protocol]: log["pairing"] = pairing
+    if shared is not None:
+        e, log["rephoto"] = rephoto_endpoint(shared, evalf, changing_policy, default_preset("symmetric", named), seed, size)
+        m = pd.concat([m, e], ignore_index=True)
     return validate_manifest(m, changing_policy), log
 
 
@@ -384,7 +454,7 @@ def distinct_sides(m: pd.DataFrame) -> int:
 def dx_mix(m: pd.DataFrame) -> dict:
     "Per split and label: the dx distribution of the pairs, and the total-variation distance between labels."
     out = {}
-    for s, g in m[m.kind != "rephoto"].groupby("split", sort=False):
+    for s, g in m[m.kind.isin(["stable", "changing"])].groupby("split", sort=False):
         mix = pd.crosstab(g.dx, g.label, normalize="columns")
         out[s] = {"stable": {k: round(float(v), 4) for k, v in mix.get(0, pd.Series()).items()},
                   "changing": {k: round(float(v), 4) for k, v in mix.get(1, pd.Series()).items()},
@@ -433,18 +503,18 @@ def pair_gallery(manifest: pd.DataFrame, records: pd.DataFrame, n: int = 3, size
 # %%
 from derma_jepa.data import load_records
 from derma_jepa.fixture import fixture_dir
-from derma_jepa.split import split_records
+from derma_jepa.split import shared_split, split_records
 
 _recs = load_records(fixture_dir(n_lesions=300, seed=0))
 _sp = split_records(_recs, seed=7)
 _kw = dict(train_families="strong,strong_held_out", eval_family="strong_held_out_2", pairs_per_split=40, seed=7)
 _ref, _rlog = build_manifest(_sp, "reference", **_kw)
-_sym, _slog = build_manifest(_sp, "symmetric", rephoto=True, **_kw)
+_sym, _slog = build_manifest(_sp, "symmetric", shared=shared_split(_recs, 7), **_kw)
 test_eq(len(_ref), 240)
 test_eq(set(_ref.context_recipe[_ref.kind == "stable"]) | set(_ref.target_recipe[_ref.kind == "changing"]), {recipe_json(NONE_RECIPE)})
 assert (_sym.context_recipe != recipe_json(NONE_RECIPE)).all() and (_sym.target_recipe != recipe_json(NONE_RECIPE)).all()
 test_eq(_ref.equals(build_manifest(_sp, "reference", **_kw)[0]), True)
-test_eq(_sym.equals(build_manifest(_sp, "symmetric", rephoto=True, **_kw)[0]), True)
+test_eq(_sym.equals(build_manifest(_sp, "symmetric", shared=shared_split(_recs, 7), **_kw)[0]), True)
 # dx mixes match where every diagnosis has partners (the train split here; every split on HAM10000);
 # in this small fixture's val/test, rare diagnoses have no same-site partner, and the gap shows
 assert dx_mix(_sym)["train"]["tv_distance"] <= 0.05, dx_mix(_sym)
@@ -455,6 +525,50 @@ test_eq(set(_tr.family[_tr.pair_id.str[-1].astype(int) % 2 == 0]), {"strong"})
 test_eq(_tr.groupby("kind").family.value_counts().unstack().loc["changing"].tolist(),
         _tr.groupby("kind").family.value_counts().unstack().loc["stable"].tolist())
 assert (_sym.kind == "rephoto").sum() > 0
+
+# %% [markdown]
+# The endpoint: the release's pairs are unchanged by the set beside them, the set is the same rows
+# under both protocols, and each re-photo pair has a changing twin with the same context side.
+
+# %%
+_ref_e, _ = build_manifest(split_records(_recs, 7, protocol="reference"), "reference", shared=shared_split(_recs, 7), **_kw)
+_end = lambda m: m[m.kind.isin(ENDPOINT_KINDS)].reset_index(drop=True)
+test_eq(_ref_e[_ref_e.kind.isin(["stable", "changing"])].equals(_ref), True)
+test_eq(_end(_ref_e).equals(_end(_sym)), True)
+test_eq(set(_end(_sym).split), set(ENDPOINT_SPLITS))
+_r, _c = (_end(_sym)[_end(_sym).kind == k].reset_index(drop=True) for k in ENDPOINT_KINDS)
+test_eq(_r[["split", "context_image_id", "context_recipe"]].equals(_c[["split", "context_image_id", "context_recipe"]]), True)
+assert (_r.context_lesion_id == _r.target_lesion_id).all() and (_r.context_sha256 != _r.target_sha256).all()
+assert (_c.context_lesion_id != _c.target_lesion_id).all() and (_c.target_dx == _c.dx).all() and (_c.target_site == _c.site).all()
+test_eq((_r.label.unique().tolist(), _c.label.unique().tolist()), ([0], [1]))
+test_eq({s: (v["tv_dx"], v["tv_site"]) for s, v in endpoint_mix(_sym).items()}, {"val": (0.0, 0.0), "test": (0.0, 0.0)})
+test_eq(_slog["rephoto"]["lesions"]["test"], len(_r[_r.split == "test"]) + _slog["rephoto"]["without_partner"]["test"])
+_alone = pair_recipes(7, "test", "rephoto_changing", int(_c.pair_id.iloc[-1][-4:]), _c.family.iloc[-1])[1]
+test_eq(recipe_json(_alone), _c.target_recipe.iloc[-1])
+
+# %% [markdown]
+# Each switch of the ablation changes what it names, on the release's manifest: `processing`
+# keeps every pair and processes every side; `streams` keeps every pair and redraws the targets;
+# `partner` keeps the stable pairs and the anchors and redraws the partners (shown on train: the
+# one stream of the release couples later splits' draws to earlier ones, which is what `streams`
+# undoes); `selection` gives the stable and changing pairs one diagnosis mix.
+
+# %%
+test_eq(pairing_for("reference", "partner,split"), {**PAIRING["reference"], "partner": "random"})
+test_eq(parse_ablate("split,processing"), ("processing", "split"))
+test_fail(lambda: parse_ablate("processing,leak"), contains="unknown difference 'leak'")
+_abl = {k: build_manifest(_sp, "reference", ablate=k, **_kw)[0] for k in ("processing", "streams", "selection", "partner")}
+_pairs_of = lambda m, kind: m[m.kind == kind][["split", "context_image_id", "target_image_id"]].reset_index(drop=True)
+_recipes_of = lambda m, kind: m.target_recipe[m.kind == kind].reset_index(drop=True)
+for _k in ("processing", "streams"):
+    test_eq([_pairs_of(_abl[_k], kd).equals(_pairs_of(_ref, kd)) for kd in ("stable", "changing")], [True, True])
+assert (_abl["processing"].context_recipe != recipe_json(NONE_RECIPE)).all()
+assert (_recipes_of(_abl["streams"], "stable") != _recipes_of(_ref, "stable")).all()
+_tr_of = lambda m: m[m.split == "train"].reset_index(drop=True)
+test_eq(_tr_of(_abl["partner"])[lambda m: m.kind == "stable"].equals(_tr_of(_ref)[lambda m: m.kind == "stable"]), True)
+test_eq(list(_pairs_of(_abl["partner"], "changing").context_image_id), list(_pairs_of(_ref, "changing").context_image_id))
+assert (_pairs_of(_abl["partner"], "changing").target_image_id != _pairs_of(_ref, "changing").target_image_id).any()
+assert dx_mix(_abl["selection"])["train"]["tv_distance"] <= 0.05 < dx_mix(_ref)["train"]["tv_distance"]
 
 # %%
 _k = _sym[_sym.kind == "changing"].iloc[13]
@@ -494,7 +608,8 @@ test_fail(lambda: build_manifest(_sp, "symmetric", pairs_per_split=10_000), cont
 # %%
 import os
 if os.environ.get("HAM10000_DIR"):
-    _ham = split_records(load_records(os.environ["HAM10000_DIR"]), 20260422, protocol="reference")
+    _hrec = load_records(os.environ["HAM10000_DIR"])
+    _ham = split_records(_hrec, 20260422, protocol="reference")
     _m4, _l4 = build_manifest(_ham, "reference", "strong,strong_held_out", "strong_held_out_2")
     test_eq((len(_m4), distinct_sides(_m4)), (6000, 8004))
     test_eq(_l4["changing_skipped"], {"train": 8, "val": 15, "test": 18})
@@ -503,11 +618,16 @@ if os.environ.get("HAM10000_DIR"):
     test_eq(distinct_sides(_m1), 8015)
     test_eq(_l1["changing_tiers"], {"train": {"dx+site": 992, "dx": 8}, "val": {"dx+site": 985, "dx": 15},
                                     "test": {"dx+site": 982, "dx": 18}})
-    _hs = split_records(load_records(os.environ["HAM10000_DIR"]), 20260422, protocol="symmetric")
-    _s4, _ = build_manifest(_hs, "symmetric", "strong,strong_held_out", "strong_held_out_2", rephoto=True)
+    _hs = split_records(_hrec, 20260422, protocol="symmetric")
+    _s4, _sl4 = build_manifest(_hs, "symmetric", "strong,strong_held_out", "strong_held_out_2",
+                               shared=shared_split(_hrec, 20260422))
     assert all(v["tv_distance"] <= 0.05 for v in dx_mix(_s4).values()), dx_mix(_s4)
     print(pd.DataFrame({s: {"tv_distance": v["tv_distance"]} for s, v in dx_mix(_s4).items()}))
     print(_s4.groupby(["split", "kind"]).size().unstack())
+    # the endpoint: matched changing pairs have the re-photo pairs' diagnosis and site mix; the main changing pairs do not
+    _mix = pd.DataFrame(endpoint_mix(_s4)).T
+    print(_mix, "\nlesions without a partner:", _sl4["rephoto"]["without_partner"])
+    assert (_mix.tv_dx == 0).all() and (_mix.tv_site == 0).all() and (_mix.tv_dx_vs_main_changing > 0.1).all()
 
 # %% [markdown]
 # The two protocols on the same fixture split: in `reference`, only the stable target is

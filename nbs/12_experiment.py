@@ -42,18 +42,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from sklearn.metrics import roc_auc_score
 
 from derma_jepa.backbones import ALIASES, backbone_spec, get_backbone
 from derma_jepa.data import DataError, load_records, require_readable, summarise_audit
 from derma_jepa.nuisance import HELD_OUT_FAMILIES
-from derma_jepa.pairs import POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, lofo_folds, parse_families
+from derma_jepa.pairs import (ENDPOINT_KINDS, POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, endpoint_mix,
+                              lofo_folds, parse_ablate, parse_families)
 from derma_jepa.safety import ConfigError, check_destination, coerce, coerce_fields, write_marked_dir
-from derma_jepa.split import SPLITS, check_fractions, check_protocol, split_counts, split_records
+from derma_jepa.split import check_fractions, check_protocol, shared_split, split_counts, split_records
 
 # %%
 import tempfile
 from fastcore.test import test_close, test_eq, test_fail
+from sklearn.metrics import roc_auc_score
 from derma_jepa.baselines import BASELINE_SPLITS, PIXEL_SCORERS, pixel_scores, with_paths
 from derma_jepa.predictors import Predictor, control_scores
 
@@ -73,17 +74,47 @@ from derma_jepa.predictors import Predictor, control_scores
 # `train_families` and `eval_family` say. `missing_lesion` says what a blank lesion id in the
 # metadata does (00_data): `auto` is the protocol's rule (`reference`: the release's
 # one-image-lesion fallback, counted in audit.json; `symmetric`: an error naming the rows);
-# `fallback` is the explicit opt-in under `symmetric`. `rephoto` adds the *real* stable pairs: two
-# different photographs of one lesion (HAM10000 has 1,956 such lesions), evaluated against the
-# changing pairs as a second test set (`auto`: on under `symmetric`, off under `reference`, whose
-# release had none; `on` / `off` or a boolean to choose).
+# `fallback` is the explicit opt-in under `symmetric`. `rephoto` adds the real re-photograph
+# endpoint (05_pairs): two different photographs of one lesion against a matched changing pair,
+# on val and test, the same pairs under both protocols, beside the protocol's own pairs (`auto`
+# and `on`: added; `off`, or a boolean false: left out). `ablate` (under `protocol: reference`
+# only) names release differences to close, taken from `symmetric`: the four pairing switches of
+# 05_pairs (`processing`, `streams`, `selection`, `partner`) and `split`, 02_split's checksum
+# rule; it is written to config.yaml only when set, so the runs made before it existed keep their
+# identity.
 #
 # Values are converted only when nothing is lost (03_safety's `coerce`): `seed=1.5`, a negative
-# seed, `rephoto="maybe"` are refused with the parameter's name.
+# seed, `rephoto="maybe"` are refused with the parameter's name. Every integer has a range
+# (`BOUNDS`): a seed at or above 2^32 (numpy and scikit-learn refuse it, but only after the
+# whole computation), `n_boot 1e9` (which would run for days, printing nothing) and the like are
+# refused at once, with the bound and why it is there. Path parameters may not hold control
+# characters (a run_dir ending in a newline would make a folder whose name ends in one) or a
+# name longer than the filesystem allows; `weights` given to a backbone that takes none is an
+# error, not a setting config.yaml records and the run ignores.
 
 # %%
 #| export
 STAGES = ("manifest", "embed", "all")
+# Every integer parameter's range: the low bound is what the method needs, the high one what this code can hold, with why.
+BOUNDS = {"pairs_per_split": (1, 100_000, "HAM10000 has 10,015 images; a manifest row per pair and label"),
+          "fixture_lesions": (20, 100_000, "the fixture's images are generated into the cache"),
+          "image_size": (32, 1024, "one 1024-px float32 batch of 32 is 400 MB before the model"),
+          "epochs": (1, 100_000, "each epoch is a pass over every train stable pair"),
+          "batch_size": (1, 4096, "a batch is held in memory with its activations"),
+          "seed": (0, 2**32 - 1, "numpy and scikit-learn take 32-bit seeds (random_state < 2**32)"),
+          "n_boot": (1, 20_000, "the resample matrix is n_boot x pairs int32 (20,000 x 2,000 pairs = 160 MB), "
+                                "and each resample scores every scorer")}
+NAME_MAX = 255      # bytes in one path component on the usual filesystems (ext4, xfs, apfs)
+
+
+def check_path_text(name: str, value: str) -> str:
+    "A path parameter without control characters (a newline, a tab, NUL) and without a component longer than NAME_MAX."
+    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None: raise ConfigError(f"parameter {name}={value!r} contains the control character {bad!r}")
+    long = next((p for p in Path(value).parts if len(p.encode()) > NAME_MAX), None)
+    if long: raise ConfigError(f"parameter {name}: the name {long[:30]!r}... is {len(long.encode())} bytes, "
+                               f"longer than a file name may be ({NAME_MAX})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -92,6 +123,7 @@ class Config:
     data: str = "fixture"
     fixture_lesions: int = 600
     protocol: str = "symmetric"
+    ablate: str = ""
     train_families: str = "strong,strong_held_out"
     eval_family: str = "strong_held_out_2"
     changing_policy: str = "strict"
@@ -137,7 +169,11 @@ class Config:
             if self.eval_family: parse_families(self.eval_family, preset)
             check_fractions(self.split_fractions)
             backbone_spec(self.backbone)
+            parse_ablate(self.ablate)
         except DataError as e: raise ConfigError(str(e)) from None
+        if self.ablate and self.protocol != "reference":
+            raise ConfigError(f"ablate={self.ablate!r}: the ablation closes the release's differences one at a time, from "
+                              "protocol: reference")
         for name, allowed in [("predictor", ("linear", "mlp")), ("optimizer", ("sgd", "adam")),
                               ("trainer", ("auto", "reference", "autograd"))]:
             if getattr(self, name) not in allowed:
@@ -150,13 +186,18 @@ class Config:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
-        if self.rephoto == "on" and self.protocol == "reference":
-            raise ConfigError("rephoto=on: the reference protocol has no re-photography pairs (the release had none); use auto or off")
         if self.missing_lesion not in ("auto", "error", "fallback"):
             raise ConfigError(f"unknown missing_lesion {self.missing_lesion!r}: choose auto, error or fallback")
-        for name, lo in [("pairs_per_split", 1), ("fixture_lesions", 20), ("image_size", 32), ("epochs", 1), ("batch_size", 1),
-                         ("seed", 0), ("n_boot", 1)]:
-            if getattr(self, name) < lo: raise ConfigError(f"parameter {name}={getattr(self, name)} must be at least {lo}")
+        for name, (lo, hi, why) in BOUNDS.items():
+            v = getattr(self, name)
+            if v < lo: raise ConfigError(f"parameter {name}={v} must be at least {lo}")
+            if v > hi: raise ConfigError(f"parameter {name}={v} must be at most {hi}: {why}")
+        spec = backbone_spec(self.backbone)
+        if self.weights and (spec.library in ("handcrafted", "ssl")):
+            raise ConfigError(f"parameter weights={self.weights!r}: backbone {self.backbone!r} takes no weights "
+                              + ("(it is computed, not learned)" if spec.library == "handcrafted" else "(its name is its checkpoint)"))
+        for name in ("data", "weights", "run_dir"):
+            check_path_text(name, getattr(self, name))
 
     @property
     def resolved_trainer(self) -> str:
@@ -168,8 +209,8 @@ class Config:
 
     @property
     def resolved_rephoto(self) -> bool:
-        "`auto`: the real re-photography pairs in every symmetric run, none under `reference`."
-        return self.rephoto == "on" or (self.rephoto == "auto" and self.protocol == "symmetric")
+        "`auto`: the real re-photograph endpoint in every run, under both protocols."
+        return self.rephoto != "off"
 
     @property
     def resolved_missing_lesion(self) -> str:
@@ -196,7 +237,9 @@ class Config:
         return cls.from_params({**params, **overrides})
 
     def to_dict(self) -> dict:
+        "The fields as config.yaml records them; `ablate` only when set, so the runs made before it keep their identity."
         d = dataclasses.asdict(self); d["split_fractions"] = list(self.split_fractions)
+        if not d["ablate"]: del d["ablate"]
         return d
 
 
@@ -218,14 +261,27 @@ test_eq([(c.train_families, c.eval_family) for c in (Config(lofo_fold=k) for k i
         [("strong_held_out,strong_held_out_2", "strong"), ("strong,strong_held_out_2", "strong_held_out"),
          ("strong,strong_held_out", "strong_held_out_2")])
 test_fail(lambda: Config(lofo_fold=3), contains="there are 3 folds")
+# the ablation: reference with release differences closed; written (and named) only when set
+_ab = Config(protocol="reference", ablate="split, processing")
+test_eq(("ablate" in Config().to_dict(), _ab.to_dict()["ablate"]), (False, "split, processing"))
+test_fail(lambda: Config(ablate="processing"), contains="from protocol: reference")
+test_fail(lambda: Config(protocol="reference", ablate="colour"), contains="unknown difference 'colour'")
 for _bad, _msg in [(dict(seed=1.5), "seed=1.5 is not a valid int"), (dict(seed=-1), "seed=-1 must be at least 0"),
                    (dict(rephoto="maybe"), "rephoto='maybe'"), (dict(epochs=True), "epochs=True"),
-                   (dict(protocol="reference", rephoto=True), "reference protocol has no re-photography pairs"),
                    (dict(n_boot=0), "n_boot=0 must be at least 1"), (dict(missing_lesion="guess"), "unknown missing_lesion")]:
     test_fail(lambda: Config(**_bad), contains=_msg)
+# ranges with the bound and its reason; paths without control characters or over-long names; weights only where used
+for _bad, _msg in [(dict(seed=2**32), "seed=4294967296 must be at most 4294967295: numpy and scikit-learn take 32-bit"),
+                   (dict(n_boot=10**9), "n_boot=1000000000 must be at most 20000: the resample matrix"),
+                   (dict(image_size=4096), "image_size=4096 must be at most 1024"),
+                   (dict(run_dir="runs/x\n"), "run_dir='runs/x\\n' contains the control character '\\n'"),
+                   (dict(run_dir="runs/" + "x" * 300), "is 300 bytes, longer than a file name may be (255)"),
+                   (dict(weights="w.safetensors"), "backbone 'color_texture' takes no weights (it is computed, not learned)")]:
+    test_fail(lambda: Config(**_bad), contains=_msg)
+test_eq(Config(seed=2**32 - 1).seed, 4294967295)
 test_eq([Config(rephoto=v).rephoto for v in (True, "no", "auto", "on")], ["on", "off", "auto", "on"])
 test_eq((Config().resolved_rephoto, Config(protocol="reference").resolved_rephoto, Config(rephoto=False).resolved_rephoto),
-        (True, False, False))
+        (True, True, False))
 test_eq((Config().resolved_missing_lesion, Config(protocol="reference").resolved_missing_lesion,
          Config(missing_lesion="fallback").resolved_missing_lesion), ("error", "fallback", "fallback"))
 
@@ -268,7 +324,8 @@ def run_id(config: Config) -> str:
     what = (re.sub(r"[^a-z0-9]+", "", config.experiment.lower()) if config.experiment else
             f"{config.train_families.replace(',', '+')}-to-{config.eval_family or 'same'}")
     bb = re.sub(r"[^A-Za-z0-9_.-]+", "_", ALIASES.get(config.backbone, config.backbone))
-    return f"{what}-{config.protocol}-{bb}-seed{config.seed}-{h}"
+    prot = config.protocol + "".join(f"+{a}" for a in parse_ablate(config.ablate))
+    return f"{what}-{prot}-{bb}-seed{config.seed}-{h}"
 
 
 def run_path(config: Config) -> Path:
@@ -293,6 +350,11 @@ def destination(config: Config) -> Path:
 def write_run_dir(dest: Path, files: dict[str, bytes], protected=()) -> Path:
     "Write `files` (name -> bytes) as the run directory `dest`, replacing only a run directory of this project's."
     return write_marked_dir(dest, files, "run", protected)
+
+
+# %%
+assert "-reference+processing+split-" in run_id(_ab), run_id(_ab)        # an ablation run names what it closed
+test_eq(run_id(Config()).split("-")[:2], ["strong+strong_held_out", "to"])
 
 
 # %% [markdown]
@@ -332,10 +394,12 @@ class RunResult:
 
 def manifest_for(config: Config, records: pd.DataFrame):
     "Split and manifest of audited `records` under `config`: (split records, manifest, construction log)."
-    split = split_records(records, config.seed, config.split_fractions, config.protocol)
+    rule = "symmetric" if "split" in parse_ablate(config.ablate) else config.protocol       # 02_split's rule
+    split = split_records(records, config.seed, config.split_fractions, rule)
+    shared = shared_split(records, config.seed, config.split_fractions) if config.resolved_rephoto else None
     manifest, log = build_manifest(split, config.protocol, config.train_families, config.eval_family or None,
-                                   config.changing_policy, config.resolved_preset, config.pairs_per_split,
-                                   config.seed, config.image_size, config.resolved_rephoto)
+                                   config.changing_policy, None if config.preset == "auto" else config.preset,
+                                   config.pairs_per_split, config.seed, config.image_size, shared, config.ablate)
     return split, manifest, log
 
 
@@ -348,7 +412,8 @@ def data_stage(config: Config):
     audit.update(split_counts(split))
     audit.update(n_pairs=int(len(manifest)), pairs_by_split_and_kind=
                  {s: {k: int(n) for k, n in g.kind.value_counts().sort_index().items()} for s, g in manifest.groupby("split")},
-                 distinct_sides=distinct_sides(manifest), dx_mix=dx_mix(manifest), construction=log)
+                 distinct_sides=distinct_sides(manifest), dx_mix=dx_mix(manifest), rephoto_mix=endpoint_mix(manifest),
+                 construction=log)
     return records, split, manifest, audit
 
 
@@ -383,113 +448,9 @@ def pair_embeddings(manifest: pd.DataFrame, sides: pd.DataFrame, z: np.ndarray) 
 # ## Scoring and evaluation
 #
 # The predictor is fitted on the train split's stable pairs only. Every pair of every split is
-# then scored by the predictor, the five controls and the baselines. Metrics (four, with
-# bootstrap CIs, 10_metrics) are computed on stable vs changing pairs of each split; under
-# `symmetric` the re-photography pairs are a second evaluation set (real re-photographs vs the
-# same changing pairs).
-#
-# How the intervals are made is the protocol's:
-#
-# - `symmetric`: **one** set of resamples per split, drawn by context lesion within each pair kind
-#   (10_metrics' `cluster_counts`), shared by every scorer and by both evaluation sets (the
-#   changing pairs are the same columns in both). Δ(predictor − strongest baseline) and
-#   Δ(predictor − identity) get paired intervals, and the verdict reads Δ's interval (11_baselines).
-#   For comparison, the pair-level interval of every scorer on test is recorded beside it
-#   (`pair_level_test`), so a reader sees how much the lesion-level resampling widens it.
-# - `reference`: the release's pair-level resamples, drawn separately per scorer with its seed
-#   offsets (pixel 11, SSIM 23, embedding cosine 101, predictor 701/709/719 by split), so its
-#   intervals reproduce. The controls, which it did not have, share the predictor's resamples
-#   (identity, which *is* the raw cosine, shares the cosine's), and Δ gets a paired interval from
-#   the predictor's resamples. Its verdict is the release's rule on the point Δ.
-
-# %%
-#| export
-BOOTSTRAP_RULES = {
-    "symmetric": {"unit": "context lesion", "strata": "pair kind", "paired": True, "interval": "percentile"},
-    "reference": {"unit": "pair", "strata": None, "paired": False, "interval": "percentile",
-                  "note": "the release's rule: pairs resampled independently, a generator per scorer"}}
-
-
-def _boot_seed(seed: int, scorer: str, split: str) -> int:
-    "The release's bootstrap seed offsets; every other scorer shares the predictor's (identity: the cosine's)."
-    if scorer in ("pixel_l2", "ssim"): return seed + {"pixel_l2": 11, "ssim": 23}[scorer]
-    if scorer.startswith("cosine_") or scorer == "identity": return seed + 101
-    return seed + {"train": 701, "val": 709, "test": 719}[split]
-
-
-def _reference_split(y, scores: dict, seed: int, split: str, n_boot: int, deltas) -> dict:
-    from derma_jepa.metrics import bootstrap_counts, paired_bootstrap
-    by_seed = {}
-    for name in scores: by_seed.setdefault(_boot_seed(seed, name, split), []).append(name)
-    out = {"metrics": {}, "deltas": {}}
-    for bs, names in by_seed.items():
-        pb = paired_bootstrap(y, {n: scores[n] for n in names}, bootstrap_counts(len(y), n_boot, bs))
-        out["metrics"].update(pb["metrics"])
-    pb = paired_bootstrap(y, {n: scores[n] for n in dict.fromkeys(a for d in deltas for a in d)},
-                          bootstrap_counts(len(y), n_boot, _boot_seed(seed, "predictor", split)), deltas)
-    out["deltas"] = pb["deltas"]
-    out["metrics"] = {n: out["metrics"][n] for n in scores}
-    return out
-
-
-def evaluate(manifest: pd.DataFrame, scores: dict[str, np.ndarray], baselines: list[str], protocol: str,
-             seed: int, n_boot: int = 1000) -> tuple[dict, dict[str, np.ndarray]]:
-    """Metrics of every scorer on every split with the protocol's bootstrap, baselines oriented and chosen by
-    the protocol's rule, and Δs with CIs. Returns (metrics block, scores with baselines oriented)."""
-    from derma_jepa.baselines import choose_baseline
-    from derma_jepa.metrics import bootstrap_counts, cluster_counts, paired_bootstrap
-    kind, split, y = manifest.kind.to_numpy(), manifest.split.to_numpy(), manifest.label.to_numpy()
-    main = np.isin(kind, ["stable", "changing"])
-    auroc = {sp: {b: float(roc_auc_score(y[m], scores[b][m])) for b in baselines if not np.isnan(scores[b][m]).any()}
-             for sp in SPLITS for m in [main & (split == sp)]}
-    choice = choose_baseline(auroc, protocol)
-    scores = {k: (v * choice["signs"][k] if k in baselines else v) for k, v in scores.items()}
-    best = choice["strongest"]
-    deltas = [("predictor", best)] + ([("predictor", "identity")] if "identity" in scores else [])
-    out = {"metrics": {}, "deltas": {}, "bootstrap": {**BOOTSTRAP_RULES[protocol], "n_boot": n_boot, "level": 0.95},
-           "baselines": {"names": baselines, **choice}, "strongest_baseline": best}
-    for k, sp in enumerate(SPLITS):
-        rows = split == sp
-        # a scorer not computed on this split (a baseline outside BASELINE_SPLITS) is NaN there: left out
-        at = lambda mask: {n: v[rows & mask] for n, v in scores.items() if not np.isnan(v[rows & mask]).any()}
-        ds = [d for d in deltas if set(d) <= set(at(main))]
-        if protocol == "reference":
-            res = _reference_split(y[rows & main], at(main), seed, sp, n_boot, ds)
-        else:
-            counts = cluster_counts(manifest.context_lesion_id.to_numpy()[rows], kind[rows], n_boot, seed + 907 + k)
-            res = paired_bootstrap(y[rows & main], at(main), counts[:, main[rows]], ds)
-            out["bootstrap"].setdefault("clusters", {})[sp] = int(manifest[rows & main].context_lesion_id.nunique())
-            reph = np.isin(kind, ["rephoto", "changing"])
-            if (rows & (kind == "rephoto")).any():
-                out.setdefault("rephoto", {})[sp] = paired_bootstrap(y[rows & reph], at(reph), counts[:, reph[rows]])["metrics"]
-            if sp == "test":
-                pc = bootstrap_counts(int((rows & main).sum()), n_boot, seed + 719)
-                out["pair_level_test"] = {n: m["auroc"] for n, m in paired_bootstrap(y[rows & main], at(main), pc)["metrics"].items()}
-        out["metrics"][sp], out["deltas"][sp] = res["metrics"], res["deltas"]
-    out["delta"] = out["deltas"]["test"][f"predictor - {best}"]
-    return out, scores
-
-
-# %% [markdown]
-# On a toy manifest: identical scores get identical intervals under both protocols; under
-# `symmetric` every scorer's resamples are the same, so a Δ is paired, and its point value is the
-# difference of the two AUROCs.
-
-# %%
-_tm = pd.DataFrame({"split": np.repeat(SPLITS, 40), "kind": np.tile(np.repeat(["stable", "changing"], 20), 3),
-                    "context_lesion_id": [f"L{i % 13}" for i in range(120)]})
-_tm["label"] = (_tm.kind == "changing").astype(int)
-_trng = np.random.default_rng(0)
-_ts = {"predictor": _tm.label + _trng.normal(0, 1, 120), "identity": 0.8 * _tm.label + _trng.normal(0, 1, 120)}
-_ts.update(cosine_x=_ts["identity"].copy(), pixel_l2=_tm.label * 0.5 + _trng.normal(0, 1, 120))
-for _prot in ("symmetric", "reference"):
-    _ev, _ = evaluate(_tm, {k: np.asarray(v, float) for k, v in _ts.items()}, ["pixel_l2", "cosine_x"], _prot, 3, 200)
-    test_eq(_ev["metrics"]["test"]["identity"], _ev["metrics"]["test"]["cosine_x"])
-    _dd = _ev["deltas"]["test"]["predictor - identity"]
-    test_close(_dd["value"], _ev["metrics"]["test"]["predictor"]["auroc"]["value"] - _ev["metrics"]["test"]["identity"]["auroc"]["value"], 1e-12)
-    assert _dd["ci_low"] <= _dd["value"] <= _dd["ci_high"]
-test_eq(_ev["bootstrap"]["unit"], "pair")
-
+# then scored by the predictor, the five controls and the baselines, and 11_baselines'
+# `evaluate` turns the scores into the protocol's metrics, Δs and the two endpoints (synthetic
+# and real re-photograph).
 
 # %% [markdown]
 # ## Figures
@@ -541,8 +502,12 @@ def model_card(config: Config, ev: dict, env: dict) -> str:
     "A short human-readable summary of one run: what ran, on what, and what it found."
     m = ev["metrics"]["test"]
     def ci(a): return f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
-    reph = ev.get("rephoto", {}).get("test", {})
+    r = ev.get("rephoto", {})
+    reph = r.get("metrics", {}).get("test", {})
     rows = "\n".join(f"| {n} | {ci(m[n]['auroc'])} | {ci(reph[n]['auroc']) if n in reph else '–'} |" for n in m)
+    rv = (f"**{r['verdict']}**. Δ = predictor − strongest baseline ({r['strongest_baseline']}, chosen on {r['baselines']['chosen_on']}) "
+          f"= {ci(r['delta'])} test AUROC on {r['pairs']['test']['lesions']} lesions' re-photo and matched changing pairs; "
+          f"rule: {r['verdict_rule']}." if r else "not evaluated (`rephoto: off`, or no re-photographed lesion on val or test).")
     b = ev["bootstrap"]
     how = (f"{b['n_boot']} resamples of context lesions within each pair kind, shared by every scorer (paired)"
            if b["unit"] == "context lesion" else f"{b['n_boot']} resamples of pairs, a generator per scorer (the release's rule)")
@@ -556,10 +521,12 @@ def model_card(config: Config, ev: dict, env: dict) -> str:
 {config.epochs} epochs, fitted on {ev['training']['train_stable_pairs']} train stable pairs only
 - data: {config.data}, seed {config.seed}, {config.pairs_per_split} stable + {config.pairs_per_split} changing pairs per split
 
-Verdict: **{ev['verdict']}**. Δ = predictor − strongest baseline ({ev['strongest_baseline']}, \
+Verdict, synthetic endpoint: **{ev['verdict']}**. Δ = predictor − strongest baseline ({ev['strongest_baseline']}, \
 chosen on {ev['baselines']['chosen_on']}) = {ci(ev['delta'])} test AUROC; rule: {ev['verdict_rule']}.
 
-Intervals: 95% percentile bootstrap, {how}.
+Verdict, real re-photograph endpoint: {rv}
+
+Intervals: 95% percentile bootstrap, {how}; on the re-photo endpoint, resamples of lesions, each with its two pairs.
 
 | test scorer | AUROC, stable vs changing [95% CI] | AUROC, re-photographed vs changing [95% CI] |
 |---|---|---|
@@ -610,7 +577,7 @@ class Stopwatch:
 
 def run(config: Config) -> RunResult:
     "Run `config` up to `config.stop_after` and write its run directory (the stages' modules imported here, not above)."
-    from derma_jepa.baselines import BASELINE_SPLITS, PIXEL_SCORERS, VERDICT_RULES, pixel_scores, verdict, with_paths
+    from derma_jepa.baselines import BASELINE_SPLITS, PIXEL_SCORERS, VERDICT_RULES, evaluate, pixel_scores, verdict, with_paths
     from derma_jepa.embed import embed_sides, side_precision, sides_table
     from derma_jepa.metrics import representation_health
     from derma_jepa.predictors import Predictor, control_scores, cosine_distance
@@ -630,9 +597,9 @@ def run(config: Config) -> RunResult:
         precision = side_precision(backbone, sides, config.dtype)
         t["precision"] = clock.lap("precision")
         if stage >= STAGES.index("all"):
-            # the pixel baselines, only on the splits the protocol reads them on; the sides they render are embedded
+            # the pixel baselines, only on the splits the protocol reads them on and on the re-photo endpoint; the sides they render are embedded
             # on the way (into the same cache), so `embed_sides` below renders only the other sides
-            need = np.isin(sp, BASELINE_SPLITS[config.protocol])
+            need = np.isin(sp, BASELINE_SPLITS[config.protocol]) | np.isin(kind, ENDPOINT_KINDS)
             px = pixel_scores(with_paths(manifest[need], records), progress=True, backbone=backbone,
                               dtype=precision["dtype"])
             pixel = {n: np.full(len(manifest), np.nan) for n in PIXEL_SCORERS}
@@ -750,8 +717,29 @@ test_eq(_mj["bootstrap"]["unit"], "context lesion")
 _d = _mj["delta"]
 assert _d["ci_low"] <= _d["value"] <= _d["ci_high"] and set(_mj["deltas"]["test"]) == {f"predictor - {_mj['strongest_baseline']}", "predictor - identity"}
 test_eq(_mj["verdict"], "improved" if _d["ci_low"] > 0 else "worse" if _d["ci_high"] < 0 else "matched")
-test_eq(_full.manifest.kind.eq("rephoto").any(), True)          # symmetric runs carry the real re-photography pairs
-test_eq(set(_mj["rephoto"]["test"]) >= _scorers, True)
+
+# the re-photo endpoint, under both protocols: every scorer on val and test with an interval, the Δs, the verdict
+def _check_rephoto(mj, scorers):
+    r = mj["rephoto"]
+    for _sp in ("val", "test"):
+        missing = scorers - set(r["metrics"][_sp])
+        assert not missing, f"{_sp}: no re-photo entry for {sorted(missing)}"
+        for _sc in scorers: assert set(r["metrics"][_sp][_sc]["auroc"]) == {"value", "ci_low", "ci_high"}, _sc
+    test_eq(set(r["deltas"]["test"]), {f"predictor - {r['strongest_baseline']}", "predictor - identity", "predictor - bias_only"})
+    test_eq((r["baselines"]["chosen_on"], r["bootstrap"]["unit"], r["bootstrap"]["strata"]), ("val (re-photo endpoint)", "context lesion", None))
+    assert r["verdict"] in ("improved", "matched", "worse")
+
+_check_rephoto(_mj, _scorers)
+_ref_run = run(Config(protocol="reference", fixture_lesions=300, pairs_per_split=30, run_dir=str(_out / "ref"), epochs=20, n_boot=200))
+_mjr = json.loads((_ref_run.run_dir / "metrics.json").read_text())
+_check_rephoto(_mjr, _scorers)
+test_fail(lambda: _check_rephoto({"rephoto": {**_mjr["rephoto"], "metrics": {"val": {}, "test": {}}}}, _scorers), contains="no re-photo entry")
+# the same endpoint pairs under both protocols; the release's pairs beside them untouched by it
+_ends = [r.manifest[r.manifest.kind.isin(ENDPOINT_KINDS)].reset_index(drop=True) for r in (_full, _ref_run)]
+test_eq(_ends[0].equals(_ends[1]), True)
+test_eq(_ref_run.manifest[~_ref_run.manifest.kind.isin(ENDPOINT_KINDS)].reset_index(drop=True).equals(
+        run(dataclasses.replace(_ref_run.config, rephoto="off", run_dir=str(_out / "ref_off"), stop_after="manifest")).manifest), True)
+assert "Verdict, real re-photograph endpoint: **" in (_ref_run.run_dir / "model_card.md").read_text()
 _tj = json.loads((_full.run_dir / "timings.json").read_text())
 test_eq(set(_tj) >= {"manifest", "embed", "baselines", "fit", "metrics", "total", "cpu_total", "cpu"}, True)
 test_eq(set(_tj["cpu"]) >= {"manifest", "embed", "baselines", "fit", "metrics"}, True)

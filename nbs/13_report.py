@@ -56,7 +56,19 @@ _tmp = Path(tempfile.mkdtemp())
 # %%
 #| export
 _RUN_COLS = ["strongest_baseline", "delta", "delta_lo", "delta_hi", "delta_identity", "delta_identity_lo", "delta_identity_hi",
-             "verdict", "verdict_rule", "bootstrap_unit", "predictor", "optimizer", "seconds", "fit_seconds", "baselines"]
+             "verdict", "verdict_rule", "bootstrap_unit", "predictor", "optimizer", "seconds", "fit_seconds", "baselines",
+             "rephoto_baseline", "rephoto_verdict", *(f"rephoto_delta_{c}{e}" for c in ("best", "identity", "bias_only")
+                                                      for e in ("", "_lo", "_hi"))]
+
+
+def _rephoto_fields(r: dict) -> dict:
+    "The re-photo endpoint's comparator, verdict and test Δs (vs that comparator, the raw cosine, bias-only) of one run."
+    if not r: return {}
+    out = {"rephoto_baseline": r["strongest_baseline"], "rephoto_verdict": r["verdict"]}
+    for c, name in (("best", r["strongest_baseline"]), ("identity", "identity"), ("bias_only", "bias_only")):
+        d = r["deltas"]["test"].get(f"predictor - {name}")
+        if d: out.update({f"rephoto_delta_{c}": d["value"], f"rephoto_delta_{c}_lo": d["ci_low"], f"rephoto_delta_{c}_hi": d["ci_high"]})
+    return out
 
 
 def _run_fields(ev: dict, tim: dict) -> dict:
@@ -67,7 +79,12 @@ def _run_fields(ev: dict, tim: dict) -> dict:
             "delta_identity_hi": di.get("ci_high", np.nan), "verdict": ev["verdict"], "verdict_rule": ev["verdict_rule"],
             "bootstrap_unit": ev["bootstrap"]["unit"], "predictor": ev["training"]["predictor"],
             "optimizer": ev["training"]["optimizer"], "seconds": tim.get("total", np.nan), "fit_seconds": tim.get("fit", np.nan),
-            "baselines": ",".join(ev["baselines"]["names"])}
+            "baselines": ",".join(ev["baselines"]["names"]), **_rephoto_fields(ev.get("rephoto", {}))}
+
+
+def in_arc(df: pd.DataFrame) -> pd.Series:
+    "Rows (of a plan or a long table) of the arc itself: not the sweep's other seeds, the LOFO folds, the ablation."
+    return ~df.sweep.astype(bool) & (df.lofo.eq("") if "lofo" in df else True) & (df.ablation.eq("") if "ablation" in df else True)
 
 
 def experiments_label(plan: pd.DataFrame) -> pd.Series:
@@ -77,8 +94,8 @@ def experiments_label(plan: pd.DataFrame) -> pd.Series:
 
 def collect(plan: pd.DataFrame) -> pd.DataFrame:
     "One row per (plan row, split, scorer), metrics and CIs flattened; un-run rows keep their status."
-    keys = ["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status", "run_dir"]
-    plan = plan.assign(experiments=experiments_label(plan))
+    keys = ["experiment", "protocol", "seed", "sweep", "lofo", "ablation", "paper_backbone", "backbone", "stand_in", "status", "run_dir"]
+    plan = plan.assign(experiments=experiments_label(plan), **{k: "" for k in ("lofo", "ablation") if k not in plan})
     out = []
     for r in plan[keys + ["experiments"]].to_dict("records"):
         mfile = Path(r["run_dir"]) / "metrics.json"
@@ -87,16 +104,19 @@ def collect(plan: pd.DataFrame) -> pd.DataFrame:
         ev = json.loads(mfile.read_text())
         run = _run_fields(ev, json.loads((Path(r["run_dir"]) / "timings.json").read_text()))
         for split, scorers in ev["metrics"].items():
-            reph = ev.get("rephoto", {}).get(split, {})
+            reph = ev.get("rephoto", {}).get("metrics", {}).get(split, {})
             for scorer, m in scorers.items():
                 row = {**r, "split": split, "scorer": scorer, **run, **{name: m[name]["value"] for name in METRICS},
                        "auroc_lo": m["auroc"]["ci_low"], "auroc_hi": m["auroc"]["ci_high"]}
                 if scorer in reph:
                     row.update(rephoto_auroc=reph[scorer]["auroc"]["value"], rephoto_lo=reph[scorer]["auroc"]["ci_low"],
                                rephoto_hi=reph[scorer]["auroc"]["ci_high"])
+                for unit, key in (("pair", "pair_level_test"), ("two_way", "two_way_test")):   # other resampling units, test
+                    if split == "test" and scorer in ev.get(key, {}):
+                        row.update({f"{unit}_lo": ev[key][scorer]["ci_low"], f"{unit}_hi": ev[key][scorer]["ci_high"]})
                 out.append(row)
     cols = [*keys, "experiments", "split", "scorer", *_RUN_COLS, *METRICS, "auroc_lo", "auroc_hi",
-            "rephoto_auroc", "rephoto_lo", "rephoto_hi"]
+            "rephoto_auroc", "rephoto_lo", "rephoto_hi", "pair_lo", "pair_hi", "two_way_lo", "two_way_hi"]
     return pd.DataFrame(out, columns=cols)         # the same columns when nothing ran
 
 
@@ -110,6 +130,17 @@ def backbone_label(backbone: str, stand_in: bool) -> str:
     "How a backbone is named in a table: the paper's name, or the offline name marked as a stand-in."
     if not stand_in: return BACKBONE_LABELS.get(backbone, backbone)
     return f"{backbone} (offline stand-in)"
+
+
+# How a scorer is named in a table.
+SCORER_LABELS = {"predictor": "predictor", "identity": "raw cosine", "bias_only": "bias-only control",
+                 "pixel_l2": "pixel L2", "ssim": "SSIM", "flipped_cosine": "flipped cosine",
+                 "target_only_probe": "target-only probe", "context_only_probe": "context-only probe"}
+
+
+def scorer_label(scorer: str) -> str:
+    "A scorer as a reader names it (`cosine_<backbone>` is that backbone's raw-embedding cosine baseline)."
+    return f"cosine of {scorer[len('cosine_'):]}" if scorer.startswith("cosine_") else SCORER_LABELS.get(scorer, scorer)
 
 
 # %% [markdown]
@@ -136,7 +167,7 @@ def _test(long: pd.DataFrame) -> pd.DataFrame:
 
 
 ARC_COLUMNS = ("predictor AUROC [95% CI]", "strongest baseline", "Δ [95% CI]", "verdict", "target-only probe",
-               "context-only probe", "re-photo AUROC [95% CI]")
+               "context-only probe", "re-photo AUROC [95% CI]", "re-photo Δ [95% CI] vs val-chosen baseline: verdict")
 
 
 def _ci_cell(row, v="auroc", lo="auroc_lo", hi="auroc_hi") -> str:
@@ -151,13 +182,19 @@ def arc_cells(t: pd.DataFrame) -> dict:
     return dict(zip(ARC_COLUMNS, [_ci_cell(p), f"{p.strongest_baseline} {b.auroc:.3f}",
                                   "–" if pd.isna(p.delta_lo) else f"{p.delta:+.3f} [{p.delta_lo:+.3f}, {p.delta_hi:+.3f}]",
                                   p.verdict + rule, _ci_cell(by.loc["target_only_probe"]), _ci_cell(by.loc["context_only_probe"]),
-                                  _ci_cell(p, "rephoto_auroc", "rephoto_lo", "rephoto_hi")]))
+                                  _ci_cell(p, "rephoto_auroc", "rephoto_lo", "rephoto_hi"), _rephoto_verdict_cell(p)]))
+
+
+def _rephoto_verdict_cell(p) -> str:
+    if pd.isna(p.get("rephoto_delta_best", np.nan)): return "–"
+    return (f"{p.rephoto_delta_best:+.3f} [{p.rephoto_delta_best_lo:+.3f}, {p.rephoto_delta_best_hi:+.3f}] "
+            f"vs {scorer_label(p.rephoto_baseline)}: {p.rephoto_verdict}")
 
 
 def arc_table(long: pd.DataFrame) -> pd.DataFrame:
     """Cross-run table (seed-20260422 arc runs), per protocol: predictor AUROC [CI], the strongest baseline, Δ [CI],
     verdict, the single-side probes and the re-photography AUROC. A run several experiments share is one row."""
-    arc = long[~long.sweep].drop_duplicates(["run_dir", "split", "scorer"])
+    arc = long[in_arc(long)].drop_duplicates(["run_dir", "split", "scorer"])
     rows = {}
     for (exp, bb, si, prot), g in arc.groupby(["experiments", "backbone", "stand_in", "protocol"], sort=False):
         t = _test(g)
@@ -172,7 +209,7 @@ def arc_table(long: pd.DataFrame) -> pd.DataFrame:
 
 def optimiser_table(long: pd.DataFrame, experiments=("EXP-004", "EXP-005", "EXP-006a")) -> pd.DataFrame:
     "Predictor × optimiser on the EXP-004 data: train and test AUROC and the bias-only control (fit times: timings.json)."
-    t = long[~long.sweep & long.experiment.isin(experiments) & long.split.isin(["train", "test"])] if "split" in long else long.iloc[:0]
+    t = long[in_arc(long) & long.experiment.isin(experiments) & long.split.isin(["train", "test"])] if "split" in long else long.iloc[:0]
     rows = []
     for (exp, bb, si, prot), g in t.groupby(["experiment", "backbone", "stand_in", "protocol"], sort=False):
         p = g[g.scorer.eq("predictor")].set_index("split")
@@ -265,13 +302,16 @@ test_close((_s["ci_high"] - _s["mean"]) / (_s["release_ci_high"] - _s["mean"]), 
 def _fake(exp, prot, seed, sweep, auroc, status="run", bb="color_texture", si=True):
     run_dir = f"runs/{exp}-{prot}-{seed}-{bb}"
     base = dict(experiment=exp, experiments=exp, protocol=prot, seed=seed, sweep=sweep, backbone=bb, stand_in=si, status=status,
-                run_dir=run_dir)
+                run_dir=run_dir, lofo="", ablation="")
     if status != "run": return [base]
     return [dict(base, split=sp, scorer=sc, auroc=auroc + d, auroc_lo=auroc + d - 0.02, auroc_hi=auroc + d + 0.02,
                  strongest_baseline="pixel_l2", delta=-0.05, delta_lo=-0.08, delta_hi=-0.01, verdict="worse",
                  bootstrap_unit="pair" if prot == "reference" else "context lesion", predictor="linear", optimizer="sgd",
-                 fit_seconds=1.0, rephoto_auroc=np.nan if prot == "reference" else auroc + 0.1,
-                 rephoto_lo=auroc + 0.05, rephoto_hi=auroc + 0.15)
+                 fit_seconds=1.0, rephoto_auroc=auroc + 0.1, rephoto_lo=auroc + 0.05, rephoto_hi=auroc + 0.15, lofo="",
+                 rephoto_baseline="ssim", rephoto_verdict="matched", rephoto_delta_best=-0.03, rephoto_delta_best_lo=-0.06,
+                 rephoto_delta_best_hi=0.0, rephoto_delta_identity=0.01, rephoto_delta_identity_lo=-0.01,
+                 rephoto_delta_identity_hi=0.03, rephoto_delta_bias_only=0.0, rephoto_delta_bias_only_lo=-0.02,
+                 rephoto_delta_bias_only_hi=0.02)
             for sp in ("train", "test") for sc, d in (("predictor", 0.0), ("pixel_l2", 0.05), ("bias_only", -0.01),
                                                       ("identity", 0.0), ("ssim", 0.0), ("target_only_probe", -0.1),
                                                       ("context_only_probe", -0.2))]
@@ -289,7 +329,8 @@ test_eq(_st.loc[("EXP-007", "color_texture (offline stand-in)", "symmetric", 3),
 test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", "Δ [95% CI]")], "-0.050 [-0.080, -0.010]")
 test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("reference", "verdict")], "worse (release rule)")
 test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", "target-only probe")], "0.600 [0.580, 0.620]")
-test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("reference", "re-photo AUROC [95% CI]")], "–")
+test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("reference", "re-photo AUROC [95% CI]")], "0.740 [0.690, 0.790]")
+test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", ARC_COLUMNS[-1])], "-0.030 [-0.060, +0.000] vs SSIM: matched")
 test_eq(_st.loc[("EXP-007", "DermLIP ViT-B/16", "symmetric", 0), "predictor"], "not run: weights for x not found")
 _at
 
@@ -298,42 +339,45 @@ _at
 #
 # Under `symmetric` a synthetic stable pair is two draws of nuisance on *the same photograph*, so a
 # pixel metric separates it from a different lesion almost by construction; the real
-# re-photographs (two photographs of one lesion, 02_split) are the realistic stable pairs. The arc
-# table shows that endpoint for the predictor only; this table puts both endpoints side by side
-# for every scorer, so a reader sees where the ranking turns over. Under `reference` the release
-# had no re-photo set, so its column is "–" until the runs carry one.
+# re-photographs (two photographs of one lesion against a changing pair with the same context
+# photograph, 05_pairs) are the realistic stable pairs, and the same pairs under both protocols.
+# The arc table shows that endpoint for the predictor only; this table puts both endpoints side
+# by side for every scorer, so a reader sees where the ranking turns over. (The context-only
+# probe is 0.5 on the re-photo endpoint by construction: a lesion's two pairs share their context.)
 
 # %%
 #| export
-SCORER_LABELS = {"predictor": "predictor", "identity": "raw cosine", "bias_only": "bias-only control",
-                 "pixel_l2": "pixel L2", "ssim": "SSIM", "flipped_cosine": "flipped cosine",
-                 "target_only_probe": "target-only probe", "context_only_probe": "context-only probe"}
 REPHOTO_SCORERS = ("predictor", "identity", "bias_only", "pixel_l2", "ssim", "target_only_probe", "context_only_probe")
 
 
-def scorer_label(scorer: str) -> str:
-    "A scorer as a reader names it (`cosine_<backbone>` is that backbone's raw-embedding cosine baseline)."
-    return f"cosine of {scorer[len('cosine_'):]}" if scorer.startswith("cosine_") else SCORER_LABELS.get(scorer, scorer)
+def _by_scorer(t: pd.DataFrame, scorers) -> pd.DataFrame:
+    "Test rows of `scorers` (and every `cosine_<backbone>` where `scorers` is REPHOTO_SCORERS), in `scorers`' order."
+    t = t[t.scorer.isin(scorers) | (t.scorer.str.startswith("cosine_") & (scorers is REPHOTO_SCORERS))]
+    rank = {s: k for k, s in enumerate(scorers)}
+    return t.assign(_r=t.scorer.map(rank).fillna(len(rank))).sort_values("_r", kind="stable")
+
+
+def endpoint_frame(t: pd.DataFrame, key, names) -> pd.DataFrame:
+    "Rows `key(row)` (level names `names`), columns (protocol, endpoint): test AUROC [95% CI] on each endpoint."
+    rows = {}
+    for r in t.itertuples():
+        cells = rows.setdefault(key(r), {})
+        cells[(r.protocol, "synthetic")] = fmt_ci(r.auroc, r.auroc_lo, r.auroc_hi)
+        cells[(r.protocol, "re-photo")] = "–" if pd.isna(r.rephoto_auroc) else fmt_ci(r.rephoto_auroc, r.rephoto_lo, r.rephoto_hi)
+    if not rows: return pd.DataFrame()
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index = pd.MultiIndex.from_tuples(df.index, names=names)
+    df.columns = pd.MultiIndex.from_tuples(df.columns, names=["protocol", "endpoint"])
+    return df.fillna("–")
 
 
 def rephoto_table(long: pd.DataFrame) -> pd.DataFrame:
     """Arc runs, test split: each scorer's AUROC [95% CI] on the synthetic endpoint beside the re-photo endpoint, per
     protocol (rows: experiments, backbone, scorer); '–' where a run has no re-photo pairs."""
-    t = _test(long[~long.sweep]).drop_duplicates(["run_dir", "scorer"])
-    t = t[t.scorer.isin(REPHOTO_SCORERS) | t.scorer.str.startswith("cosine_")]
-    if t.empty: return pd.DataFrame()
-    rank = {s: k for k, s in enumerate(REPHOTO_SCORERS)}
-    t = t.assign(_r=t.scorer.map(rank).fillna(len(rank))).sort_values("_r", kind="stable")
-    rows = {}
-    for exp in dict.fromkeys(long.experiments):            # the arc's order
-        for r in t[t.experiments.eq(exp)].itertuples():
-            cells = rows.setdefault((exp, backbone_label(r.backbone, r.stand_in), scorer_label(r.scorer)), {})
-            cells[(r.protocol, "synthetic")] = fmt_ci(r.auroc, r.auroc_lo, r.auroc_hi)
-            cells[(r.protocol, "re-photo")] = "–" if pd.isna(r.rephoto_auroc) else fmt_ci(r.rephoto_auroc, r.rephoto_lo, r.rephoto_hi)
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index = pd.MultiIndex.from_tuples(df.index, names=["experiment", "backbone", "scorer"])
-    df.columns = pd.MultiIndex.from_tuples(df.columns, names=["protocol", "endpoint"])
-    return df.fillna("–")
+    t = _by_scorer(_test(long[in_arc(long)]).drop_duplicates(["run_dir", "scorer"]), REPHOTO_SCORERS)
+    t = pd.concat([t[t.experiments.eq(e)] for e in dict.fromkeys(long.experiments)]) if len(t) else t   # the arc's order
+    return endpoint_frame(t, lambda r: (r.experiments, backbone_label(r.backbone, r.stand_in), scorer_label(r.scorer)),
+                          ["experiment", "backbone", "scorer"])
 
 
 # %%
@@ -341,10 +385,145 @@ _rt = rephoto_table(_long)
 test_eq(list(_rt.index.get_level_values("scorer")[:5]), ["predictor", "raw cosine", "bias-only control", "pixel L2", "SSIM"])
 test_eq(_rt.loc[("EXP-004", "color_texture (offline stand-in)", "pixel L2"), ("symmetric", "synthetic")], "0.750 [0.730, 0.770]")
 test_eq(_rt.loc[("EXP-004", "color_texture (offline stand-in)", "pixel L2"), ("symmetric", "re-photo")], "0.800 [0.750, 0.850]")
-test_eq(_rt.loc[("EXP-004", "color_texture (offline stand-in)", "predictor"), ("reference", "re-photo")], "–")
+test_eq(_rt.loc[("EXP-004", "color_texture (offline stand-in)", "predictor"), ("reference", "re-photo")], "0.740 [0.690, 0.790]")
 test_eq(scorer_label("cosine_color_texture"), "cosine of color_texture")
 assert "EXP-007" not in _rt.index.get_level_values(0)          # a sweep-only experiment is the sweep's business
 _rt
+
+# %% [markdown]
+# What the re-photo endpoint says of the predictor, per arc run and protocol: Δ with its paired
+# lesion-level interval (11_baselines' `evaluate_rephoto`) against the baseline that the
+# endpoint's own val chose (one rule for both protocols), against the raw cosine and against the
+# bias-only control. And the leave-one-family-out folds: every scorer on both endpoints with each
+# family held out in turn, which shows which held-out family hands the pixel metrics their win.
+
+# %%
+#| export
+REPHOTO_DELTAS = {"best": "predictor − val-chosen baseline", "identity": "predictor − raw cosine",
+                  "bias_only": "predictor − bias-only control"}
+
+
+def rephoto_delta_table(long: pd.DataFrame) -> pd.DataFrame:
+    "Arc runs: the predictor's re-photo Δs [95% CI] per protocol (rows: experiments, backbone, comparison)."
+    t = _test(long[in_arc(long) & long.scorer.eq("predictor")]).drop_duplicates("run_dir")
+    rows = {}
+    for r in t.itertuples():
+        for c, label in REPHOTO_DELTAS.items():
+            v = getattr(r, f"rephoto_delta_{c}")
+            cell = "–" if pd.isna(v) else f"{v:+.3f} [{getattr(r, f'rephoto_delta_{c}_lo'):+.3f}, {getattr(r, f'rephoto_delta_{c}_hi'):+.3f}]"
+            if c == "best" and not pd.isna(v): cell += f" ({scorer_label(r.rephoto_baseline)}; {r.rephoto_verdict})"
+            rows.setdefault((r.experiments, backbone_label(r.backbone, r.stand_in), label), {})[r.protocol] = cell
+    if not rows: return pd.DataFrame()
+    df = pd.DataFrame.from_dict(rows, orient="index")
+    df.index = pd.MultiIndex.from_tuples(df.index, names=["experiment", "backbone", "re-photo Δ"])
+    return df.fillna("–")
+
+
+LOFO_SCORERS = ("predictor", "identity", "bias_only", "pixel_l2", "ssim", "target_only_probe")
+
+
+def lofo_table(long: pd.DataFrame) -> pd.DataFrame:
+    "Leave-one-family-out runs, test split: AUROC [95% CI] per (held-out family, scorer) on both endpoints, per protocol."
+    t = _by_scorer(_test(long[long.lofo.ne("")]).drop_duplicates(["run_dir", "scorer"]), LOFO_SCORERS)
+    t = pd.concat([t[t.lofo.eq(f)] for f in dict.fromkeys(long.lofo[long.lofo.ne("")])]) if len(t) else t
+    return endpoint_frame(t, lambda r: (f"{r.experiment} holding out {r.lofo}", backbone_label(r.backbone, r.stand_in),
+                                        scorer_label(r.scorer)), ["fold", "backbone", "scorer"])
+
+
+# %%
+_lf = pd.DataFrame([dict(r, lofo=fam, run_dir=f"{r['run_dir']}-{fam}", auroc=r["auroc"] + k / 100)
+                    for k, fam in enumerate(("strong", "strong_held_out", "strong_held_out_2"))
+                    for r in _fake("EXP-004", "symmetric", 20260422, False, 0.70)])
+_lt = lofo_table(pd.concat([_long, _lf], ignore_index=True))
+test_eq(list(_lt.index.get_level_values("fold").unique()), [f"EXP-004 holding out {f}" for f in ("strong", "strong_held_out", "strong_held_out_2")])
+test_eq(_lt.loc[("EXP-004 holding out strong_held_out", "color_texture (offline stand-in)", "pixel L2"), ("symmetric", "synthetic")],
+        "0.760 [0.730, 0.770]")
+test_eq(len(_lt), 3 * len(LOFO_SCORERS))
+test_eq(arc_table(pd.concat([_long, _lf], ignore_index=True)).equals(arc_table(_long)), True)   # folds are not arc rows
+_rd = rephoto_delta_table(_long)
+test_eq(_rd.loc[("EXP-004", "color_texture (offline stand-in)", "predictor − val-chosen baseline"), "symmetric"],
+        "-0.030 [-0.060, +0.000] (SSIM; matched)")
+test_eq(_rd.loc[("EXP-004", "color_texture (offline stand-in)", "predictor − raw cosine"), "reference"], "+0.010 [-0.010, +0.030]")
+_rd
+
+# %% [markdown]
+# How wide an interval is depends on what is resampled. For the arc's symmetric runs (which
+# record all three on test), the width of each scorer's 95% interval when pairs are resampled
+# (the release's unit), when context lesions are (the runs' unit), and when context and target
+# lesions both are (two-way, pigeonhole), and the ratios to the pair-level width: how much the
+# release's unit understates the uncertainty, measured rather than asserted.
+
+# %%
+#| export
+INTERVAL_SCORERS = ("predictor", "identity", "pixel_l2", "ssim")
+
+
+def interval_table(long: pd.DataFrame) -> pd.DataFrame:
+    "Arc runs with all three units on test: 95% CI widths (pair, context lesion, two-way) and the ratios to the pair width."
+    if "two_way_lo" not in long: return pd.DataFrame()
+    t = _test(long[in_arc(long)]).drop_duplicates(["run_dir", "scorer"])
+    t = t[t.scorer.isin(INTERVAL_SCORERS) & t.pair_lo.notna() & t.two_way_lo.notna()]
+    if t.empty: return pd.DataFrame()
+    w = lambda lo, hi: t[hi] - t[lo]
+    out = pd.DataFrame({"experiment": t.experiments, "backbone": [backbone_label(b, s) for b, s in zip(t.backbone, t.stand_in)],
+                        "protocol": t.protocol, "scorer": t.scorer.map(scorer_label), "pair": w("pair_lo", "pair_hi"),
+                        "context lesion": w("auroc_lo", "auroc_hi"), "two-way": w("two_way_lo", "two_way_hi")})
+    out["context lesion / pair"] = out["context lesion"] / out.pair
+    out["two-way / pair"] = out["two-way"] / out.pair
+    return out.set_index(["experiment", "backbone", "protocol", "scorer"]).round(3)
+
+
+# %%
+_iv = _fake("EXP-004", "symmetric", 20260422, False, 0.70)
+_iv = pd.DataFrame([dict(r, pair_lo=r["auroc"] - 0.01, pair_hi=r["auroc"] + 0.01, two_way_lo=r["auroc"] - 0.03,
+                         two_way_hi=r["auroc"] + 0.03) for r in _iv])
+_ivt = interval_table(_iv)
+test_eq(_ivt.loc[("EXP-004", "color_texture (offline stand-in)", "symmetric", "predictor"), ["context lesion / pair", "two-way / pair"]].tolist(),
+        [2.0, 3.0])
+test_eq(interval_table(_long).empty, True)            # runs without the other units: nothing to compare
+_ivt
+
+
+# %% [markdown]
+# The ablation (20_plan's `ABLATION_STEPS`): EXP-004 from `reference` to `symmetric`, one release
+# difference closed at a time, each step's test numbers with their change from the step before,
+# so the table says which step moves which number: the target-only probe (the leak's own
+# measure), the predictor, the bias-only control, the strongest baseline (on test: the release's
+# rule, descriptive here) and the predictor on the re-photo endpoint.
+
+# %%
+#| export
+def ablation_table(long: pd.DataFrame) -> pd.DataFrame:
+    "Ablation runs in step order: test AUROC of the leak probe, predictor, bias-only, strongest baseline, re-photo; Δ to the step before."
+    t = _test(long[long.ablation.ne("")]) if "ablation" in long else long.iloc[:0]
+    if t.empty: return pd.DataFrame()
+    rows, prev = [], None
+    for (exp, bb, si, step), g in t.groupby(["experiment", "backbone", "stand_in", "ablation"], sort=False):
+        by = g.drop_duplicates("scorer").set_index("scorer")
+        base = [n for n in by.index if n in ("pixel_l2", "ssim") or n.startswith("cosine_")]
+        best = max(base, key=lambda n: by.auroc[n])
+        vals = {"target-only probe": by.auroc["target_only_probe"], "predictor": by.auroc["predictor"],
+                "bias-only control": by.auroc["bias_only"], "strongest baseline": by.auroc[best],
+                "predictor, re-photo": by.rephoto_auroc["predictor"]}
+        cells = {k: f"{v:.3f}" + ("" if prev is None or prev[0] != (exp, bb) else f" ({v - prev[1][k]:+.3f})") for k, v in vals.items()}
+        cells["strongest baseline"] += f" {scorer_label(best)}"
+        rows.append({"experiment": exp, "backbone": backbone_label(bb, si), "step": step, **cells})
+        prev = ((exp, bb), vals)
+    return pd.DataFrame(rows).set_index(["experiment", "backbone", "step"])
+
+
+# %%
+_steps = ["reference", "+ processing", "symmetric"]
+_ab = pd.DataFrame([dict(r, ablation=st, run_dir=f"{r['run_dir']}-{k}", protocol="symmetric" if st == "symmetric" else "reference",
+                         auroc=r["auroc"] - (0.3 if r["scorer"] == "target_only_probe" and k else 0) + 0.01 * k)
+                    for k, st in enumerate(_steps) for r in _fake("EXP-004", "reference", 20260422, False, 0.70)])
+_abt = ablation_table(pd.concat([_long, _ab], ignore_index=True))
+test_eq(list(_abt.index.get_level_values("step")), _steps)
+test_eq(_abt.loc[("EXP-004", "color_texture (offline stand-in)", "+ processing"), "target-only probe"], "0.310 (-0.290)")
+test_eq(_abt.loc[("EXP-004", "color_texture (offline stand-in)", "symmetric"), "strongest baseline"], "0.770 (+0.010) pixel L2")
+test_eq(_abt.loc[("EXP-004", "color_texture (offline stand-in)", "reference"), "predictor"], "0.700")
+test_eq(arc_table(pd.concat([_long, _ab], ignore_index=True)).equals(arc_table(_long)), True)    # the steps are not arc rows
+_abt
 
 
 # %% [markdown]
@@ -359,7 +538,9 @@ _rt
 # per run by **one rule for both protocols**: the baseline with the highest *validation* AUROC
 # (the runs themselves choose on val under `symmetric` but, as the release did, on test under
 # `reference`); the table names the choices. The swept target-only probe sits beside them: it is
-# the leak's own measure.
+# the leak's own measure. Each comparison is made on both endpoints: the synthetic pairs and the
+# real re-photographs (where the runs chose the comparator on the endpoint's own val, by the same
+# rule).
 
 # %%
 #| export
@@ -373,20 +554,29 @@ def val_chosen_baseline(run: pd.DataFrame) -> str:
 PAIRED = ("predictor − raw cosine", "predictor − bias-only control", "predictor − val-chosen baseline", "target-only probe")
 
 
+ENDPOINT_COLUMNS = {"synthetic": "auroc", "re-photo": "rephoto_auroc"}
+
+
 def sweep_deltas(long: pd.DataFrame) -> pd.DataFrame:
-    "One row per (experiments, backbone, protocol, seed, comparison) of the sweep: the within-seed difference of test AUROCs."
+    """One row per (experiments, backbone, endpoint, protocol, seed, comparison) of the sweep: the within-seed difference
+    of test AUROCs. The comparator is chosen on val by one rule: on the synthetic endpoint `val_chosen_baseline`, on the
+    re-photo endpoint the run's own val choice (the same rule, 11_baselines)."""
     sw = long[long.sweep & long.status.eq("run")].drop_duplicates(["run_dir", "split", "scorer"])
     out = []
     for (exp, bb, si, prot, seed), run in sw.groupby(["experiments", "backbone", "stand_in", "protocol", "seed"], sort=False):
-        test, best = run[run.split.eq("test")].set_index("scorer").auroc, val_chosen_baseline(run)
-        key = dict(experiment=exp, backbone=backbone_label(bb, si), protocol=prot, seed=seed, chosen="")
-        out += [dict(key, comparison=PAIRED[0], value=test.predictor - test.identity),
-                dict(key, comparison=PAIRED[1], value=test.predictor - test.bias_only),
-                dict(key, comparison=PAIRED[2], value=test.predictor - test[best], chosen=best),
-                dict(key, comparison=PAIRED[3], value=test.target_only_probe),
-                dict(key, comparison="predictor", value=test.predictor)]
-    d = pd.DataFrame(out, columns=["experiment", "backbone", "protocol", "seed", "chosen", "comparison", "value"])
-    p = d[d.comparison.eq("predictor")].pivot_table(index=["experiment", "backbone", "seed"], columns="protocol", values="value")
+        for endpoint, col in ENDPOINT_COLUMNS.items():
+            test = run[run.split.eq("test")].set_index("scorer").get(col)
+            if test is None or test.isna().all(): continue
+            best = val_chosen_baseline(run) if endpoint == "synthetic" else run.rephoto_baseline.iloc[0]
+            key = dict(experiment=exp, backbone=backbone_label(bb, si), endpoint=endpoint, protocol=prot, seed=seed, chosen="")
+            out += [dict(key, comparison=PAIRED[0], value=test.predictor - test.identity),
+                    dict(key, comparison=PAIRED[1], value=test.predictor - test.bias_only),
+                    dict(key, comparison=PAIRED[2], value=test.predictor - test[best], chosen=best),
+                    dict(key, comparison=PAIRED[3], value=test.target_only_probe),
+                    dict(key, comparison="predictor", value=test.predictor)]
+    d = pd.DataFrame(out, columns=["experiment", "backbone", "endpoint", "protocol", "seed", "chosen", "comparison", "value"])
+    p = d[d.comparison.eq("predictor")].pivot_table(index=["experiment", "backbone", "endpoint", "seed"], columns="protocol",
+                                                    values="value", sort=False)
     if {"reference", "symmetric"} <= set(p.columns):           # the same seed under both protocols
         p = p.dropna(subset=["reference", "symmetric"]).reset_index()
         d = pd.concat([d, p.assign(protocol="reference − symmetric", comparison="predictor", chosen="",
@@ -398,15 +588,16 @@ def sweep_delta_table(long: pd.DataFrame) -> pd.DataFrame:
     "The paired comparisons as printed: n, the seeds, 'mean ± SD [t CI]', and which baseline val chose in how many seeds."
     d = sweep_deltas(long)
     rows = []
-    for (exp, bb, prot, comp), g in d.groupby(["experiment", "backbone", "protocol", "comparison"], sort=False):
+    for (exp, bb, end, prot, comp), g in d.groupby(["experiment", "backbone", "endpoint", "protocol", "comparison"], sort=False):
         s = mean_sd_ci(g.value)
         chosen = g.chosen[g.chosen.ne("")].map(scorer_label).value_counts()
         f = "+.3f" if "−" in comp or "−" in prot else ".3f"              # a difference carries its sign, an AUROC does not
-        rows.append({"experiment": exp, "backbone": bb, "protocol": prot, "comparison": comp, "n": s["n"],
+        rows.append({"experiment": exp, "backbone": bb, "endpoint": end, "protocol": prot, "comparison": comp, "n": s["n"],
                      "seeds": ",".join(map(str, sorted(g.seed))),
                      "mean ± SD [95% t CI]": f"{s['mean']:{f}} ± {s['sd']:.3f} [{s['ci_low']:{f}}, {s['ci_high']:{f}}]",
                      "val-chosen baseline (seeds)": ", ".join(f"{k} ({v})" for k, v in chosen.items()) or "–"})
-    return pd.DataFrame(rows).set_index(["experiment", "backbone", "protocol", "comparison"]) if rows else pd.DataFrame()
+    if not rows: return pd.DataFrame()
+    return pd.DataFrame(rows).set_index(["experiment", "backbone", "endpoint", "protocol", "comparison"])
 
 
 # %% [markdown]
@@ -426,8 +617,8 @@ def _run(prot, seed, pred, val_best, test_shift=0.0):
 
 _sw = pd.DataFrame([r for s, (pr, ps) in zip((1, 2, 3), ((0.66, 0.70), (0.65, 0.71), (0.67, 0.69)))
                     for r in _run("reference", s, pr, "pixel_l2", 0.2) + _run("symmetric", s, ps, "ssim")])
-_sd = sweep_delta_table(_sw)
-_k = ("EXP-007", "color_texture (offline stand-in)")
+_sd = sweep_delta_table(_sw).sort_index()          # sorted: the lookups below index a 5-level key
+_k = ("EXP-007", "color_texture (offline stand-in)", "synthetic")
 test_eq(_sd.loc[(*_k, "symmetric", "predictor − val-chosen baseline"), "val-chosen baseline (seeds)"], "SSIM (3)")
 test_eq(_sd.loc[(*_k, "reference", "predictor − val-chosen baseline"), "val-chosen baseline (seeds)"], "pixel L2 (3)")
 test_eq(_sd.loc[(*_k, "symmetric", "predictor − raw cosine"), "mean ± SD [95% t CI]"], "+0.020 ± 0.000 [+0.020, +0.020]")
@@ -436,7 +627,14 @@ test_eq(_sd.loc[(*_k, "reference − symmetric", "predictor"), "mean ± SD [95% 
         f"{_rs['mean']:+.3f} ± {_rs['sd']:.3f} [{_rs['ci_low']:+.3f}, {_rs['ci_high']:+.3f}]")
 test_eq(_sd.loc[(*_k, "reference", "target-only probe"), "seeds"], "1,2,3")
 test_eq(_sd.loc[(*_k, "reference", "target-only probe"), "mean ± SD [95% t CI]"], "0.700 ± 0.000 [0.700, 0.700]")
-test_eq(len(sweep_delta_table(_sw[_sw.protocol.eq("symmetric")]).loc[_k]), 4)      # one protocol: no cross-protocol row
+test_eq(len(sweep_delta_table(_sw[_sw.protocol.eq("symmetric")]).sort_index().loc[_k]), 4)      # one protocol: no cross-protocol row
+# with the re-photo endpoint: its comparator is the run's own val choice, and reference − symmetric pairs seeds there too
+_swr = _sw.assign(rephoto_auroc=_sw.auroc - 0.1, rephoto_baseline="pixel_l2")
+_sdr = sweep_delta_table(_swr).sort_index()
+test_eq(_sdr.loc[("EXP-007", "color_texture (offline stand-in)", "re-photo", "symmetric", "predictor − val-chosen baseline"),
+                 "val-chosen baseline (seeds)"], "pixel L2 (3)")
+test_eq(_sdr.loc[("EXP-007", "color_texture (offline stand-in)", "re-photo", "reference − symmetric", "predictor"), "n"], 3)
+test_eq(_sdr.loc[_k].equals(_sd.loc[_k]), True)
 test_eq(sweep_delta_table(_sw.iloc[:0]).empty, True)
 _sd
 

@@ -55,6 +55,7 @@ from derma_jepa.backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_sp
 from derma_jepa.data import DataError, atomic_write_bytes
 from derma_jepa.executors import EXECUTORS, LocalExecutor, WorkItem, check_resources, make_executor, summary
 from derma_jepa.experiment import Config, ConfigError, resolve_data, run_id
+from derma_jepa.pairs import ABLATIONS, lofo_folds
 
 SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sides_per_job` changes it)
 
@@ -87,18 +88,20 @@ assert (experiments_dir() / "arc.yaml").exists()
 # %% [markdown]
 # ## The arc as data
 #
-# `arc.yaml` lists experiment files (their stems), the protocols and the sweep; on a cluster it
+# `arc.yaml` lists experiment files (their stems), the protocols, the sweep and the experiments
+# run in every leave-one-family-out fold (`lofo`: each of the three held-out families in turn is
+# val/test, the other two train, 05_pairs' `lofo_folds`); on a cluster it
 # may also say what the jobs get (`resources`, 19_executors) and how many sides one embedding job
 # takes (`sides_per_job`). Any other key is an error that names the file, as is an experiment
 # whose YAML is missing.
 
 # %%
 #| export
-ARC_KEYS = {"experiments", "protocols", "sweep", "resources", "sides_per_job"}
+ARC_KEYS = {"experiments", "protocols", "sweep", "lofo", "ablation", "resources", "sides_per_job"}
 SWEEP_KEYS = {"experiments", "seeds"}
 
 def load_arc(path) -> dict:
-    "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}}."
+    "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}, 'lofo': [...]}."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"arc file {path} not found")
     arc = yaml.safe_load(path.read_text()) or {}
@@ -111,8 +114,8 @@ def load_arc(path) -> dict:
         raise ConfigError(f"{path}: sides_per_job={per_job!r}: a positive number of sides per embedding job")
     out = {"experiments": list(arc.get("experiments") or []), "protocols": list(arc.get("protocols") or ["symmetric"]),
            "sweep": {"experiments": list(sweep.get("experiments") or []), "seeds": [int(s) for s in sweep.get("seeds") or []]},
-           "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
-    for e in out["experiments"] + out["sweep"]["experiments"]:
+           "lofo": list(arc.get("lofo") or []), "ablation": list(arc.get("ablation") or []), "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
+    for e in out["experiments"] + out["sweep"]["experiments"] + out["lofo"] + out["ablation"]:
         if not (path.parent / f"{e}.yaml").exists(): raise ConfigError(f"{path}: experiment {e!r} has no file {path.parent / (e + '.yaml')}")
     return out
 
@@ -121,6 +124,7 @@ def load_arc(path) -> dict:
 _arc = load_arc(experiments_dir() / "arc.yaml")
 test_eq(_arc["experiments"], ["exp001", "exp002", "exp003", "exp004", "exp005", "exp006a", "exp006b", "exp007", "exp008"])
 test_eq(_arc["sweep"], {"experiments": ["exp007", "exp008"], "seeds": [20260422, 1, 2, 3, 4]})
+test_eq((_arc["lofo"], _arc["ablation"]), (["exp004"], ["exp004"]))
 test_eq((_arc["resources"], _arc["sides_per_job"]), ({}, SIDES_PER_JOB))
 test_eq(load_arc(experiments_dir() / "arc_cluster.yaml")["resources"]["backbones"]["dinov2_vitb14"]["gpus"], 1)
 _tmp = Path(tempfile.mkdtemp())
@@ -171,7 +175,6 @@ test_eq(parse_backbones("hub"), [])
 test_fail(lambda: parse_backbones("color_texture,clip"), contains="'clip' is a hub backbone")
 test_fail(lambda: parse_backbones("resnet"), contains="unknown backbone 'resnet'")
 
-
 # %% [markdown]
 # ## The plan
 #
@@ -182,29 +185,51 @@ test_fail(lambda: parse_backbones("resnet"), contains="unknown backbone 'resnet'
 # seed-20260422 runs are the arc's own, so they share run directories and run once. Likewise a
 # run that differs from an earlier one *only in its experiment label* is that run: EXP-004,
 # 006b, 007 and 008 differ only in the hub backbone, so on an offline stand-in they are one
-# run, which is made once and shown once, naming every experiment it stands for.
+# run, which is made once and shown once, naming every experiment it stands for. A `lofo` row
+# names its held-out family (`lofo`, "" elsewhere); the fold whose families are the experiment's
+# own is the experiment's run itself. An `ablation` row names its step (`ABLATION_STEPS`): the
+# experiment under `reference`, then with the release's differences closed one at a time and
+# cumulatively (the four pairing switches of 05_pairs, 02_split's checksum rule, the paper's
+# preset, the autograd trainer), then under `symmetric`. What is left between the last step and
+# `symmetric` is the evaluation: the baseline rule, the bootstrap and the missing-lesion rule.
 
 # %%
 #| export
+# The ablation from the release to the paper: `reference`, then one difference closed at a time (cumulative), the
+# five of 05_pairs / 02_split and then the preset and the trainer (existing options), then `symmetric` itself.
+_ALL = ",".join(ABLATIONS)
+ABLATION_STEPS = ([("reference", "reference", {})] +
+                  [(f"+ {a}", "reference", {"ablate": ",".join(ABLATIONS[:k + 1])}) for k, a in enumerate(ABLATIONS)] +
+                  [("+ preset paper", "reference", {"ablate": _ALL, "preset": "paper"}),
+                   ("+ trainer autograd", "reference", {"ablate": _ALL, "preset": "paper", "trainer": "autograd"}),
+                   ("symmetric", "symmetric", {})])
+
+
 def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = None, sweep: bool = True,
              runs_dir="runs") -> pd.DataFrame:
     "Every run of the arc (and sweep) as a validated config with its run directory and status."
     arc_file = Path(arc_file or experiments_dir() / "arc.yaml")
     arc, stand_ins, overrides = load_arc(arc_file), parse_backbones(backbones), dict(overrides or {})
     if "run_dir" in overrides: raise ConfigError("run_dir cannot be overridden for a whole arc: use the runs folder")
-    jobs = [(e, None, False) for e in arc["experiments"]]
-    if sweep: jobs += [(e, s, True) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
+    jobs = [(e, {}, {}, arc["protocols"]) for e in arc["experiments"]]
+    if sweep: jobs += [(e, {"seed": s}, {"sweep": True}, arc["protocols"]) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
+    jobs += [(e, {"lofo_fold": f}, {"lofo": held}, arc["protocols"]) for e in arc["lofo"] for f, (_, held) in enumerate(lofo_folds())]
+    jobs += [(e, params, {"ablation": label}, [prot]) for e in arc["ablation"] for label, prot, params in ABLATION_STEPS]
     rows = []
-    for stem, seed, in_sweep in jobs:
-        for protocol in arc["protocols"]:
-            extra = {"protocol": protocol, **({"seed": seed} if seed is not None else {})}
-            base = Config.from_yaml(arc_file.parent / f"{stem}.yaml", **{**overrides, **extra})
+    for stem, params, tags, protocols in jobs:
+        for protocol in protocols:
+            make = lambda **p: Config.from_yaml(arc_file.parent / f"{stem}.yaml", **{**overrides, "protocol": protocol, **p})
+            base = make(**params)
+            if base.lofo_fold >= 0:        # the fold equal to the experiment's own families is the experiment's run
+                own = make()
+                base = own if (own.train_families, own.eval_family) == (base.train_families, base.eval_family) else base
             for bb in [backbone_spec(base.backbone).name, *stand_ins]:
                 cfg = dataclasses.replace(base, backbone=bb)
                 stand_in = bb != backbone_spec(base.backbone).name
                 cfg = dataclasses.replace(cfg, run_dir=str(Path(runs_dir) / run_id(cfg)))
                 rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
-                             "sweep": in_sweep, "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
+                             "sweep": tags.get("sweep", False), "lofo": tags.get("lofo", ""), "ablation": tags.get("ablation", ""),
+                             "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
                              "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
     plan = pd.DataFrame(rows)
     same = [json.dumps({k: v for k, v in c.to_dict().items() if k not in ("experiment", "run_dir")}, sort_keys=True)
@@ -216,15 +241,28 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
 
 # %%
 _plan = plan_arc(backbones="offline", overrides={"data": "fixture"}, runs_dir=_tmp / "runs")
-test_eq(len(_plan), (9 + 2 * 5) * 2 * 3)
+test_eq(len(_plan), ((9 + 2 * 5 + 3) * 2 + len(ABLATION_STEPS)) * 3)
 test_eq(_plan[~_plan.stand_in].status.str.startswith("not run: weights for").all(), True)
 test_eq(set(_plan[_plan.stand_in].status), {"run"})
 # seed 20260422 of the sweep = the arc's runs; EXP-004/006b/007/008 are one run per stand-in and protocol,
 # and so are the sweep's EXP-007/008 at each seed
-test_eq(_plan[_plan.stand_in].run_dir.nunique(), (9 - 3 + 4) * 2 * 2)
-_shared = _plan[_plan.stand_in & ~_plan.sweep & _plan.protocol.eq("symmetric") & _plan.backbone.eq("color_texture")]
+test_eq(_plan[_plan.stand_in].run_dir.nunique(), (9 - 3 + 4 + 2) * 2 * 2 + (len(ABLATION_STEPS) - 2) * 2)
+# the ablation: its first and last steps are EXP-004's own runs, the steps between close one difference more each
+_ab = _plan[_plan.ablation.ne("") & _plan.backbone.eq("color_texture")]
+test_eq(list(_ab.ablation), [label for label, _, _ in ABLATION_STEPS])
+test_eq([c.ablate for c in _ab.config][1:6], [",".join(ABLATIONS[:k + 1]) for k in range(5)])
+_e4 = _plan[_plan.experiment.eq("EXP-004") & _plan.backbone.eq("color_texture") & _plan.lofo.eq("") & _plan.ablation.eq("") & ~_plan.sweep]
+test_eq((_ab.run_dir.iloc[0], _ab.run_dir.iloc[-1]), tuple(_e4.set_index("protocol").run_dir[["reference", "symmetric"]]))
+# leave-one-family-out: three folds of EXP-004 per protocol, the fold holding out strong_held_out_2 is EXP-004's run
+_lf = _plan[_plan.lofo.ne("") & _plan.backbone.eq("color_texture") & _plan.protocol.eq("symmetric")]
+test_eq(list(_lf.lofo), ["strong", "strong_held_out", "strong_held_out_2"])
+test_eq([c.eval_family for c in _lf.config], list(_lf.lofo))
+
+_shared = _plan[_plan.stand_in & ~_plan.sweep & _plan.lofo.eq("") & _plan.ablation.eq("") & _plan.protocol.eq("symmetric")
+               & _plan.backbone.eq("color_texture")]
 test_eq(_shared.groupby("run_dir").experiment.apply(list).tolist()[3], ["EXP-004", "EXP-006b", "EXP-007", "EXP-008"])
-_plan[["experiment", "protocol", "seed", "sweep", "paper_backbone", "backbone", "stand_in", "status"]].head(6)
+test_eq(_lf.run_dir.iloc[2], _shared[_shared.experiment.eq("EXP-004")].run_dir.iloc[0])
+_plan[["experiment", "protocol", "seed", "sweep", "lofo", "paper_backbone", "backbone", "stand_in", "status"]].head(6)
 
 # %% [markdown]
 # Bad input stops the plan, and so the arc, before anything runs: a typo in an override, an
@@ -391,6 +429,7 @@ def run_job(config: dict) -> dict:
 from derma_jepa.executors import job_entry, status_path
 _fx = {"data": "fixture", "fixture_lesions": 300, "pairs_per_split": 12, "epochs": 20, "n_boot": 100}
 _small = plan_arc(backbones="color_texture", overrides=_fx, sweep=False, runs_dir=_tmp / "runs")
+_small = _small[_small.lofo.eq("") & _small.ablation.eq("")]     # the arc's own runs; LOFO and ablation vary EXP-004
 _cfgs = list(_small[_small.status.eq("run") & _small.experiment.eq("EXP-004")].drop_duplicates("run_dir").config)
 test_eq(len(side_groups(_cfgs)), 2)
 _items = embed_items(_cfgs, _tmp / "jobs", sides_per_job=100)

@@ -24,7 +24,7 @@ def paper_cmd(tmp: Path, arc: Path, *extra):
 def tiny_arc(tmp: Path) -> Path:
     for stem in ("exp004", "exp005"): (tmp / f"{stem}.yaml").write_text((EXP / f"{stem}.yaml").read_text())
     arc = tmp / "arc.yaml"
-    arc.write_text("experiments: [exp004, exp005]\nprotocols: [reference, symmetric]\n"
+    arc.write_text("experiments: [exp004, exp005]\nprotocols: [reference, symmetric]\nlofo: [exp004]\n"
                    "sweep:\n  experiments: [exp005]\n  seeds: [20260422, 1]\n")
     return arc
 
@@ -40,7 +40,7 @@ def rendered(tmp_path_factory):
 def test_paper_rendered_from_executed_runs(rendered):
     tmp, p = rendered
     paper = tmp / "paper"
-    for name in ("arc", "rephoto", "optimisers", "sweep", "sweep_deltas"):
+    for name in ("arc", "rephoto", "rephoto_deltas", "lofo", "optimisers", "sweep", "sweep_deltas"):
         assert (paper / "tables" / f"{name}.md").stat().st_size > 0 and (paper / "tables" / f"{name}.tex").stat().st_size > 0
         assert f"\\input{{tables/{name}.tex}}" in (paper / "main.tex").read_text()
     figures = {"leak", "pair_gallery", "delta_forest", "roc_exp004", "score_histograms", "auroc_by_backbone", "train_vs_test"}
@@ -49,8 +49,11 @@ def test_paper_rendered_from_executed_runs(rendered):
     for k in figures:                              # every figure with a caption that says what it shows
         assert f"figures/{k}.png}}\\caption{{" in main and f"`figures/{k}.png`: " in readme, k
     arc = (paper / "tables" / "arc.md").read_text()
-    for column in ("Δ [95% CI]", "target-only probe", "context-only probe", "re-photo AUROC [95% CI]", "(release rule)"):
+    for column in ("Δ [95% CI]", "target-only probe", "context-only probe", "re-photo AUROC [95% CI]", "(release rule)",
+                   "re-photo Δ [95% CI] vs val-chosen baseline: verdict"):
         assert column in arc, column
+    stand_in = [line for line in arc.splitlines() if "color_texture (offline stand-in)" in line]
+    assert stand_in and all(line.count(" vs ") == 2 for line in stand_in)     # a re-photo verdict under both protocols
     assert "not run: weights for timm/vit_base_patch14_dinov2.lvd142m not found" in arc
     assert "color_texture (offline stand-in)" in arc and "DINOv2 ViT-B/14" in arc
     sweep = (paper / "tables" / "sweep.md").read_text()
@@ -60,13 +63,21 @@ def test_paper_rendered_from_executed_runs(rendered):
     for scorer in ("predictor", "raw cosine", "bias-only control", "pixel L2", "SSIM", "target-only probe"):
         assert f"| {scorer} " in rephoto, scorer
     assert "symmetric · re-photo" in rephoto and "reference · synthetic" in rephoto
+    assert "| –" not in rephoto.split("reference · re-photo")[1]        # the reference column is filled too
+    rd = (paper / "tables" / "rephoto_deltas.md").read_text()
+    for comparison in ("predictor − val-chosen baseline", "predictor − raw cosine", "predictor − bias-only control"):
+        assert comparison in rd, comparison
+    lofo = (paper / "tables" / "lofo.md").read_text()                # three folds x both protocols x both endpoints
+    for fam in ("strong", "strong_held_out", "strong_held_out_2"):
+        assert f"EXP-004 holding out {fam} " in lofo, fam
+    assert "reference · re-photo" in lofo and "symmetric · synthetic" in lofo
     deltas = (paper / "tables" / "sweep_deltas.md").read_text()      # paired within seeds, both protocols
     for comparison in ("predictor − raw cosine", "predictor − val-chosen baseline", "target-only probe"):
         assert comparison in deltas, comparison
     assert "reference − symmetric" in deltas and "1,20260422" in deltas
     plan = json.loads((tmp / "runs" / "plan-color_texture.json").read_text())
     ran = {r["run_dir"] for r in plan if r["status"] == "run"}
-    assert len(ran) == 6                                           # 2 experiments x 2 protocols + seed 1 of the sweep x 2
+    assert len(ran) == 10               # 2 experiments x 2 protocols + seed 1 of the sweep x 2 + 2 more LOFO folds x 2
     for d in ran:
         assert (Path(d) / "run.ipynb").exists() and (Path(d) / "metrics.json").exists()
     assert (tmp / "runs" / "paper.ipynb").exists()
@@ -83,7 +94,7 @@ def test_rerun_reuses_everything_and_rewrites_identical_tables(rendered):
     stamps = {f: f.stat().st_mtime_ns for f in (tmp / "runs").glob("*/metrics.json")}
     p = paper_cmd(tmp, tmp / "arc.yaml")
     assert p.returncode == 0, p.stderr[-3000:]
-    assert p.stdout.count("complete, skipped") == 6 and " done in " not in p.stdout
+    assert p.stdout.count("complete, skipped") == 10 and " done in " not in p.stdout
     assert {f.stat().st_mtime_ns for f in stamps} == set(stamps.values())
     assert {f: f.read_bytes() for f in paper.rglob("*") if f.is_file()} == before
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 from derma_jepa.experiment import Config, data_stage, run
 from derma_jepa.nuisance import load_rgb, render
-from derma_jepa.pairs import NONE_RECIPE, dx_mix, pair_recipes, recipe_json
+from derma_jepa.pairs import NONE_RECIPE, distinct_sides, dx_mix, pair_recipes, recipe_json
 
 EXP = ROOT / "nbs" / "experiments"
 
@@ -39,13 +39,15 @@ def test_seed_sweep_split_counts(ham_dir, seed, images):
 
 def test_reference_exp004(ref4):
     _, _, m, audit = ref4
-    assert len(m) == 6000 and audit["distinct_sides"] == 8004
+    release = m[m.kind.isin(["stable", "changing"])]           # the release's pairs; the re-photo endpoint follows them
+    assert len(release) == 6000 and distinct_sides(release) == 8004
+    assert m.kind.iloc[:6000].isin(["stable", "changing"]).all()
     assert audit["construction"]["changing_skipped"] == {"train": 8, "val": 15, "test": 18}
 
 
 def test_reference_exp001(ham_dir):
     _, _, m, audit = data_stage(Config.from_yaml(EXP / "exp001.yaml", data=str(ham_dir), protocol="reference"))
-    assert audit["distinct_sides"] == 8015
+    assert distinct_sides(m[m.kind.isin(["stable", "changing"])]) == 8015
     assert audit["construction"]["changing_tiers"] == {
         "train": {"dx+site": 992, "dx": 8}, "val": {"dx+site": 985, "dx": 15}, "test": {"dx+site": 982, "dx": 18}}
 

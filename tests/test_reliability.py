@@ -334,6 +334,17 @@ def test_csv_not_utf8(world):
     (dict(split_fractions="a,b,c"), "parameter split_fractions='a,b,c' is not a valid tuple"),
     (dict(backbone=2.5), "parameter backbone=2.5 is not a valid str"),
     (dict(missing_lesion="ignore"), "unknown missing_lesion 'ignore'"),
+    # out of range, with the bound and its reason, before any work (these used to fail late or run for days)
+    (dict(seed=2**32), "parameter seed=4294967296 must be at most 4294967295: numpy and scikit-learn take 32-bit seeds"),
+    (dict(n_boot=10**9), "parameter n_boot=1000000000 must be at most 20000"),
+    (dict(batch_size=10**6), "parameter batch_size=1000000 must be at most 4096"),
+    (dict(image_size=10**5), "parameter image_size=100000 must be at most 1024"),
+    (dict(pairs_per_split=10**7), "parameter pairs_per_split=10000000 must be at most 100000"),
+    # paths that would make folders no one can type, and settings a run would record but ignore
+    (dict(run_dir="run\n"), "parameter run_dir='run\\n' contains the control character '\\n'"),
+    (dict(run_dir="r" * 300), "is 300 bytes, longer than a file name may be (255)"),
+    (dict(data="data\t"), "contains the control character '\\t'"),
+    (dict(weights="vit.safetensors"), "backbone 'color_texture' takes no weights"),
 ])
 def test_ill_typed_configuration(world, kw, match):
     refused(world, match, make=lambda: cfg(world, **kw))

@@ -28,9 +28,11 @@ def test_manifest_stage(tmp_path, protocol):
     assert p.returncode == 0, p.stderr[-3000:]
     m = pd.read_parquet(run_dir / "manifest.parquet")
     assert MANIFEST_COLUMNS <= set(m.columns)
-    # symmetric runs carry the real re-photography pairs (label 0) beside the synthetic ones; reference has none
-    assert set(m.kind) == ({"stable", "changing"} | ({"rephoto"} if protocol == "symmetric" else set())) and set(m.label) == {0, 1}
-    families = {json.loads(r)["family"] for r in m.context_recipe}
+    # both protocols carry the real re-photo endpoint (val and test) beside their own synthetic pairs
+    assert set(m.kind) == {"stable", "changing", "rephoto", "rephoto_changing"} and set(m.label) == {0, 1}
+    own, end = m[m.kind.isin(["stable", "changing"])], m[~m.kind.isin(["stable", "changing"])]
+    assert set(end.split) == {"val", "test"} and set(end.protocol) == {"shared"}
+    families = {json.loads(r)["family"] for r in own.context_recipe}
     assert families == ({"none"} if protocol == "reference" else {"strong", "strong_held_out", "strong_held_out_2"})
     audit = json.loads((run_dir / "audit.json").read_text())
     for key in ["n_images", "n_lesions", "split_lesions", "split_images", "missing", "unreadable", "duplicate_checksums"]:
@@ -84,4 +86,4 @@ def test_full_run_contract(tmp_path):
     pngs = [o["data"]["image/png"] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
             if "image/png" in o.get("data", {})]
     assert len(pngs) >= 6 and len(pngs) == len(set(pngs)), "a figure is shown twice in the executed notebook"
-    assert "re-photography pairs" in json.dumps(nb) and "width ratio" in json.dumps(nb)
+    assert "AUROC, re-photo vs matched changing" in json.dumps(nb) and "width ratio" in json.dumps(nb)
