@@ -42,7 +42,15 @@ def repo_root(start=None) -> Path:
 def experiments_dir() -> Path: return repo_root() / "nbs" / "experiments"
 
 # %% ../nbs/20_plan.ipynb #67e2e2c8
-ARC_KEYS = {"experiments", "protocols", "sweep", "lofo", "ablation", "resources", "sides_per_job"}
+def _anchors(value, path) -> dict[str, list[str]]:
+    "`anchors`: experiment -> the extra backbones it runs with, for the table of published anchors (13_report)."
+    if not value: return {}
+    if not isinstance(value, dict) or not all(isinstance(v, list) and all(isinstance(b, str) for b in v) for v in value.values()):
+        raise ConfigError(f"{path}: anchors must map an experiment to a list of backbones, e.g. {{exp004: [random_vitb16]}}")
+    return {str(k): list(v) for k, v in value.items()}
+
+
+ARC_KEYS = {"experiments", "protocols", "sweep", "lofo", "ablation", "anchors", "resources", "sides_per_job"}
 SWEEP_KEYS = {"experiments", "seeds"}
 
 def load_arc(path) -> dict:
@@ -59,8 +67,10 @@ def load_arc(path) -> dict:
         raise ConfigError(f"{path}: sides_per_job={per_job!r}: a positive number of sides per embedding job")
     out = {"experiments": list(arc.get("experiments") or []), "protocols": list(arc.get("protocols") or ["symmetric"]),
            "sweep": {"experiments": list(sweep.get("experiments") or []), "seeds": [int(s) for s in sweep.get("seeds") or []]},
-           "lofo": list(arc.get("lofo") or []), "ablation": list(arc.get("ablation") or []), "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
-    for e in out["experiments"] + out["sweep"]["experiments"] + out["lofo"] + out["ablation"]:
+           "lofo": list(arc.get("lofo") or []), "ablation": list(arc.get("ablation") or []),
+           "anchors": _anchors(arc.get("anchors"), path),
+           "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
+    for e in out["experiments"] + out["sweep"]["experiments"] + out["lofo"] + out["ablation"] + list(out["anchors"]):
         if not (path.parent / f"{e}.yaml").exists(): raise ConfigError(f"{path}: experiment {e!r} has no file {path.parent / (e + '.yaml')}")
     return out
 
@@ -106,6 +116,7 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
     if sweep: jobs += [(e, {"seed": s}, {"sweep": True}, arc["protocols"]) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
     jobs += [(e, {"lofo_fold": f}, {"lofo": held}, arc["protocols"]) for e in arc["lofo"] for f, (_, held) in enumerate(lofo_folds())]
     jobs += [(e, params, {"ablation": label}, [prot]) for e in arc["ablation"] for label, prot, params in ABLATION_STEPS]
+    jobs += [(e, {"backbone": bb}, {"anchor": bb}, arc["protocols"]) for e, bbs in arc["anchors"].items() for bb in bbs]
     rows = []
     for stem, params, tags, protocols in jobs:
         for protocol in protocols:
@@ -114,12 +125,13 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
             if base.lofo_fold >= 0:        # the fold equal to the experiment's own families is the experiment's run
                 own = make()
                 base = own if (own.train_families, own.eval_family) == (base.train_families, base.eval_family) else base
-            for bb in [backbone_spec(base.backbone).name, *stand_ins]:
+            for bb in [backbone_spec(base.backbone).name, *([] if "anchor" in tags else stand_ins)]:
                 cfg = dataclasses.replace(base, backbone=bb)
                 stand_in = bb != backbone_spec(base.backbone).name
                 cfg = dataclasses.replace(cfg, run_dir=str(Path(runs_dir) / run_id(cfg)))
                 rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
                              "sweep": tags.get("sweep", False), "lofo": tags.get("lofo", ""), "ablation": tags.get("ablation", ""),
+                             "anchor": tags.get("anchor", ""),
                              "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
                              "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
     plan = pd.DataFrame(rows)

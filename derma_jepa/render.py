@@ -14,7 +14,7 @@ import pandas as pd
 from .data import atomic_write_bytes, load_records
 from .experiment import resolve_data
 from .pairs import render_side
-from .report import (_fig_bytes, ablation_table, arc_table, backbone_label, collect, in_arc, interval_table, lofo_table, optimiser_table, rephoto_delta_table,
+from .report import (_fig_bytes, ablation_table, anchor_table, arc_table, backbone_label, collect, in_arc, interval_table, lofo_table, optimiser_table, rephoto_delta_table,
                                rephoto_table, scorer_label, sweep_delta_table, sweep_table, tex_symbols, tex_text, to_latex,
                                to_markdown)
 from .safety import write_marked_dir
@@ -255,6 +255,10 @@ MAIN_TEX = r"""\documentclass[11pt]{article}
 \maketitle
 \noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs (Table~\ref{tab:intervals} measures by how much). Rows marked ``not run'' had no weights on the machine that rendered this paper.
 
+\section{Anchors to the published numbers}
+Where a like-for-like number exists (EXP-004, test AUROC): the release's published value beside this re-run under each protocol. Pixel L2 needs no weights and is the same computation; for the published DINOv2 and CLIP predictors the nearest like-for-like here is a random-init ViT-B/16, with its target-only probe (the leak's measure); DermLIP's weights are not on this machine.
+\input{tables/anchors.tex}
+
 \section{The arc}
 Per protocol: the predictor, the strongest baseline, $\Delta$ = predictor $-$ strongest baseline with its interval, the verdict (the release's fixed-threshold rule under reference, labelled so; under symmetric, improved or worse when $\Delta$'s interval excludes 0, else matched), the two single-side probes (the leak detectors: 0.5 when one side alone carries no label), the predictor's AUROC on the real re-photograph endpoint, and that endpoint's $\Delta$ against the baseline its own validation split chose, with the verdict read off $\Delta$'s interval (the same rule under both protocols). A run that several experiments share (an offline stand-in for experiments that differ only in the hub backbone) is one row naming them all.
 \input{tables/arc.tex}
@@ -330,6 +334,8 @@ Backbones: {backbones}.
 - `tables/rephoto_deltas.*`: the predictor's re-photo Δ [95% CI] against the val-chosen baseline, the raw
   cosine and the bias-only control, per protocol (arc runs);
 - `tables/lofo.*`: EXP-004 in each leave-one-family-out fold, every scorer on both endpoints, per protocol;
+- `tables/anchors.*`: the release's published EXP-004 numbers (pixel L2 0.580, DINOv2/CLIP 0.25–0.29, DermLIP
+  0.944) beside this re-run under each protocol, with a random-init ViT-B/16 as the like-for-like ViT;
 - `tables/ablation.*`: EXP-004 from `reference` to `symmetric`, one release difference closed at a time: the
   target-only probe, predictor, bias-only control, strongest baseline and re-photo AUROC, each with its change
   from the step before;
@@ -372,6 +378,8 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
                                                "re-photographs, per protocol (arc runs)."),
               "rephoto_deltas": (rephoto_delta_table(long), "The predictor's re-photo $\\Delta$ [95\\% CI, lesion-level paired "
                                                             "bootstrap] against the val-chosen baseline, the raw cosine and bias-only."),
+              "anchors": (anchor_table(long), "The release's published EXP-004 test AUROC beside this re-run under each "
+                                              "protocol [95\\% CI]."),
               "ablation": (ablation_table(long), "EXP-004 from the reference to the symmetric protocol, one difference "
                                                  "closed at a time: test AUROC (change from the step before)."),
               "intervals": (interval_table(long), "95\\% interval widths of test AUROC by resampling unit (pairs, context "

@@ -16,11 +16,12 @@ from .metrics import METRICS          # one list of the four metrics (10_metrics
 
 # %% auto #0
 __all__ = ['BACKBONE_LABELS', 'SCORER_LABELS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'REPHOTO_SCORERS', 'REPHOTO_DELTAS',
-           'LOFO_SCORERS', 'INTERVAL_SCORERS', 'PAIRED', 'ENDPOINT_COLUMNS', 'TEX_SYMBOLS', 'in_arc',
+           'LOFO_SCORERS', 'INTERVAL_SCORERS', 'ANCHORS', 'PAIRED', 'ENDPOINT_COLUMNS', 'TEX_SYMBOLS', 'in_arc',
            'experiments_label', 'collect', 'backbone_label', 'scorer_label', 'fmt_ci', 'arc_cells', 'arc_table',
            'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table', 'endpoint_frame', 'rephoto_table',
-           'rephoto_delta_table', 'lofo_table', 'interval_table', 'ablation_table', 'val_chosen_baseline',
-           'sweep_deltas', 'sweep_delta_table', 'to_markdown', 'tex_text', 'tex_symbols', 'to_latex']
+           'rephoto_delta_table', 'lofo_table', 'interval_table', 'anchor_table', 'ablation_table',
+           'val_chosen_baseline', 'sweep_deltas', 'sweep_delta_table', 'to_markdown', 'tex_text', 'tex_symbols',
+           'to_latex']
 
 # %% ../nbs/13_report.ipynb #79cc7e49
 _RUN_COLS = ["strongest_baseline", "delta", "delta_lo", "delta_hi", "delta_identity", "delta_identity_lo", "delta_identity_hi",
@@ -51,8 +52,11 @@ def _run_fields(ev: dict, tim: dict) -> dict:
 
 
 def in_arc(df: pd.DataFrame) -> pd.Series:
-    "Rows (of a plan or a long table) of the arc itself: not the sweep's other seeds, the LOFO folds, the ablation."
-    return ~df.sweep.astype(bool) & (df.lofo.eq("") if "lofo" in df else True) & (df.ablation.eq("") if "ablation" in df else True)
+    "Rows (of a plan or a long table) of the arc itself: not the sweep's other seeds, the LOFO folds, the ablation, the anchors."
+    keep = ~df.sweep.astype(bool)
+    for k in ("lofo", "ablation", "anchor"):
+        if k in df: keep &= df[k].eq("")
+    return keep
 
 
 def experiments_label(plan: pd.DataFrame) -> pd.Series:
@@ -62,8 +66,9 @@ def experiments_label(plan: pd.DataFrame) -> pd.Series:
 
 def collect(plan: pd.DataFrame) -> pd.DataFrame:
     "One row per (plan row, split, scorer), metrics and CIs flattened; un-run rows keep their status."
-    keys = ["experiment", "protocol", "seed", "sweep", "lofo", "ablation", "paper_backbone", "backbone", "stand_in", "status", "run_dir"]
-    plan = plan.assign(experiments=experiments_label(plan), **{k: "" for k in ("lofo", "ablation") if k not in plan})
+    keys = ["experiment", "protocol", "seed", "sweep", "lofo", "ablation", "anchor", "paper_backbone", "backbone", "stand_in",
+            "status", "run_dir"]
+    plan = plan.assign(experiments=experiments_label(plan), **{k: "" for k in ("lofo", "ablation", "anchor") if k not in plan})
     out = []
     for r in plan[keys + ["experiments"]].to_dict("records"):
         mfile = Path(r["run_dir"]) / "metrics.json"
@@ -303,6 +308,33 @@ def interval_table(long: pd.DataFrame) -> pd.DataFrame:
     out["context lesion / pair"] = out["context lesion"] / out.pair
     out["two-way / pair"] = out["two-way"] / out.pair
     return out.set_index(["experiment", "backbone", "protocol", "scorer"]).round(3)
+
+# %% ../nbs/13_report.ipynb #e2cebda3
+# (what, the release's published EXP-004 test AUROC, which of our rows, scorer): the published numbers are data
+ANCHORS = (("pixel L2", "0.580", "baseline", "pixel_l2"),
+           ("predictor of a ViT (release: DINOv2 ViT-B/14, OpenAI CLIP ViT-B/16; here: random-init ViT-B/16)", "0.25–0.29",
+            "anchor", "predictor"),
+           ("target-only probe of that ViT (the release had none)", "–", "anchor", "target_only_probe"),
+           ("predictor of DermLIP ViT-B/16 (EXP-007: the EXP-004 data on DermLIP)", "0.944", "dermlip_vitb16", "predictor"))
+
+
+def anchor_table(long: pd.DataFrame, experiment: str = "EXP-004") -> pd.DataFrame:
+    """The release's published numbers beside ours under each protocol (test AUROC [95% CI]; an un-run row says why):
+    `experiment`'s runs, and for a named backbone its own arc run, whichever experiment that is."""
+    e = long[~long.sweep.astype(bool) & long.lofo.eq("") & long.ablation.eq("")]
+    e = e[e.experiment.eq(experiment) | e.backbone.isin([w for _, _, w, _ in ANCHORS if w not in ("baseline", "anchor")])]
+    pick = {"baseline": lambda g: g[g.anchor.eq("")], "anchor": lambda g: g[g.anchor.ne("")]}
+    rows = []
+    for what, published, which, scorer in ANCHORS:
+        row = {"anchor": what, "published (reference)": published}
+        for prot in ("reference", "symmetric"):
+            g = e[e.protocol.eq(prot)]
+            g = pick[which](g[g.experiment.eq(experiment)]) if which in pick else g[g.backbone.eq(which) & g.anchor.eq("")]
+            r = g[g.split.eq("test") & g.scorer.eq(scorer)] if "split" in g else g.iloc[:0]
+            row[f"here, {prot}"] = (fmt_ci(*r[["auroc", "auroc_lo", "auroc_hi"]].iloc[0]) if len(r) else
+                                    next(iter(g.status[g.status.ne("run")]), "not run: not in the plan"))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("anchor")
 
 # %% ../nbs/13_report.ipynb #8cb42864
 def ablation_table(long: pd.DataFrame) -> pd.DataFrame:

@@ -83,8 +83,11 @@ def _run_fields(ev: dict, tim: dict) -> dict:
 
 
 def in_arc(df: pd.DataFrame) -> pd.Series:
-    "Rows (of a plan or a long table) of the arc itself: not the sweep's other seeds, the LOFO folds, the ablation."
-    return ~df.sweep.astype(bool) & (df.lofo.eq("") if "lofo" in df else True) & (df.ablation.eq("") if "ablation" in df else True)
+    "Rows (of a plan or a long table) of the arc itself: not the sweep's other seeds, the LOFO folds, the ablation, the anchors."
+    keep = ~df.sweep.astype(bool)
+    for k in ("lofo", "ablation", "anchor"):
+        if k in df: keep &= df[k].eq("")
+    return keep
 
 
 def experiments_label(plan: pd.DataFrame) -> pd.Series:
@@ -94,8 +97,9 @@ def experiments_label(plan: pd.DataFrame) -> pd.Series:
 
 def collect(plan: pd.DataFrame) -> pd.DataFrame:
     "One row per (plan row, split, scorer), metrics and CIs flattened; un-run rows keep their status."
-    keys = ["experiment", "protocol", "seed", "sweep", "lofo", "ablation", "paper_backbone", "backbone", "stand_in", "status", "run_dir"]
-    plan = plan.assign(experiments=experiments_label(plan), **{k: "" for k in ("lofo", "ablation") if k not in plan})
+    keys = ["experiment", "protocol", "seed", "sweep", "lofo", "ablation", "anchor", "paper_backbone", "backbone", "stand_in",
+            "status", "run_dir"]
+    plan = plan.assign(experiments=experiments_label(plan), **{k: "" for k in ("lofo", "ablation", "anchor") if k not in plan})
     out = []
     for r in plan[keys + ["experiments"]].to_dict("records"):
         mfile = Path(r["run_dir"]) / "metrics.json"
@@ -302,7 +306,7 @@ test_close((_s["ci_high"] - _s["mean"]) / (_s["release_ci_high"] - _s["mean"]), 
 def _fake(exp, prot, seed, sweep, auroc, status="run", bb="color_texture", si=True):
     run_dir = f"runs/{exp}-{prot}-{seed}-{bb}"
     base = dict(experiment=exp, experiments=exp, protocol=prot, seed=seed, sweep=sweep, backbone=bb, stand_in=si, status=status,
-                run_dir=run_dir, lofo="", ablation="")
+                run_dir=run_dir, lofo="", ablation="", anchor="")
     if status != "run": return [base]
     return [dict(base, split=sp, scorer=sc, auroc=auroc + d, auroc_lo=auroc + d - 0.02, auroc_hi=auroc + d + 0.02,
                  strongest_baseline="pixel_l2", delta=-0.05, delta_lo=-0.08, delta_hi=-0.01, verdict="worse",
@@ -482,6 +486,59 @@ test_eq(_ivt.loc[("EXP-004", "color_texture (offline stand-in)", "symmetric", "p
         [2.0, 3.0])
 test_eq(interval_table(_long).empty, True)            # runs without the other units: nothing to compare
 _ivt
+
+# %% [markdown]
+# ### Anchors to what the release published
+#
+# The reading "the leak inverted the published ranking" needs the release's own numbers beside
+# ours wherever a like-for-like number exists (EXP-004, test AUROC, the release's protocol):
+# pixel L2 (a scorer that needs no weights, so the same computation here); the published DINOv2
+# and CLIP predictors, beside a random-init ViT-B/16 run here (the nearest like-for-like without
+# hub weights: what a ViT's architecture alone gives under each protocol) with its target-only
+# probe, the leak's measure; and DermLIP, whose weights are not here.
+
+# %%
+#| export
+# (what, the release's published EXP-004 test AUROC, which of our rows, scorer): the published numbers are data
+ANCHORS = (("pixel L2", "0.580", "baseline", "pixel_l2"),
+           ("predictor of a ViT (release: DINOv2 ViT-B/14, OpenAI CLIP ViT-B/16; here: random-init ViT-B/16)", "0.25–0.29",
+            "anchor", "predictor"),
+           ("target-only probe of that ViT (the release had none)", "–", "anchor", "target_only_probe"),
+           ("predictor of DermLIP ViT-B/16 (EXP-007: the EXP-004 data on DermLIP)", "0.944", "dermlip_vitb16", "predictor"))
+
+
+def anchor_table(long: pd.DataFrame, experiment: str = "EXP-004") -> pd.DataFrame:
+    """The release's published numbers beside ours under each protocol (test AUROC [95% CI]; an un-run row says why):
+    `experiment`'s runs, and for a named backbone its own arc run, whichever experiment that is."""
+    e = long[~long.sweep.astype(bool) & long.lofo.eq("") & long.ablation.eq("")]
+    e = e[e.experiment.eq(experiment) | e.backbone.isin([w for _, _, w, _ in ANCHORS if w not in ("baseline", "anchor")])]
+    pick = {"baseline": lambda g: g[g.anchor.eq("")], "anchor": lambda g: g[g.anchor.ne("")]}
+    rows = []
+    for what, published, which, scorer in ANCHORS:
+        row = {"anchor": what, "published (reference)": published}
+        for prot in ("reference", "symmetric"):
+            g = e[e.protocol.eq(prot)]
+            g = pick[which](g[g.experiment.eq(experiment)]) if which in pick else g[g.backbone.eq(which) & g.anchor.eq("")]
+            r = g[g.split.eq("test") & g.scorer.eq(scorer)] if "split" in g else g.iloc[:0]
+            row[f"here, {prot}"] = (fmt_ci(*r[["auroc", "auroc_lo", "auroc_hi"]].iloc[0]) if len(r) else
+                                    next(iter(g.status[g.status.ne("run")]), "not run: not in the plan"))
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("anchor")
+
+
+# %%
+_an = pd.concat([_long, pd.DataFrame([dict(r, anchor="random_vitb16", backbone="random_vitb16", stand_in=False,
+                                           run_dir=r["run_dir"] + "-vit", auroc=r["auroc"] - 0.3, auroc_lo=r["auroc_lo"] - 0.3,
+                                           auroc_hi=r["auroc_hi"] - 0.3)
+                                      for r in _fake("EXP-004", "reference", 20260422, False, 0.70)])], ignore_index=True)
+_at2 = anchor_table(_an)
+test_eq(_at2.loc["pixel L2"].tolist(), ["0.580", "0.690 [0.670, 0.710]", "0.750 [0.730, 0.770]"])
+test_eq(_at2.iloc[1]["here, reference"], "0.400 [0.380, 0.420]")
+test_eq(_at2.iloc[1]["here, symmetric"], "not run: not in the plan")
+test_eq(_at2.iloc[3]["published (reference)"], "0.944")
+test_eq(_at2.iloc[3]["here, reference"], "not run: weights for x not found")      # DermLIP's own row (EXP-007), with why
+test_eq(arc_table(_an).equals(arc_table(_long)), True)        # the anchor runs are not arc rows
+_at2
 
 
 # %% [markdown]

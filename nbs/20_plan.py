@@ -85,6 +85,7 @@ def experiments_dir() -> Path: return repo_root() / "nbs" / "experiments"
 # %%
 assert (experiments_dir() / "arc.yaml").exists()
 
+
 # %% [markdown]
 # ## The arc as data
 #
@@ -97,7 +98,15 @@ assert (experiments_dir() / "arc.yaml").exists()
 
 # %%
 #| export
-ARC_KEYS = {"experiments", "protocols", "sweep", "lofo", "ablation", "resources", "sides_per_job"}
+def _anchors(value, path) -> dict[str, list[str]]:
+    "`anchors`: experiment -> the extra backbones it runs with, for the table of published anchors (13_report)."
+    if not value: return {}
+    if not isinstance(value, dict) or not all(isinstance(v, list) and all(isinstance(b, str) for b in v) for v in value.values()):
+        raise ConfigError(f"{path}: anchors must map an experiment to a list of backbones, e.g. {{exp004: [random_vitb16]}}")
+    return {str(k): list(v) for k, v in value.items()}
+
+
+ARC_KEYS = {"experiments", "protocols", "sweep", "lofo", "ablation", "anchors", "resources", "sides_per_job"}
 SWEEP_KEYS = {"experiments", "seeds"}
 
 def load_arc(path) -> dict:
@@ -114,8 +123,10 @@ def load_arc(path) -> dict:
         raise ConfigError(f"{path}: sides_per_job={per_job!r}: a positive number of sides per embedding job")
     out = {"experiments": list(arc.get("experiments") or []), "protocols": list(arc.get("protocols") or ["symmetric"]),
            "sweep": {"experiments": list(sweep.get("experiments") or []), "seeds": [int(s) for s in sweep.get("seeds") or []]},
-           "lofo": list(arc.get("lofo") or []), "ablation": list(arc.get("ablation") or []), "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
-    for e in out["experiments"] + out["sweep"]["experiments"] + out["lofo"] + out["ablation"]:
+           "lofo": list(arc.get("lofo") or []), "ablation": list(arc.get("ablation") or []),
+           "anchors": _anchors(arc.get("anchors"), path),
+           "resources": check_resources(arc.get("resources"), f"{path}: resources"), "sides_per_job": per_job}
+    for e in out["experiments"] + out["sweep"]["experiments"] + out["lofo"] + out["ablation"] + list(out["anchors"]):
         if not (path.parent / f"{e}.yaml").exists(): raise ConfigError(f"{path}: experiment {e!r} has no file {path.parent / (e + '.yaml')}")
     return out
 
@@ -124,7 +135,10 @@ def load_arc(path) -> dict:
 _arc = load_arc(experiments_dir() / "arc.yaml")
 test_eq(_arc["experiments"], ["exp001", "exp002", "exp003", "exp004", "exp005", "exp006a", "exp006b", "exp007", "exp008"])
 test_eq(_arc["sweep"], {"experiments": ["exp007", "exp008"], "seeds": [20260422, 1, 2, 3, 4]})
-test_eq((_arc["lofo"], _arc["ablation"]), (["exp004"], ["exp004"]))
+test_eq((_arc["lofo"], _arc["ablation"], _arc["anchors"]), (["exp004"], ["exp004"], {"exp004": ["random_vitb16"]}))
+_bad_arc = Path(tempfile.mkdtemp()) / "arc.yaml"
+_bad_arc.write_text("experiments: []\nanchors: [random_vitb16]\n")
+test_fail(lambda: load_arc(_bad_arc), contains="anchors must map an experiment to a list of backbones")
 test_eq((_arc["resources"], _arc["sides_per_job"]), ({}, SIDES_PER_JOB))
 test_eq(load_arc(experiments_dir() / "arc_cluster.yaml")["resources"]["backbones"]["dinov2_vitb14"]["gpus"], 1)
 _tmp = Path(tempfile.mkdtemp())
@@ -215,6 +229,7 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
     if sweep: jobs += [(e, {"seed": s}, {"sweep": True}, arc["protocols"]) for e in arc["sweep"]["experiments"] for s in arc["sweep"]["seeds"]]
     jobs += [(e, {"lofo_fold": f}, {"lofo": held}, arc["protocols"]) for e in arc["lofo"] for f, (_, held) in enumerate(lofo_folds())]
     jobs += [(e, params, {"ablation": label}, [prot]) for e in arc["ablation"] for label, prot, params in ABLATION_STEPS]
+    jobs += [(e, {"backbone": bb}, {"anchor": bb}, arc["protocols"]) for e, bbs in arc["anchors"].items() for bb in bbs]
     rows = []
     for stem, params, tags, protocols in jobs:
         for protocol in protocols:
@@ -223,12 +238,13 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
             if base.lofo_fold >= 0:        # the fold equal to the experiment's own families is the experiment's run
                 own = make()
                 base = own if (own.train_families, own.eval_family) == (base.train_families, base.eval_family) else base
-            for bb in [backbone_spec(base.backbone).name, *stand_ins]:
+            for bb in [backbone_spec(base.backbone).name, *([] if "anchor" in tags else stand_ins)]:
                 cfg = dataclasses.replace(base, backbone=bb)
                 stand_in = bb != backbone_spec(base.backbone).name
                 cfg = dataclasses.replace(cfg, run_dir=str(Path(runs_dir) / run_id(cfg)))
                 rows.append({"experiment": cfg.experiment or stem, "file": stem, "protocol": protocol, "seed": cfg.seed,
                              "sweep": tags.get("sweep", False), "lofo": tags.get("lofo", ""), "ablation": tags.get("ablation", ""),
+                             "anchor": tags.get("anchor", ""),
                              "paper_backbone": base.backbone, "backbone": bb, "stand_in": stand_in,
                              "status": weights_status(bb, cfg.weights) or "run", "run_dir": cfg.run_dir, "config": cfg})
     plan = pd.DataFrame(rows)
@@ -241,8 +257,9 @@ def plan_arc(arc_file=None, backbones: str = "hub", overrides: dict | None = Non
 
 # %%
 _plan = plan_arc(backbones="offline", overrides={"data": "fixture"}, runs_dir=_tmp / "runs")
-test_eq(len(_plan), ((9 + 2 * 5 + 3) * 2 + len(ABLATION_STEPS)) * 3)
-test_eq(_plan[~_plan.stand_in].status.str.startswith("not run: weights for").all(), True)
+test_eq(len(_plan), ((9 + 2 * 5 + 3) * 2 + len(ABLATION_STEPS)) * 3 + 2)     # + the random-init ViT anchor, per protocol
+test_eq(list(_plan[_plan.anchor.ne("")].backbone), ["random_vitb16"] * 2)
+test_eq(_plan[~_plan.stand_in & _plan.anchor.eq("")].status.str.startswith("not run: weights for").all(), True)
 test_eq(set(_plan[_plan.stand_in].status), {"run"})
 # seed 20260422 of the sweep = the arc's runs; EXP-004/006b/007/008 are one run per stand-in and protocol,
 # and so are the sweep's EXP-007/008 at each seed
@@ -258,7 +275,7 @@ _lf = _plan[_plan.lofo.ne("") & _plan.backbone.eq("color_texture") & _plan.proto
 test_eq(list(_lf.lofo), ["strong", "strong_held_out", "strong_held_out_2"])
 test_eq([c.eval_family for c in _lf.config], list(_lf.lofo))
 
-_shared = _plan[_plan.stand_in & ~_plan.sweep & _plan.lofo.eq("") & _plan.ablation.eq("") & _plan.protocol.eq("symmetric")
+_shared = _plan[_plan.stand_in & ~_plan.sweep & _plan.lofo.eq("") & _plan.ablation.eq("") & _plan.anchor.eq("") & _plan.protocol.eq("symmetric")
                & _plan.backbone.eq("color_texture")]
 test_eq(_shared.groupby("run_dir").experiment.apply(list).tolist()[3], ["EXP-004", "EXP-006b", "EXP-007", "EXP-008"])
 test_eq(_lf.run_dir.iloc[2], _shared[_shared.experiment.eq("EXP-004")].run_dir.iloc[0])
@@ -429,7 +446,7 @@ def run_job(config: dict) -> dict:
 from derma_jepa.executors import job_entry, status_path
 _fx = {"data": "fixture", "fixture_lesions": 300, "pairs_per_split": 12, "epochs": 20, "n_boot": 100}
 _small = plan_arc(backbones="color_texture", overrides=_fx, sweep=False, runs_dir=_tmp / "runs")
-_small = _small[_small.lofo.eq("") & _small.ablation.eq("")]     # the arc's own runs; LOFO and ablation vary EXP-004
+_small = _small[_small.lofo.eq("") & _small.ablation.eq("") & _small.anchor.eq("")]     # the arc's own runs; LOFO and ablation vary EXP-004
 _cfgs = list(_small[_small.status.eq("run") & _small.experiment.eq("EXP-004")].drop_duplicates("run_dir").config)
 test_eq(len(side_groups(_cfgs)), 2)
 _items = embed_items(_cfgs, _tmp / "jobs", sides_per_job=100)

@@ -40,7 +40,8 @@ def rendered(tmp_path_factory):
 def test_paper_rendered_from_executed_runs(rendered):
     tmp, p = rendered
     paper = tmp / "paper"
-    for name in ("arc", "rephoto", "rephoto_deltas", "lofo", "optimisers", "sweep", "sweep_deltas"):
+    for name in ("arc", "rephoto", "rephoto_deltas", "lofo", "ablation", "intervals", "anchors", "optimisers", "sweep",
+                 "sweep_deltas"):
         assert (paper / "tables" / f"{name}.md").stat().st_size > 0 and (paper / "tables" / f"{name}.tex").stat().st_size > 0
         assert f"\\input{{tables/{name}.tex}}" in (paper / "main.tex").read_text()
     figures = {"leak", "pair_gallery", "delta_forest", "roc_exp004", "score_histograms", "auroc_by_backbone", "train_vs_test"}
@@ -71,6 +72,9 @@ def test_paper_rendered_from_executed_runs(rendered):
     for fam in ("strong", "strong_held_out", "strong_held_out_2"):
         assert f"EXP-004 holding out {fam} " in lofo, fam
     assert "reference · re-photo" in lofo and "symmetric · synthetic" in lofo
+    anchors = (paper / "tables" / "anchors.md").read_text()          # the release's numbers beside ours
+    assert "| pixel L2 " in anchors and "0.580" in anchors and "0.944" in anchors
+    assert "two-way / pair" in (paper / "tables" / "intervals.md").read_text()     # widths by resampling unit
     deltas = (paper / "tables" / "sweep_deltas.md").read_text()      # paired within seeds, both protocols
     for comparison in ("predictor − raw cosine", "predictor − val-chosen baseline", "target-only probe"):
         assert comparison in deltas, comparison
