@@ -231,9 +231,9 @@ def sweep_table(long: pd.DataFrame) -> pd.DataFrame:
 REPHOTO_SCORERS = ("predictor", "identity", "bias_only", "pixel_l2", "ssim", "target_only_probe", "context_only_probe")
 
 
-def _by_scorer(t: pd.DataFrame, scorers) -> pd.DataFrame:
-    "Test rows of `scorers` (and every `cosine_<backbone>` where `scorers` is REPHOTO_SCORERS), in `scorers`' order."
-    t = t[t.scorer.isin(scorers) | (t.scorer.str.startswith("cosine_") & (scorers is REPHOTO_SCORERS))]
+def _by_scorer(t: pd.DataFrame, scorers, cosines: bool = False) -> pd.DataFrame:
+    "Rows of `scorers` (and, with `cosines`, every `cosine_<backbone>` baseline), in `scorers`' order."
+    t = t[t.scorer.isin(scorers) | (cosines & t.scorer.str.startswith("cosine_"))]
     rank = {s: k for k, s in enumerate(scorers)}
     return t.assign(_r=t.scorer.map(rank).fillna(len(rank))).sort_values("_r", kind="stable")
 
@@ -255,7 +255,7 @@ def endpoint_frame(t: pd.DataFrame, key, names) -> pd.DataFrame:
 def rephoto_table(long: pd.DataFrame) -> pd.DataFrame:
     """Arc runs, test split: each scorer's AUROC [95% CI] on the synthetic endpoint beside the re-photo endpoint, per
     protocol (rows: experiments, backbone, scorer); '–' where a run has no re-photo pairs."""
-    t = _by_scorer(_test(long[in_arc(long)]).drop_duplicates(["run_dir", "scorer"]), REPHOTO_SCORERS)
+    t = _by_scorer(_test(long[in_arc(long)]).drop_duplicates(["run_dir", "scorer"]), REPHOTO_SCORERS, cosines=True)
     t = pd.concat([t[t.experiments.eq(e)] for e in dict.fromkeys(long.experiments)]) if len(t) else t   # the arc's order
     return endpoint_frame(t, lambda r: (r.experiments, backbone_label(r.backbone, r.stand_in), scorer_label(r.scorer)),
                           ["experiment", "backbone", "scorer"])

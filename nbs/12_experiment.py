@@ -367,7 +367,8 @@ test_eq(run_id(Config()).split("-")[:2], ["strong+strong_held_out", "to"])
 #
 # The embedding stage: every distinct side through the backbone (cached, resumable), at the
 # precision 08_embed's measurement chose for this backbone on this machine. The pixel baselines
-# run first, on the splits the protocol reads them on (11_baselines), and embed the sides they
+# run first, on the splits the protocol reads them on (11_baselines) and on the re-photo endpoint's
+# pairs, and embed the sides they
 # render on the way, so each side is decoded and rendered once; the embedding stage then renders
 # only the rest. `timings.json` records wall **and CPU** seconds per stage (CPU includes the data
 # loader's workers), sides/s, cache hits and how the precision was chosen; `environment.json`
