@@ -71,7 +71,8 @@ def exp009_page(paper: Path) -> str:
     "EXP-009's page: its tables and figures and the overlap audit."
     d = Path(paper) / "exp009"
     body = "# EXP-009: pretraining on dermoscopy that never saw HAM10000\n\nRendered by `make exp009` (`nbs/exp009.ipynb`).\n\n"
-    body += _section("Comparison", d / "exp009_table.md") + _section("Diagnosis probes", d / "probe_table.md")
+    body += (_section("Comparison", d / "exp009_table.md") + _section("The EXP-004 recipe by encoder", d / "recipe_table.md")
+             + _section("Diagnosis probes", d / "probe_table.md"))
     body += "".join(f"\n## Figure: {p.stem.replace('_', ' ')}\n\n![{p.stem}](exp009/{p.name})\n" for p in sorted(d.glob("*.png")))
     body += "".join(f"\n## The overlap audit\n\n![overlap audit](audit/{p.name})\n" for p in sorted((Path(paper) / "audit").glob("*.png")))
     if (d / "runs.md").exists(): body += "\n" + re.sub(r"^# ", "## ", (d / "runs.md").read_text(), count=1)

@@ -26,9 +26,10 @@ from .safety import load_checkpoint, write_marked_dir
 from .plan import experiments_dir, parse_backbones
 
 # %% auto #0
-__all__ = ['KEYS', 'ARCH_LABEL', 'EXP009_TEX', 'load_exp009', 'audited_corpus', 'corpus_digest', 'pretrain_dir', 'pretrain_job',
-           'pretrain_all', 'encoder_label', 'plan_exp009', 'probe_all', 'probe_gate', 'exp009_table', 'probe_table',
-           'fig_pretraining', 'fig_by_encoder', 'render_exp009', 'budget_text', 'plan_config0']
+__all__ = ['KEYS', 'ARCH_LABEL', 'CONTROL', 'EXP009_TEX', 'load_exp009', 'audited_corpus', 'corpus_digest', 'pretrain_dir',
+           'pretrain_job', 'pretrain_all', 'encoder_label', 'plan_exp009', 'probe_all', 'probe_gate', 'exp009_table',
+           'exp009_recipe_table', 'probe_table', 'fig_pretraining', 'fig_by_encoder', 'render_exp009', 'budget_text',
+           'plan_config0']
 
 # %% ../nbs/22_exp009.ipynb #0472518e
 KEYS = ("recipe", "corpus", "objectives", "pretrain", "steps", "protocols", "compare", "probe", "audit", "resources")
@@ -168,69 +169,67 @@ def plan_exp009(settings: dict, encoders: pd.DataFrame, runs_dir="runs", recipe_
     return pd.DataFrame(rows)
 
 # %% ../nbs/22_exp009.ipynb #a6f163bf
+CONTROL = "random init"          # the plan's encoder that is the untrained control
+
+
 def probe_all(plan: pd.DataFrame, settings: dict, folder, seed: int, log=print) -> pd.DataFrame:
-    "The diagnosis probe of every distinct backbone of an EXP-009 plan on the dataset `folder`, labelled."
-    from derma_jepa.probe import probe_backbone
-    out = []
+    """The diagnosis probe of every distinct backbone of an EXP-009 plan on the dataset `folder`, labelled; with the
+    paired Δ balanced accuracy against the random-init control on the same resamples of test lesions (16_probe)."""
+    from derma_jepa.probe import probe_backbone, probe_summary
+    preds = {}
     for r in plan.drop_duplicates("backbone").itertuples():
-        t0 = time.perf_counter()
-        p = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]), n_boot=settings["probe"]["n_boot"])
-        out.append(p.assign(label=r.label, encoder=r.encoder, backbone=r.backbone))
-        log(f"probe {r.label}: done")
+        preds[r.Index] = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]))
+        log(f"probe {r.label}: predictions done")
+    rows = plan.drop_duplicates("backbone")
+    ctrl = next((k for k, e in zip(rows.index, rows.encoder) if e == CONTROL), None)
+    out = [probe_summary(preds[k], settings["probe"]["n_boot"], seed, None if k == ctrl or ctrl is None else preds[ctrl])
+           .assign(label=r.label, encoder=r.encoder, backbone=r.backbone) for k, r in rows.iterrows()]
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/22_exp009.ipynb #4f131b59
-def _scorer_name(scorer: str) -> str:
-    "Scorer names for the table: the raw-embedding cosine of an `ssl:<path>` backbone would print the whole path."
-    return "raw cosine" if scorer.startswith("cosine_") else scorer
-
-
-def probe_gate(q, base) -> str:
-    "The probe gate: did pretraining beat its random-init control on the diagnosis probe?"
-    if q.balanced_accuracy <= base.balanced_accuracy: return "failed"
-    return "passed" if q.ba_ci_low > base.balanced_accuracy else "inconclusive"
+def probe_gate(delta_lo: float, delta_hi: float) -> str:
+    "The probe gate from the paired interval of Δ balanced accuracy (encoder − random-init control)."
+    if delta_lo > 0: return "passed"
+    return "below random init" if delta_hi < 0 else "did not beat random init"
 
 
 def _probe_cell(p: pd.DataFrame, label: str, clf: str = "logistic", fraction: float = 1.0):
-    q = p[(p.label == label) & (p.classifier == clf) & np.isclose(p.fraction, fraction)]
+    q = p[(p.label == label) & (p.classifier == clf) & np.isclose(p.fraction, fraction)] if len(p) else p
     return None if q.empty else q.iloc[0]
 
 
-def exp009_table(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, encoders: pd.DataFrame) -> pd.DataFrame:
-    "EXP-009 by encoder: pretraining, diagnosis probe vs random init, and the EXP-004 recipe under each protocol."
+def exp009_table(probes: pd.DataFrame, plan: pd.DataFrame, encoders: pd.DataFrame) -> pd.DataFrame:
+    "EXP-009 by encoder: pretraining and the diagnosis probe against the random-init control (paired, lesion-level)."
     from derma_jepa.report import fmt_ci
-    labels = list(dict.fromkeys(plan.label))
-    by_bb = dict(zip(plan.backbone, plan.label))
     enc = {f"ssl:{r['path']}": r for r in encoders.to_dict("records")}
-    rnd = next((by_bb[b] for b, r in enc.items() if r["objective"] == "none"), None)
-    base = _probe_cell(probes, rnd) if rnd else None
-    rows = {l: {} for l in labels}
-    for bb, label in by_bb.items():
-        r = enc.get(bb)
-        rows[label][("", "pretraining")] = ("–" if r is None else "random init" if r["objective"] == "none" else
-                                           f"{r['steps']} steps, {r['images_seen']:,} images seen "
-                                           f"({r['images_seen'] / r['n_images']:.1f} passes)")
-        q = _probe_cell(probes, label)
-        rows[label][("diagnosis probe", "balanced acc. [95% CI]")] = "–" if q is None else fmt_ci(q.balanced_accuracy, q.ba_ci_low, q.ba_ci_high)
-        rows[label][("diagnosis probe", "Δ vs random init")] = ("–" if q is None or base is None or label == rnd
-                                                             else f"{q.balanced_accuracy - base.balanced_accuracy:+.3f}")
-        rows[label][("diagnosis probe", "gate")] = ("–" if q is None or base is None or label == rnd or r is None
-                                                 else probe_gate(q, base))
-    t = long[long.split.eq("test") & long.scorer.notna()] if "split" in long else long.iloc[:0]
-    for (bb, prot), g in t.groupby(["backbone", "protocol"], sort=False):
-        p = g[g.scorer.eq("predictor")].iloc[0]
-        b = g[g.scorer.eq(p.strongest_baseline)].iloc[0]
-        below = " (below chance)" if p.auroc_hi < 0.5 else ""
-        rows[by_bb[bb]].update({(prot, "predictor AUROC [95% CI]"): fmt_ci(p.auroc, p.auroc_lo, p.auroc_hi) + below,
-                                (prot, "strongest baseline"): f"{_scorer_name(b.scorer)} {b.auroc:.3f}",
-                                (prot, "Δ [95% CI]"): f"{p.delta:+.3f} [{p.delta_lo:+.3f}, {p.delta_hi:+.3f}]",
-                                (prot, "verdict"): p.verdict + (" (release rule)" if p.bootstrap_unit == "pair" else "")})
-    for (bb, prot), g in long[long.status.ne("run")].groupby(["backbone", "protocol"], sort=False) if len(long) else []:
-        rows[by_bb[bb]][(prot, "predictor AUROC [95% CI]")] = g.status.iloc[0]
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "encoder"
-    df.columns = pd.MultiIndex.from_tuples(df.columns)
-    return df.fillna("–")
+    rows = {}
+    for bb, label in dict(zip(plan.backbone, plan.label)).items():
+        r, q = enc.get(bb), _probe_cell(probes, label)
+        has_delta = q is not None and not pd.isna(q.get("delta_ba", np.nan))
+        rows[label] = {"pretraining": ("–" if r is None else "random init" if r["objective"] == "none" else
+                                       f"{r['steps']} steps, {r['images_seen']:,} images seen "
+                                       f"({r['images_seen'] / r['n_images']:.1f} passes)"),
+                       "probe: balanced acc. [95% CI]": "–" if q is None else fmt_ci(q.balanced_accuracy, q.ba_ci_low, q.ba_ci_high),
+                       "Δ vs random init [95% CI, paired]": (f"{q.delta_ba:+.3f} [{q.delta_ci_low:+.3f}, {q.delta_ci_high:+.3f}]"
+                                                             if has_delta else "–"),
+                       "gate": probe_gate(q.delta_ci_low, q.delta_ci_high) if has_delta and r is not None else "–"}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder")
+
+
+def exp009_recipe_table(long: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+    "The EXP-004 recipe per (encoder, protocol): 13_report's arc columns (synthetic, both single-side probes, re-photo)."
+    from derma_jepa.report import ARC_COLUMNS, arc_cells
+    by_bb = dict(zip(plan.backbone, plan.label))
+    rows = {}
+    for (bb, prot), g in long.groupby(["backbone", "protocol"], sort=False) if len(long) else []:
+        t = g[g.split.eq("test")] if "split" in g else g.iloc[:0]
+        if t.empty: rows[(by_bb[bb], prot)] = {ARC_COLUMNS[0]: g.status.iloc[0]}; continue
+        cells = arc_cells(t)
+        if t.set_index("scorer").loc["predictor"].auroc_hi < 0.5: cells[ARC_COLUMNS[0]] += " (below chance)"
+        rows[(by_bb[bb], prot)] = cells
+    df = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(ARC_COLUMNS)).astype(object).fillna("–")
+    df.index.names = ["encoder", "protocol"]
+    return df
 
 
 def probe_table(probes: pd.DataFrame) -> pd.DataFrame:
@@ -267,6 +266,7 @@ def fig_pretraining(encoders: pd.DataFrame):
 def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, scorers=("predictor", "identity", "pixel_l2")):
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from derma_jepa.report import scorer_label
     labels = list(dict.fromkeys(plan.label))
     prots = list(dict.fromkeys(plan.protocol))
     fig, axes = plt.subplots(1, 1 + len(prots), figsize=(4.2 * (1 + len(prots)), 0.8 + 0.5 * len(labels)), squeeze=False)
@@ -285,7 +285,7 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
         for k, sc in enumerate(scorers):
             s = t[t.protocol.eq(prot) & t.scorer.eq(sc)].set_index("label").reindex(labels)
             ax.errorbar(s.auroc, np.arange(len(labels)) + (k - 1) * 0.2, xerr=[s.auroc - s.auroc_lo, s.auroc_hi - s.auroc],
-                        fmt="o", capsize=2, color=colours[sc], label=sc)
+                        fmt="o", capsize=2, color=colours[sc], label=scorer_label(sc))
         ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(f"EXP-009 {prot}: test AUROC", fontsize=9)
         ax.set_yticks(range(len(labels)), [] if ax is not axes[0][1] else labels, fontsize=8); ax.invert_yaxis()
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
@@ -296,9 +296,10 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
 EXP009_TEX = r"""\section{EXP-009: self-supervised dermoscopy pretraining without HAM10000}
 \noindent Corpus: %(n_corpus)d dermoscopy images not in HAM10000 (%(excluded)d left out by the overlap audit). Audit: %(verdict)s
 Each objective trains the same %(arch)s from the same initial weights for the same number of images seen (%(budget)s); the minutes each took on this machine are in the table; ``random init'' is that initial encoder, untrained.
-The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$). It is the gate: an encoder whose probe does not beat the random-init control (``failed'') learned nothing the recipe could use, and its recipe results are not evidence about pretraining; ``inconclusive'' means above the control but with an interval that reaches it.
-The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third. An AUROC whose whole interval lies below 0.5 is marked ``below chance'': under the reference protocol that is the leak working against the encoder (its processed stable targets look further from their contexts than unprocessed changing pairs), not an encoder that merely failed to beat a baseline.%(compare)s
+The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$); its intervals resample test lesions, each with all its images. It is the gate: $\Delta$ balanced accuracy against the random-init control is computed on the same lesion resamples for both (a paired percentile interval); ``passed'' means the whole interval lies above 0, ``below random init'' the whole interval below 0, and ``did not beat random init'' an interval that holds 0: on this probe, at this pretraining budget, the encoder is not shown to differ from its untrained self, which is not evidence that it learned nothing.
+The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third (second table: one row per encoder and protocol). An AUROC whose whole interval lies below 0.5 is marked ``below chance'': under the reference protocol that is the leak working against the encoder (its processed stable targets look further from their contexts than unprocessed changing pairs), not an encoder that merely failed to beat a baseline. Beside it, both single-side probes (a target-only probe far above 0.5 is the leak, per encoder) and the real re-photograph endpoint, the same pairs under both protocols, with $\Delta$ against the baseline chosen on its validation split.%(compare)s
 \input{exp009/exp009_table.tex}
+\input{exp009/recipe_table.tex}
 \input{exp009/probe_table.tex}
 \begin{figure}[htbp]\centering\includegraphics[width=\linewidth]{exp009/by_encoder.png}\caption{EXP-009 by encoder.}\end{figure}
 %(pretraining_fig)s
@@ -310,7 +311,8 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     "Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`."
     from derma_jepa.report import _fig_bytes, collect, tex_text, to_latex, to_markdown
     long = collect(plan)
-    tables = {"exp009_table": (exp009_table(long, probes, plan, encoders), "EXP-009: pretraining, diagnosis probe and the EXP-004 recipe by encoder (test AUROC, 95\\% CI)."),
+    tables = {"exp009_table": (exp009_table(probes, plan, encoders), "EXP-009: pretraining and the diagnosis probe (linear, 100\\% labels) against the random-init control; intervals over test lesions, $\\Delta$ paired."),
+              "recipe_table": (exp009_recipe_table(long, plan), "EXP-009: the EXP-004 recipe by encoder and protocol: synthetic test AUROC [95\\% CI], single-side probes, and the re-photograph endpoint."),
               "probe_table": (probe_table(probes), "Diagnosis probe by label fraction: balanced accuracy and macro AUROC [95\\% CI].")}
     files = {}
     for name, (df, cap) in tables.items():

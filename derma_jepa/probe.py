@@ -15,10 +15,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from .metrics import cluster_counts
 from .nuisance import NONE_RECIPE, recipe_json
 
 # %% auto #0
-__all__ = ['FRACTIONS', 'label_subset', 'probe', 'probe_backbone']
+__all__ = ['FRACTIONS', 'PROBE_BOOTSTRAP', 'label_subset', 'probe_predictions', 'probe_summary', 'probe', 'probe_backbone']
 
 # %% ../nbs/16_probe.ipynb #424b46c9
 FRACTIONS = (0.01, 0.1, 1.0)
@@ -47,34 +48,83 @@ def _macro_auroc(y, proba, classes) -> float:
     return float(roc_auc_score(y, p / p.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=classes[present]))
 
 
-def probe(z_train, y_train, z_test, y_test, fractions=FRACTIONS, seed: int = 20260422, n_boot: int = 200) -> pd.DataFrame:
-    "Balanced accuracy and macro AUROC (with bootstrap CIs) of a linear probe and a kNN at each label fraction."
+def probe_predictions(z_train, y_train, z_test, y_test, groups=None, fractions=FRACTIONS, seed: int = 20260422) -> pd.DataFrame:
+    """One row per (classifier, label fraction, test item): `y`, `pred`, `p:<class>` probabilities and the resampling `group`
+    (classes as text, so that the class columns name them)."""
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    groups = np.arange(len(y_test)) if groups is None else np.asarray(groups)
+    if len(groups) != len(y_test): raise ValueError(f"groups has {len(groups)} entries for {len(y_test)} test items")
     classes = np.unique(y_train)
-    idx = np.random.default_rng(seed + 1).integers(0, len(y_test), (n_boot, len(y_test)))
-    rows = []
+    out = []
     for frac in fractions:
         sub = label_subset(y_train, frac, seed)
         for name, clf in _classifiers(len(sub), seed).items():
             clf.fit(z_train[sub], y_train[sub])
             proba = np.zeros((len(y_test), len(classes)))
             proba[:, np.searchsorted(classes, clf.classes_)] = clf.predict_proba(z_test)
-            pred = classes[proba.argmax(1)]
-            with warnings.catch_warnings():        # a resample may miss a class that was predicted
-                warnings.simplefilter("ignore", UserWarning)
-                ba = [balanced_accuracy_score(y_test[i], pred[i]) for i in idx]
-            au = [_macro_auroc(y_test[i], proba[i], classes) for i in idx]
-            rows.append({"classifier": name, "fraction": frac, "n_train": len(sub),
-                         "balanced_accuracy": balanced_accuracy_score(y_test, pred),
-                         "ba_ci_low": np.quantile(ba, 0.025), "ba_ci_high": np.quantile(ba, 0.975),
-                         "macro_auroc": _macro_auroc(y_test, proba, classes),
-                         "auroc_ci_low": np.nanquantile(au, 0.025), "auroc_ci_high": np.nanquantile(au, 0.975)})
+            out.append(pd.DataFrame({"classifier": name, "fraction": frac, "n_train": len(sub), "item": np.arange(len(y_test)),
+                                     "group": groups, "y": y_test.astype(str), "pred": classes[proba.argmax(1)].astype(str),
+                                     **{f"p:{c}": proba[:, k] for k, c in enumerate(classes)}}))
+    return pd.concat(out, ignore_index=True)
+
+
+def _resampled(g: pd.DataFrame, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Balanced accuracy and macro AUROC of one (classifier, fraction) on each resample (`counts`: multiplicity per item)."
+    classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
+    y, pred, proba = g.y.to_numpy(), g.pred.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy()
+    ba, au = [], []
+    with warnings.catch_warnings():                # a resample may miss a class that was predicted
+        warnings.simplefilter("ignore", UserWarning)
+        for c in counts:
+            i = np.repeat(np.arange(len(y)), c)
+            ba.append(balanced_accuracy_score(y[i], pred[i]))
+            au.append(_macro_auroc(y[i], proba[i], classes))
+    return np.array(ba), np.array(au)
+
+
+PROBE_BOOTSTRAP = "percentile, 95%: test lesions drawn with replacement (a lesion with all its images); Δ paired on the same draws"
+
+
+def probe_summary(predictions: pd.DataFrame, n_boot: int = 200, seed: int = 20260422, control: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (classifier, fraction): balanced accuracy and macro AUROC with lesion-level bootstrap CIs; with a `control`
+    (predictions of another backbone on the same test items), Δ balanced accuracy (this − control) on the same resamples."""
+    first = predictions.drop_duplicates(["classifier", "fraction"]).iloc[:1]
+    items = predictions.merge(first[["classifier", "fraction"]]).sort_values("item")
+    if control is not None:
+        c_items = control.merge(first[["classifier", "fraction"]]).sort_values("item")
+        if not (np.array_equal(items.item, c_items.item) and np.array_equal(items.y, c_items.y)
+                and np.array_equal(items.group, c_items.group)):
+            raise ValueError("the control's predictions are not on the same test items (item, y and group must agree)")
+    counts = cluster_counts(items.group.to_numpy(), np.zeros(len(items)), n_boot, seed + 1)
+    rows = []
+    for (name, frac), g in predictions.groupby(["classifier", "fraction"], sort=False):
+        g = g.sort_values("item")
+        ba, au = _resampled(g, counts)
+        classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
+        point = balanced_accuracy_score(g.y, g.pred)
+        row = {"classifier": name, "fraction": frac, "n_train": g.n_train.iloc[0], "n_test": len(g),
+               "n_lesions": g.group.nunique(), "balanced_accuracy": point,
+               "ba_ci_low": np.quantile(ba, 0.025), "ba_ci_high": np.quantile(ba, 0.975),
+               "macro_auroc": _macro_auroc(g.y.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy(), classes),
+               "auroc_ci_low": np.nanquantile(au, 0.025), "auroc_ci_high": np.nanquantile(au, 0.975)}
+        if control is not None:
+            cg = control[control.classifier.eq(name) & np.isclose(control.fraction, frac)].sort_values("item")
+            d = ba - _resampled(cg, counts)[0]
+            row.update(delta_ba=point - balanced_accuracy_score(cg.y, cg.pred),
+                       delta_ci_low=np.quantile(d, 0.025), delta_ci_high=np.quantile(d, 0.975))
+        rows.append(row)
     return pd.DataFrame(rows)
 
+
+def probe(z_train, y_train, z_test, y_test, fractions=FRACTIONS, seed: int = 20260422, n_boot: int = 200, groups=None) -> pd.DataFrame:
+    "Balanced accuracy and macro AUROC (with bootstrap CIs over `groups`, else items) of a linear probe and a kNN at each fraction."
+    return probe_summary(probe_predictions(z_train, y_train, z_test, y_test, groups, fractions, seed), n_boot, seed)
+
 # %% ../nbs/16_probe.ipynb #6360198d
-def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS, n_boot: int = 200,
+def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS,
                    progress: bool = False) -> pd.DataFrame:
-    "The diagnosis probe of a registry backbone on a HAM10000-style `folder` (metadata CSV + images)."
+    """The diagnosis probe's predictions (`probe_predictions`, grouped by lesion) of a registry backbone on a
+    HAM10000-style `folder` (metadata CSV + images), with each test image's `image_id`; `probe_summary` scores them."""
     from derma_jepa.backbones import get_backbone
     from derma_jepa.data import load_records, require_readable
     from derma_jepa.embed import embed_sides
@@ -86,5 +136,6 @@ def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fr
     sides = pd.DataFrame({"path": split.path, "sha256": split.sha256, "recipe": recipe_json(NONE_RECIPE)})
     z, _ = embed_sides(bb, sides, progress=progress)
     tr, te = split.split.eq("train").to_numpy(), split.split.eq("test").to_numpy()
-    out = probe(z[tr], split.dx.to_numpy()[tr], z[te], split.dx.to_numpy()[te], fractions, seed, n_boot)
-    return out.assign(backbone=bb.name, fingerprint=bb.fingerprint)
+    dx, test = split.dx.to_numpy(), split[te].reset_index(drop=True)
+    out = probe_predictions(z[tr], dx[tr], z[te], dx[te], test.lesion_id.to_numpy(), fractions, seed)
+    return out.assign(image_id=test.image_id.to_numpy()[out["item"]], backbone=bb.name, fingerprint=bb.fingerprint)

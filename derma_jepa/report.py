@@ -113,7 +113,9 @@ SCORER_LABELS = {"predictor": "predictor", "identity": "raw cosine", "bias_only"
 
 def scorer_label(scorer: str) -> str:
     "A scorer as a reader names it (`cosine_<backbone>` is that backbone's raw-embedding cosine baseline)."
-    return f"cosine of {scorer[len('cosine_'):]}" if scorer.startswith("cosine_") else SCORER_LABELS.get(scorer, scorer)
+    if not scorer.startswith("cosine_"): return SCORER_LABELS.get(scorer, scorer)
+    bb = scorer[len("cosine_"):]                     # an `ssl:<dir>/encoder.safetensors` backbone: its folder names it
+    return f"cosine of {Path(bb[4:]).parent.name if bb.startswith('ssl:') else bb}"
 
 # %% ../nbs/13_report.ipynb #733da335
 def fmt_ci(v, lo, hi) -> str: return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
@@ -136,7 +138,7 @@ def arc_cells(t: pd.DataFrame) -> dict:
     by = t.set_index("scorer")
     p, b = by.loc["predictor"], by.loc[by.loc["predictor"].strongest_baseline]
     rule = " (release rule)" if p.bootstrap_unit == "pair" else ""
-    return dict(zip(ARC_COLUMNS, [_ci_cell(p), f"{p.strongest_baseline} {b.auroc:.3f}",
+    return dict(zip(ARC_COLUMNS, [_ci_cell(p), f"{scorer_label(p.strongest_baseline)} {b.auroc:.3f}",
                                   "–" if pd.isna(p.delta_lo) else f"{p.delta:+.3f} [{p.delta_lo:+.3f}, {p.delta_hi:+.3f}]",
                                   p.verdict + rule, _ci_cell(by.loc["target_only_probe"]), _ci_cell(by.loc["context_only_probe"]),
                                   _ci_cell(p, "rephoto_auroc", "rephoto_lo", "rephoto_hi"), _rephoto_verdict_cell(p)]))

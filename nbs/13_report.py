@@ -144,7 +144,9 @@ SCORER_LABELS = {"predictor": "predictor", "identity": "raw cosine", "bias_only"
 
 def scorer_label(scorer: str) -> str:
     "A scorer as a reader names it (`cosine_<backbone>` is that backbone's raw-embedding cosine baseline)."
-    return f"cosine of {scorer[len('cosine_'):]}" if scorer.startswith("cosine_") else SCORER_LABELS.get(scorer, scorer)
+    if not scorer.startswith("cosine_"): return SCORER_LABELS.get(scorer, scorer)
+    bb = scorer[len("cosine_"):]                     # an `ssl:<dir>/encoder.safetensors` backbone: its folder names it
+    return f"cosine of {Path(bb[4:]).parent.name if bb.startswith('ssl:') else bb}"
 
 
 # %% [markdown]
@@ -183,7 +185,7 @@ def arc_cells(t: pd.DataFrame) -> dict:
     by = t.set_index("scorer")
     p, b = by.loc["predictor"], by.loc[by.loc["predictor"].strongest_baseline]
     rule = " (release rule)" if p.bootstrap_unit == "pair" else ""
-    return dict(zip(ARC_COLUMNS, [_ci_cell(p), f"{p.strongest_baseline} {b.auroc:.3f}",
+    return dict(zip(ARC_COLUMNS, [_ci_cell(p), f"{scorer_label(p.strongest_baseline)} {b.auroc:.3f}",
                                   "–" if pd.isna(p.delta_lo) else f"{p.delta:+.3f} [{p.delta_lo:+.3f}, {p.delta_hi:+.3f}]",
                                   p.verdict + rule, _ci_cell(by.loc["target_only_probe"]), _ci_cell(by.loc["context_only_probe"]),
                                   _ci_cell(p, "rephoto_auroc", "rephoto_lo", "rephoto_hi"), _rephoto_verdict_cell(p)]))
@@ -391,6 +393,7 @@ test_eq(_rt.loc[("EXP-004", "color_texture (offline stand-in)", "pixel L2"), ("s
 test_eq(_rt.loc[("EXP-004", "color_texture (offline stand-in)", "pixel L2"), ("symmetric", "re-photo")], "0.800 [0.750, 0.850]")
 test_eq(_rt.loc[("EXP-004", "color_texture (offline stand-in)", "predictor"), ("reference", "re-photo")], "0.740 [0.690, 0.790]")
 test_eq(scorer_label("cosine_color_texture"), "cosine of color_texture")
+test_eq(scorer_label("cosine_ssl:runs/exp009/pretrain/mae-f773d8c8/encoder.safetensors"), "cosine of mae-f773d8c8")
 assert "EXP-007" not in _rt.index.get_level_values(0)          # a sweep-only experiment is the sweep's business
 _rt
 

@@ -27,7 +27,7 @@
 # diagnosis, drawn from the run's seed), then score the test split of the same lesion-aware split
 # (PROTOCOL A2; `symmetric` keeps identical files together) with **balanced accuracy** (the mean
 # per-class recall, chance = 1/7) and **macro one-vs-rest AUROC** (chance = 0.5), each with a
-# percentile bootstrap CI over test images.
+# percentile bootstrap CI over test lesions (a lesion with all its images).
 
 # %%
 #| export
@@ -43,6 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from derma_jepa.metrics import cluster_counts
 from derma_jepa.nuisance import NONE_RECIPE, recipe_json
 
 # %%
@@ -80,9 +81,22 @@ test_fail(lambda: label_subset(_y, 0, 0), contains="must be in (0, 1]")
 # %% [markdown]
 # ## The probe
 #
-# `probe(z_train, y_train, z_test, y_test)` returns one row per (classifier, fraction) with both
-# metrics and their CIs. The bootstrap resamples test images (`n_boot` times, seeded); a resample
-# that misses a class is skipped for the AUROC, as sklearn cannot score it.
+# Two steps, so that two backbones can be compared on the same resamples:
+#
+# - `probe_predictions(z_train, y_train, z_test, y_test, groups)` fits both classifiers at each
+#   label fraction and returns one row per (classifier, fraction, test image): the true and the
+#   predicted diagnosis, the class probabilities (`p:<class>`) and the image's resampling unit
+#   (`group`: its lesion; each image is its own unit when no groups are given);
+# - `probe_summary(predictions)` scores each (classifier, fraction): balanced accuracy and macro
+#   AUROC with percentile bootstrap CIs. The bootstrap draws **lesions** with replacement (10_metrics'
+#   `cluster_counts`: as many draws as test lesions, each lesion with all its images), because the
+#   images of one lesion are not independent evidence. Given a `control` (the predictions of
+#   another backbone on the same test images), it adds the paired difference in balanced accuracy,
+#   Δ = this − control, computed on the *same* resamples, with its percentile interval: the gate of
+#   EXP-009 (22_exp009) reads that interval, not one backbone's interval against the other's point.
+#
+# `probe(...)` is both steps at once. A resample that misses a class is skipped for the AUROC, as
+# sklearn cannot score it.
 
 # %%
 #| export
@@ -99,29 +113,77 @@ def _macro_auroc(y, proba, classes) -> float:
     return float(roc_auc_score(y, p / p.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=classes[present]))
 
 
-def probe(z_train, y_train, z_test, y_test, fractions=FRACTIONS, seed: int = 20260422, n_boot: int = 200) -> pd.DataFrame:
-    "Balanced accuracy and macro AUROC (with bootstrap CIs) of a linear probe and a kNN at each label fraction."
+def probe_predictions(z_train, y_train, z_test, y_test, groups=None, fractions=FRACTIONS, seed: int = 20260422) -> pd.DataFrame:
+    """One row per (classifier, label fraction, test item): `y`, `pred`, `p:<class>` probabilities and the resampling `group`
+    (classes as text, so that the class columns name them)."""
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    groups = np.arange(len(y_test)) if groups is None else np.asarray(groups)
+    if len(groups) != len(y_test): raise ValueError(f"groups has {len(groups)} entries for {len(y_test)} test items")
     classes = np.unique(y_train)
-    idx = np.random.default_rng(seed + 1).integers(0, len(y_test), (n_boot, len(y_test)))
-    rows = []
+    out = []
     for frac in fractions:
         sub = label_subset(y_train, frac, seed)
         for name, clf in _classifiers(len(sub), seed).items():
             clf.fit(z_train[sub], y_train[sub])
             proba = np.zeros((len(y_test), len(classes)))
             proba[:, np.searchsorted(classes, clf.classes_)] = clf.predict_proba(z_test)
-            pred = classes[proba.argmax(1)]
-            with warnings.catch_warnings():        # a resample may miss a class that was predicted
-                warnings.simplefilter("ignore", UserWarning)
-                ba = [balanced_accuracy_score(y_test[i], pred[i]) for i in idx]
-            au = [_macro_auroc(y_test[i], proba[i], classes) for i in idx]
-            rows.append({"classifier": name, "fraction": frac, "n_train": len(sub),
-                         "balanced_accuracy": balanced_accuracy_score(y_test, pred),
-                         "ba_ci_low": np.quantile(ba, 0.025), "ba_ci_high": np.quantile(ba, 0.975),
-                         "macro_auroc": _macro_auroc(y_test, proba, classes),
-                         "auroc_ci_low": np.nanquantile(au, 0.025), "auroc_ci_high": np.nanquantile(au, 0.975)})
+            out.append(pd.DataFrame({"classifier": name, "fraction": frac, "n_train": len(sub), "item": np.arange(len(y_test)),
+                                     "group": groups, "y": y_test.astype(str), "pred": classes[proba.argmax(1)].astype(str),
+                                     **{f"p:{c}": proba[:, k] for k, c in enumerate(classes)}}))
+    return pd.concat(out, ignore_index=True)
+
+
+def _resampled(g: pd.DataFrame, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Balanced accuracy and macro AUROC of one (classifier, fraction) on each resample (`counts`: multiplicity per item)."
+    classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
+    y, pred, proba = g.y.to_numpy(), g.pred.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy()
+    ba, au = [], []
+    with warnings.catch_warnings():                # a resample may miss a class that was predicted
+        warnings.simplefilter("ignore", UserWarning)
+        for c in counts:
+            i = np.repeat(np.arange(len(y)), c)
+            ba.append(balanced_accuracy_score(y[i], pred[i]))
+            au.append(_macro_auroc(y[i], proba[i], classes))
+    return np.array(ba), np.array(au)
+
+
+PROBE_BOOTSTRAP = "percentile, 95%: test lesions drawn with replacement (a lesion with all its images); Δ paired on the same draws"
+
+
+def probe_summary(predictions: pd.DataFrame, n_boot: int = 200, seed: int = 20260422, control: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per (classifier, fraction): balanced accuracy and macro AUROC with lesion-level bootstrap CIs; with a `control`
+    (predictions of another backbone on the same test items), Δ balanced accuracy (this − control) on the same resamples."""
+    first = predictions.drop_duplicates(["classifier", "fraction"]).iloc[:1]
+    items = predictions.merge(first[["classifier", "fraction"]]).sort_values("item")
+    if control is not None:
+        c_items = control.merge(first[["classifier", "fraction"]]).sort_values("item")
+        if not (np.array_equal(items.item, c_items.item) and np.array_equal(items.y, c_items.y)
+                and np.array_equal(items.group, c_items.group)):
+            raise ValueError("the control's predictions are not on the same test items (item, y and group must agree)")
+    counts = cluster_counts(items.group.to_numpy(), np.zeros(len(items)), n_boot, seed + 1)
+    rows = []
+    for (name, frac), g in predictions.groupby(["classifier", "fraction"], sort=False):
+        g = g.sort_values("item")
+        ba, au = _resampled(g, counts)
+        classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
+        point = balanced_accuracy_score(g.y, g.pred)
+        row = {"classifier": name, "fraction": frac, "n_train": g.n_train.iloc[0], "n_test": len(g),
+               "n_lesions": g.group.nunique(), "balanced_accuracy": point,
+               "ba_ci_low": np.quantile(ba, 0.025), "ba_ci_high": np.quantile(ba, 0.975),
+               "macro_auroc": _macro_auroc(g.y.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy(), classes),
+               "auroc_ci_low": np.nanquantile(au, 0.025), "auroc_ci_high": np.nanquantile(au, 0.975)}
+        if control is not None:
+            cg = control[control.classifier.eq(name) & np.isclose(control.fraction, frac)].sort_values("item")
+            d = ba - _resampled(cg, counts)[0]
+            row.update(delta_ba=point - balanced_accuracy_score(cg.y, cg.pred),
+                       delta_ci_low=np.quantile(d, 0.025), delta_ci_high=np.quantile(d, 0.975))
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def probe(z_train, y_train, z_test, y_test, fractions=FRACTIONS, seed: int = 20260422, n_boot: int = 200, groups=None) -> pd.DataFrame:
+    "Balanced accuracy and macro AUROC (with bootstrap CIs over `groups`, else items) of a linear probe and a kNN at each fraction."
+    return probe_summary(probe_predictions(z_train, y_train, z_test, y_test, groups, fractions, seed), n_boot, seed)
 
 
 # %% [markdown]
@@ -141,6 +203,32 @@ _null = probe(_rng.normal(size=(len(_ytr), 32)), _ytr, _rng.normal(size=(len(_yt
 assert (_null.balanced_accuracy < 0.3).all() and (abs(_null.macro_auroc - 0.5) < 0.1).all(), _null
 _good.round(3)
 
+# %% [markdown]
+# The resampling unit matters when a lesion has several images: the same embeddings, each test image
+# copied three times under one lesion id, give the same point value, but an image-level bootstrap
+# counts the copies as independent evidence and its interval is about √3 narrower than the
+# lesion-level one. The paired Δ against a control sits at zero against itself, and against a
+# control that only guesses it is positive with an interval that excludes zero; a control on other
+# test items is refused.
+
+# %%
+_z3, _y3 = np.repeat(_sig(_yte), 3, 0), np.repeat(_yte, 3)
+_zt = _sig(_ytr)
+_les = probe(_zt, _ytr, _z3, _y3, fractions=(1.0,), n_boot=200, groups=np.repeat(np.arange(len(_yte)), 3))
+_img = probe(_zt, _ytr, _z3, _y3, fractions=(1.0,), n_boot=200)
+test_eq(_les.balanced_accuracy.tolist(), _img.balanced_accuracy.tolist())
+_w = lambda t: (t.ba_ci_high - t.ba_ci_low).to_numpy()
+assert (_w(_les) > 1.4 * _w(_img)).all(), (_w(_les), _w(_img))
+test_eq(_les.n_lesions.tolist(), [len(_yte)] * 2)
+_pa = probe_predictions(_zt, _ytr, _sig(_yte), _yte, fractions=(1.0,))
+_pc = probe_predictions(_rng.normal(size=(len(_ytr), 32)), _ytr, _rng.normal(size=(len(_yte), 32)), _yte, fractions=(1.0,))
+_self = probe_summary(_pa, 100, control=_pa)
+test_eq(_self.delta_ba.tolist(), [0.0, 0.0]); test_eq((_self.delta_ci_high - _self.delta_ci_low).tolist(), [0.0, 0.0])
+_vs = probe_summary(_pa, 200, control=_pc)
+assert (_vs.delta_ci_low > 0.2).all() and np.allclose(_vs.delta_ba, _vs.balanced_accuracy - probe_summary(_pc, 10).balanced_accuracy), _vs
+test_fail(lambda: probe_summary(_pa, 10, control=_pc.assign(group=_pc.group + 1)), contains="not on the same test items")
+_vs.round(3)
+
 
 # %% [markdown]
 # ## A backbone on a dataset
@@ -153,9 +241,10 @@ _good.round(3)
 
 # %%
 #| export
-def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS, n_boot: int = 200,
+def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS,
                    progress: bool = False) -> pd.DataFrame:
-    "The diagnosis probe of a registry backbone on a HAM10000-style `folder` (metadata CSV + images)."
+    """The diagnosis probe's predictions (`probe_predictions`, grouped by lesion) of a registry backbone on a
+    HAM10000-style `folder` (metadata CSV + images), with each test image's `image_id`; `probe_summary` scores them."""
     from derma_jepa.backbones import get_backbone
     from derma_jepa.data import load_records, require_readable
     from derma_jepa.embed import embed_sides
@@ -167,13 +256,17 @@ def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fr
     sides = pd.DataFrame({"path": split.path, "sha256": split.sha256, "recipe": recipe_json(NONE_RECIPE)})
     z, _ = embed_sides(bb, sides, progress=progress)
     tr, te = split.split.eq("train").to_numpy(), split.split.eq("test").to_numpy()
-    out = probe(z[tr], split.dx.to_numpy()[tr], z[te], split.dx.to_numpy()[te], fractions, seed, n_boot)
-    return out.assign(backbone=bb.name, fingerprint=bb.fingerprint)
+    dx, test = split.dx.to_numpy(), split[te].reset_index(drop=True)
+    out = probe_predictions(z[tr], dx[tr], z[te], dx[te], test.lesion_id.to_numpy(), fractions, seed)
+    return out.assign(image_id=test.image_id.to_numpy()[out["item"]], backbone=bb.name, fingerprint=bb.fingerprint)
 
 
 # %%
 from derma_jepa.fixture import fixture_dir
-_fx = probe_backbone("color_texture", fixture_dir(n_lesions=600, seed=0), n_boot=50)
+_fxp = probe_backbone("color_texture", fixture_dir(n_lesions=600, seed=0))
+_fx = probe_summary(_fxp, 50)
+assert _fx.n_lesions.lt(_fx.n_test).all(), _fx                      # the fixture's lesions have several images
+test_eq(_fxp.groupby("image_id").group.nunique().max(), 1)
 test_eq(set(_fx.classifier), {"logistic", "knn"}); test_eq(sorted(set(_fx.fraction)), [0.01, 0.1, 1.0])
 test_eq(_fx.balanced_accuracy.between(0, 1).all(), True)
 _fx.round(3)

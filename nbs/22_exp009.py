@@ -299,24 +299,31 @@ assert _plan.run_dir.str.contains("exp009-reference-ssl_").iloc[:3].all() and _p
 test_fail(lambda: plan_exp009(_st, _enc, _tmp, {"pairs_per_splt": 3}), contains="did you mean 'pairs_per_split'")
 _plan[["label", "protocol", "backbone"]].assign(backbone=lambda d: d.backbone.str.replace(str(_tmp), "<tmp>", regex=False))
 
-
 # %% [markdown]
 # ## The diagnosis probe of every encoder
 #
 # `probe_all` runs 16_probe's `probe_backbone` for each backbone of the plan (embeddings of the
-# un-processed images come from, and go to, the shared cache, so the EXP-004 runs reuse them).
+# un-processed images come from, and go to, the shared cache, so the EXP-004 runs reuse them) and
+# scores every encoder against the plan's random-init control (the `random init` encoder, same
+# architecture, size and initial weights) on the same lesion-level resamples of the test split.
 
 # %%
 #| export
+CONTROL = "random init"          # the plan's encoder that is the untrained control
+
+
 def probe_all(plan: pd.DataFrame, settings: dict, folder, seed: int, log=print) -> pd.DataFrame:
-    "The diagnosis probe of every distinct backbone of an EXP-009 plan on the dataset `folder`, labelled."
-    from derma_jepa.probe import probe_backbone
-    out = []
+    """The diagnosis probe of every distinct backbone of an EXP-009 plan on the dataset `folder`, labelled; with the
+    paired Δ balanced accuracy against the random-init control on the same resamples of test lesions (16_probe)."""
+    from derma_jepa.probe import probe_backbone, probe_summary
+    preds = {}
     for r in plan.drop_duplicates("backbone").itertuples():
-        t0 = time.perf_counter()
-        p = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]), n_boot=settings["probe"]["n_boot"])
-        out.append(p.assign(label=r.label, encoder=r.encoder, backbone=r.backbone))
-        log(f"probe {r.label}: done")
+        preds[r.Index] = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]))
+        log(f"probe {r.label}: predictions done")
+    rows = plan.drop_duplicates("backbone")
+    ctrl = next((k for k, e in zip(rows.index, rows.encoder) if e == CONTROL), None)
+    out = [probe_summary(preds[k], settings["probe"]["n_boot"], seed, None if k == ctrl or ctrl is None else preds[ctrl])
+           .assign(label=r.label, encoder=r.encoder, backbone=r.backbone) for k, r in rows.iterrows()]
     return pd.concat(out, ignore_index=True)
 
 
@@ -324,69 +331,65 @@ def probe_all(plan: pd.DataFrame, settings: dict, folder, seed: int, log=print) 
 # ## The tables
 #
 # - **EXP-009**: a row per encoder (the pretrained ones, their random-init control, the offline
-#   comparisons): its budget (steps, images seen, passes over the corpus, minutes), the probe's
-#   balanced accuracy at 100% labels (linear probe, with CI), its difference from the random-init
-#   control and the **gate** (passed: the encoder's CI lies above the control's accuracy;
-#   inconclusive: above it, but the CI reaches it; failed: not above it), then, per protocol,
-#   the EXP-004 recipe's test AUROC with CI (marked *below chance* when the whole CI is under
-#   0.5: under `reference` that is the leak working against an encoder, not a weak encoder), the
-#   strongest baseline, Δ with its interval and the verdict (the release's rule under
-#   `reference`, labelled so).
+#   comparisons): its budget (steps, images seen, passes over the corpus), the linear probe's
+#   balanced accuracy at 100% labels with its lesion-level CI, the paired Δ against the random-init
+#   control with its interval, and the **gate**, read from that interval only: *passed* (the whole
+#   interval above 0), *below random init* (the whole interval below 0), *did not beat random init*
+#   (the interval holds 0: on this probe, at this budget, the encoder is not shown to differ from
+#   its untrained self; that is not evidence that it learned nothing).
+# - **EXP-004 recipe**: a row per (encoder, protocol), the arc table's columns (13_report
+#   `arc_cells`): the predictor's synthetic test AUROC (marked *below chance* when its whole CI is
+#   under 0.5: under `reference` that is the leak working against an encoder, not a weak encoder),
+#   the strongest baseline, Δ and the verdict (the release's rule under `reference`, labelled so),
+#   **both single-side probes** (target-only, context-only: the leak made visible, per encoder), and
+#   the **re-photo endpoint** with its Δ against the val-chosen baseline and its verdict.
 # - **probe**: balanced accuracy and macro AUROC of both classifiers at every label fraction.
 
 # %%
 #| export
-def _scorer_name(scorer: str) -> str:
-    "Scorer names for the table: the raw-embedding cosine of an `ssl:<path>` backbone would print the whole path."
-    return "raw cosine" if scorer.startswith("cosine_") else scorer
-
-
-def probe_gate(q, base) -> str:
-    "The probe gate: did pretraining beat its random-init control on the diagnosis probe?"
-    if q.balanced_accuracy <= base.balanced_accuracy: return "failed"
-    return "passed" if q.ba_ci_low > base.balanced_accuracy else "inconclusive"
+def probe_gate(delta_lo: float, delta_hi: float) -> str:
+    "The probe gate from the paired interval of Δ balanced accuracy (encoder − random-init control)."
+    if delta_lo > 0: return "passed"
+    return "below random init" if delta_hi < 0 else "did not beat random init"
 
 
 def _probe_cell(p: pd.DataFrame, label: str, clf: str = "logistic", fraction: float = 1.0):
-    q = p[(p.label == label) & (p.classifier == clf) & np.isclose(p.fraction, fraction)]
+    q = p[(p.label == label) & (p.classifier == clf) & np.isclose(p.fraction, fraction)] if len(p) else p
     return None if q.empty else q.iloc[0]
 
 
-def exp009_table(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, encoders: pd.DataFrame) -> pd.DataFrame:
-    "EXP-009 by encoder: pretraining, diagnosis probe vs random init, and the EXP-004 recipe under each protocol."
+def exp009_table(probes: pd.DataFrame, plan: pd.DataFrame, encoders: pd.DataFrame) -> pd.DataFrame:
+    "EXP-009 by encoder: pretraining and the diagnosis probe against the random-init control (paired, lesion-level)."
     from derma_jepa.report import fmt_ci
-    labels = list(dict.fromkeys(plan.label))
-    by_bb = dict(zip(plan.backbone, plan.label))
     enc = {f"ssl:{r['path']}": r for r in encoders.to_dict("records")}
-    rnd = next((by_bb[b] for b, r in enc.items() if r["objective"] == "none"), None)
-    base = _probe_cell(probes, rnd) if rnd else None
-    rows = {l: {} for l in labels}
-    for bb, label in by_bb.items():
-        r = enc.get(bb)
-        rows[label][("", "pretraining")] = ("–" if r is None else "random init" if r["objective"] == "none" else
-                                           f"{r['steps']} steps, {r['images_seen']:,} images seen "
-                                           f"({r['images_seen'] / r['n_images']:.1f} passes)")
-        q = _probe_cell(probes, label)
-        rows[label][("diagnosis probe", "balanced acc. [95% CI]")] = "–" if q is None else fmt_ci(q.balanced_accuracy, q.ba_ci_low, q.ba_ci_high)
-        rows[label][("diagnosis probe", "Δ vs random init")] = ("–" if q is None or base is None or label == rnd
-                                                             else f"{q.balanced_accuracy - base.balanced_accuracy:+.3f}")
-        rows[label][("diagnosis probe", "gate")] = ("–" if q is None or base is None or label == rnd or r is None
-                                                 else probe_gate(q, base))
-    t = long[long.split.eq("test") & long.scorer.notna()] if "split" in long else long.iloc[:0]
-    for (bb, prot), g in t.groupby(["backbone", "protocol"], sort=False):
-        p = g[g.scorer.eq("predictor")].iloc[0]
-        b = g[g.scorer.eq(p.strongest_baseline)].iloc[0]
-        below = " (below chance)" if p.auroc_hi < 0.5 else ""
-        rows[by_bb[bb]].update({(prot, "predictor AUROC [95% CI]"): fmt_ci(p.auroc, p.auroc_lo, p.auroc_hi) + below,
-                                (prot, "strongest baseline"): f"{_scorer_name(b.scorer)} {b.auroc:.3f}",
-                                (prot, "Δ [95% CI]"): f"{p.delta:+.3f} [{p.delta_lo:+.3f}, {p.delta_hi:+.3f}]",
-                                (prot, "verdict"): p.verdict + (" (release rule)" if p.bootstrap_unit == "pair" else "")})
-    for (bb, prot), g in long[long.status.ne("run")].groupby(["backbone", "protocol"], sort=False) if len(long) else []:
-        rows[by_bb[bb]][(prot, "predictor AUROC [95% CI]")] = g.status.iloc[0]
-    df = pd.DataFrame.from_dict(rows, orient="index")
-    df.index.name = "encoder"
-    df.columns = pd.MultiIndex.from_tuples(df.columns)
-    return df.fillna("–")
+    rows = {}
+    for bb, label in dict(zip(plan.backbone, plan.label)).items():
+        r, q = enc.get(bb), _probe_cell(probes, label)
+        has_delta = q is not None and not pd.isna(q.get("delta_ba", np.nan))
+        rows[label] = {"pretraining": ("–" if r is None else "random init" if r["objective"] == "none" else
+                                       f"{r['steps']} steps, {r['images_seen']:,} images seen "
+                                       f"({r['images_seen'] / r['n_images']:.1f} passes)"),
+                       "probe: balanced acc. [95% CI]": "–" if q is None else fmt_ci(q.balanced_accuracy, q.ba_ci_low, q.ba_ci_high),
+                       "Δ vs random init [95% CI, paired]": (f"{q.delta_ba:+.3f} [{q.delta_ci_low:+.3f}, {q.delta_ci_high:+.3f}]"
+                                                             if has_delta else "–"),
+                       "gate": probe_gate(q.delta_ci_low, q.delta_ci_high) if has_delta and r is not None else "–"}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder")
+
+
+def exp009_recipe_table(long: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
+    "The EXP-004 recipe per (encoder, protocol): 13_report's arc columns (synthetic, both single-side probes, re-photo)."
+    from derma_jepa.report import ARC_COLUMNS, arc_cells
+    by_bb = dict(zip(plan.backbone, plan.label))
+    rows = {}
+    for (bb, prot), g in long.groupby(["backbone", "protocol"], sort=False) if len(long) else []:
+        t = g[g.split.eq("test")] if "split" in g else g.iloc[:0]
+        if t.empty: rows[(by_bb[bb], prot)] = {ARC_COLUMNS[0]: g.status.iloc[0]}; continue
+        cells = arc_cells(t)
+        if t.set_index("scorer").loc["predictor"].auroc_hi < 0.5: cells[ARC_COLUMNS[0]] += " (below chance)"
+        rows[(by_bb[bb], prot)] = cells
+    df = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(ARC_COLUMNS)).astype(object).fillna("–")
+    df.index.names = ["encoder", "protocol"]
+    return df
 
 
 def probe_table(probes: pd.DataFrame) -> pd.DataFrame:
@@ -402,40 +405,56 @@ def probe_table(probes: pd.DataFrame) -> pd.DataFrame:
 
 
 # %% [markdown]
-# A synthetic long table (two encoders and the control, two protocols) checks the shapes.
+# A synthetic long table (two encoders, the control and an offline comparison, two protocols) and
+# synthetic probe rows check the cells: the gate reads the paired interval (MAE's lies above 0,
+# I-JEPA's holds 0), the control and the offline comparison get no gate, un-run rows keep their
+# status.
 
 # %%
 from derma_jepa.report import collect
 
 def _fake(bb, prot, auroc):
-    return [dict(experiment="EXP-009", protocol=prot, seed=20260422, sweep=False, backbone=bb, stand_in=False, status="run",
-                 split="test", scorer=sc, auroc=auroc + d, auroc_lo=auroc + d - 0.02, auroc_hi=auroc + d + 0.02,
-                 strongest_baseline="pixel_l2", delta=-0.05, delta_lo=-0.08, delta_hi=-0.02, verdict="worse",
-                 bootstrap_unit="pair" if prot == "reference" else "context lesion") for sc, d in (("predictor", 0.0), ("pixel_l2", 0.05))]
+    run = dict(experiment="EXP-009", protocol=prot, seed=20260422, sweep=False, backbone=bb, stand_in=False, status="run",
+               split="test", strongest_baseline="pixel_l2", delta=-0.05, delta_lo=-0.08, delta_hi=-0.02, verdict="worse",
+               bootstrap_unit="pair" if prot == "reference" else "context lesion", rephoto_baseline="ssim",
+               rephoto_verdict="did not beat", rephoto_delta_best=0.01, rephoto_delta_best_lo=-0.02, rephoto_delta_best_hi=0.04)
+    return [dict(run, scorer=sc, auroc=auroc + d, auroc_lo=auroc + d - 0.02, auroc_hi=auroc + d + 0.02,
+                 rephoto_auroc=0.6 + d, rephoto_lo=0.57 + d, rephoto_hi=0.63 + d)
+            for sc, d in (("predictor", 0.0), ("pixel_l2", 0.05), ("target_only_probe", 0.2), ("context_only_probe", 0.0))]
 
 _labels = dict(zip(_plan.backbone, _plan.label))
 _long = pd.DataFrame([r for bb, au in zip(_plan.backbone.unique(), (0.7, 0.66, 0.45, 0.65)) for prot in ("reference", "symmetric")
                       for r in _fake(bb, prot, au)])
 _probes = pd.concat([pd.DataFrame({"classifier": c, "fraction": f, "balanced_accuracy": ba + 0.01 * k, "ba_ci_low": ba - 0.02,
                                    "ba_ci_high": ba + 0.03, "macro_auroc": 0.8, "auroc_ci_low": 0.78, "auroc_ci_high": 0.82,
-                                   "label": _labels[bb]}, index=[0])
-                     for bb, ba in zip(_plan.backbone.unique(), (0.40, 0.32, 0.30, 0.33))
+                                   "delta_ba": np.nan if d is None else d, "delta_ci_low": np.nan if d is None else d - 0.03,
+                                   "delta_ci_high": np.nan if d is None else d + 0.03, "label": _labels[bb]}, index=[0])
+                     for bb, ba, d in zip(_plan.backbone.unique(), (0.40, 0.32, 0.30, 0.33), (0.10, 0.02, None, 0.03))
                      for c in ("logistic", "knn") for k, f in enumerate((0.01, 0.1, 1.0))], ignore_index=True)
-_t = exp009_table(_long, _probes, _plan, _enc)
-test_eq(_t.loc["ViT-Ti/16 @ 48 px, MAE (2 steps)", ("diagnosis probe", "Δ vs random init")], "+0.100")
-test_eq(_t.loc["ViT-Ti/16 @ 48 px, random init", ("diagnosis probe", "Δ vs random init")], "–")
-test_eq(_t.loc["ViT-Ti/16 @ 48 px, random init", ("symmetric", "predictor AUROC [95% CI]")], "0.450 [0.430, 0.470] (below chance)")
-test_eq(_t.loc["ViT-Ti/16 @ 48 px, MAE (2 steps)", ("diagnosis probe", "gate")], "passed")
-test_eq(_t.loc["ViT-Ti/16 @ 48 px, IJEPA (2 steps)", ("diagnosis probe", "gate")], "inconclusive")
-test_eq(_t.loc["ViT-Ti/16 @ 48 px, MAE (2 steps)", ("reference", "verdict")], "worse (release rule)")
-test_eq(_t.loc["ViT-Ti/16 @ 48 px, MAE (2 steps)", ("symmetric", "Δ [95% CI]")], "-0.050 [-0.080, -0.020]")
-test_eq(_t.loc["color_texture (offline)", ("", "pretraining")], "–")
+_t = exp009_table(_probes, _plan, _enc)
+_mae, _ij, _rnd = "ViT-Ti/16 @ 48 px, MAE (2 steps)", "ViT-Ti/16 @ 48 px, IJEPA (2 steps)", "ViT-Ti/16 @ 48 px, random init"
+test_eq(_t.loc[_mae, "Δ vs random init [95% CI, paired]"], "+0.100 [+0.070, +0.130]")
+test_eq(_t.loc[_mae, "gate"], "passed")
+test_eq(_t.loc[_ij, "gate"], "did not beat random init")
+test_eq(_t.loc[_rnd, "gate"], "–"); test_eq(_t.loc[_rnd, "Δ vs random init [95% CI, paired]"], "–")
+test_eq(_t.loc["color_texture (offline)", "pretraining"], "–"); test_eq(_t.loc["color_texture (offline)", "gate"], "–")
+test_eq([probe_gate(0.01, 0.2), probe_gate(-0.2, -0.01), probe_gate(-0.01, 0.01)],
+        ["passed", "below random init", "did not beat random init"])
+_rt = exp009_recipe_table(_long, _plan)
+test_eq(_rt.loc[(_rnd, "symmetric"), "predictor AUROC [95% CI]"], "0.450 [0.430, 0.470] (below chance)")
+test_eq(_rt.loc[(_mae, "reference"), "verdict"], "worse (release rule)")
+test_eq(_rt.loc[(_mae, "symmetric"), "Δ [95% CI]"], "-0.050 [-0.080, -0.020]")
+test_eq(_rt.loc[(_mae, "symmetric"), "target-only probe"], "0.900 [0.880, 0.920]")
+test_eq(_rt.loc[(_mae, "symmetric"), "re-photo Δ [95% CI] vs val-chosen baseline: verdict"], "+0.010 [-0.020, +0.040] vs SSIM: did not beat")
+test_eq(len(_rt), 8)
 test_eq(probe_table(_probes).shape, (8, 6))
-test_eq([_scorer_name(s) for s in ("cosine_ssl:runs/exp009/pretrain/mae-1/encoder.pt", "cosine_color_texture", "ssim")],
-        ["raw cosine", "raw cosine", "ssim"])
-_none = exp009_table(collect(_plan), _probes.iloc[:0], _plan, _enc)          # nothing ran yet: every row still listed
-test_eq(_none.loc["ViT-Ti/16 @ 48 px, MAE (2 steps)", ("symmetric", "predictor AUROC [95% CI]")], "not run: no metrics.json")
+_none = exp009_recipe_table(collect(_plan), _plan)          # nothing ran yet: every row still listed, with its status
+test_eq(_none.loc[(_mae, "symmetric"), "predictor AUROC [95% CI]"], "not run: no metrics.json")
+test_eq(exp009_table(_probes.iloc[:0], _plan, _enc).loc[_mae, "gate"], "–")
 _t
+
+# %%
+_rt
 
 
 # %% [markdown]
@@ -471,6 +490,7 @@ def fig_pretraining(encoders: pd.DataFrame):
 def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, scorers=("predictor", "identity", "pixel_l2")):
     import matplotlib.pyplot as plt
     import seaborn as sns
+    from derma_jepa.report import scorer_label
     labels = list(dict.fromkeys(plan.label))
     prots = list(dict.fromkeys(plan.protocol))
     fig, axes = plt.subplots(1, 1 + len(prots), figsize=(4.2 * (1 + len(prots)), 0.8 + 0.5 * len(labels)), squeeze=False)
@@ -489,7 +509,7 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
         for k, sc in enumerate(scorers):
             s = t[t.protocol.eq(prot) & t.scorer.eq(sc)].set_index("label").reindex(labels)
             ax.errorbar(s.auroc, np.arange(len(labels)) + (k - 1) * 0.2, xerr=[s.auroc - s.auroc_lo, s.auroc_hi - s.auroc],
-                        fmt="o", capsize=2, color=colours[sc], label=sc)
+                        fmt="o", capsize=2, color=colours[sc], label=scorer_label(sc))
         ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(f"EXP-009 {prot}: test AUROC", fontsize=9)
         ax.set_yticks(range(len(labels)), [] if ax is not axes[0][1] else labels, fontsize=8); ax.invert_yaxis()
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
@@ -516,9 +536,10 @@ fig_by_encoder(_long, _probes, _plan);
 EXP009_TEX = r"""\section{EXP-009: self-supervised dermoscopy pretraining without HAM10000}
 \noindent Corpus: %(n_corpus)d dermoscopy images not in HAM10000 (%(excluded)d left out by the overlap audit). Audit: %(verdict)s
 Each objective trains the same %(arch)s from the same initial weights for the same number of images seen (%(budget)s); the minutes each took on this machine are in the table; ``random init'' is that initial encoder, untrained.
-The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$). It is the gate: an encoder whose probe does not beat the random-init control (``failed'') learned nothing the recipe could use, and its recipe results are not evidence about pretraining; ``inconclusive'' means above the control but with an interval that reaches it.
-The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third. An AUROC whose whole interval lies below 0.5 is marked ``below chance'': under the reference protocol that is the leak working against the encoder (its processed stable targets look further from their contexts than unprocessed changing pairs), not an encoder that merely failed to beat a baseline.%(compare)s
+The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$); its intervals resample test lesions, each with all its images. It is the gate: $\Delta$ balanced accuracy against the random-init control is computed on the same lesion resamples for both (a paired percentile interval); ``passed'' means the whole interval lies above 0, ``below random init'' the whole interval below 0, and ``did not beat random init'' an interval that holds 0: on this probe, at this pretraining budget, the encoder is not shown to differ from its untrained self, which is not evidence that it learned nothing.
+The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third (second table: one row per encoder and protocol). An AUROC whose whole interval lies below 0.5 is marked ``below chance'': under the reference protocol that is the leak working against the encoder (its processed stable targets look further from their contexts than unprocessed changing pairs), not an encoder that merely failed to beat a baseline. Beside it, both single-side probes (a target-only probe far above 0.5 is the leak, per encoder) and the real re-photograph endpoint, the same pairs under both protocols, with $\Delta$ against the baseline chosen on its validation split.%(compare)s
 \input{exp009/exp009_table.tex}
+\input{exp009/recipe_table.tex}
 \input{exp009/probe_table.tex}
 \begin{figure}[htbp]\centering\includegraphics[width=\linewidth]{exp009/by_encoder.png}\caption{EXP-009 by encoder.}\end{figure}
 %(pretraining_fig)s
@@ -530,7 +551,8 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     "Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`."
     from derma_jepa.report import _fig_bytes, collect, tex_text, to_latex, to_markdown
     long = collect(plan)
-    tables = {"exp009_table": (exp009_table(long, probes, plan, encoders), "EXP-009: pretraining, diagnosis probe and the EXP-004 recipe by encoder (test AUROC, 95\\% CI)."),
+    tables = {"exp009_table": (exp009_table(probes, plan, encoders), "EXP-009: pretraining and the diagnosis probe (linear, 100\\% labels) against the random-init control; intervals over test lesions, $\\Delta$ paired."),
+              "recipe_table": (exp009_recipe_table(long, plan), "EXP-009: the EXP-004 recipe by encoder and protocol: synthetic test AUROC [95\\% CI], single-side probes, and the re-photograph endpoint."),
               "probe_table": (probe_table(probes), "Diagnosis probe by label fraction: balanced accuracy and macro AUROC [95\\% CI].")}
     files = {}
     for name, (df, cap) in tables.items():
@@ -585,6 +607,6 @@ _bytes = {f: (_paper / "exp009" / f).read_bytes() for f in _r1["files"]}
 render_exp009(_plan, _probes, _enc, _audit, _ex, len(_corpus), _paper)
 test_eq({f: (_paper / "exp009" / f).read_bytes() for f in _r1["files"]}, _bytes)
 test_eq(sorted(_r1["files"]), ["by_encoder.png", "exp009.tex", "exp009_table.md", "exp009_table.tex", "pretraining.png",
-                               "probe_table.md", "probe_table.tex", "runs.md"])
-assert "not run: no metrics.json" in _bytes["exp009_table.md"].decode()
+                               "probe_table.md", "probe_table.tex", "recipe_table.md", "recipe_table.tex", "runs.md"])
+assert "not run: no metrics.json" in _bytes["recipe_table.md"].decode()
 assert "\\texttt{color\\_texture}: HSV colour histograms" in _bytes["exp009.tex"].decode()   # comparisons described

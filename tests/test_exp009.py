@@ -62,9 +62,13 @@ def test_exp009_end_to_end(tmp_path, corpus):
     for r in plan: assert (Path(r["run_dir"]) / "run.ipynb").exists() and (Path(r["run_dir"]) / "metrics.json").exists()
     table = (tmp_path / "paper" / "exp009" / "exp009_table.md").read_text()
     for label in ("MAE (2 steps)", "random init"): assert label in table
-    assert "symmetric · predictor AUROC [95% CI]" in table and "not run" not in table
+    assert "Δ vs random init [95% CI, paired]" in table
+    recipe = (tmp_path / "paper" / "exp009" / "recipe_table.md").read_text()
+    assert "symmetric" in recipe and "re-photo AUROC [95% CI]" in recipe and "not run" not in recipe
     probes = pd.read_csv(runs / "probes.csv")
     assert len(probes) == 2 * 2 * 3 and probes.balanced_accuracy.between(0, 1).all()
+    # the gate's paired Δ: for the trained encoder, not for its random-init control
+    assert probes[probes.encoder.eq("mae")].delta_ba.notna().all() and probes[probes.encoder.eq("random init")].delta_ba.isna().all()
     # a second run reuses every checkpoint and run directory
     p2 = exp009_cmd(tmp_path, folder)
     assert p2.returncode == 0, p2.stderr[-3000:]
