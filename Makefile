@@ -23,9 +23,7 @@ venv: $(STAMP)
 ## The main job on the embedded default: fixture data, offline, one papermill run.
 demo: $(STAMP)
 	@mkdir -p $(dir $(DEMO_DIR))
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/papermill --log-level WARNING nbs/run.ipynb $(DEMO_DIR).ipynb \
-	  -f nbs/experiments/demo.yaml -p run_dir $(DEMO_DIR)
-	@mv $(DEMO_DIR).ipynb $(DEMO_DIR)/run.ipynb
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/derma_jepa_run -f nbs/experiments/demo.yaml -p run_dir $(DEMO_DIR)
 	@echo "executed notebook: $(DEMO_DIR)/run.ipynb"
 	@echo "metrics:           $(DEMO_DIR)/metrics.json (test AUROC with 95% CIs: predictor, controls, baselines)"
 	@echo "run directory:     $(DEMO_DIR)/ (model_card.md, scores.parquet, figures/, manifest.parquet, audit.json, ...)"

@@ -22,9 +22,9 @@ from .registry import family, register_family
 
 # %% auto #0
 __all__ = ['IMAGENET', 'OPENAI_CLIP', 'REGISTRY', 'ALIASES', 'OFFLINE_BACKBONES', 'USER_BACKBONES', 'BackboneSpec',
-           'backbone_spec', 'WeightsNotFound', 'hub_cache_dir', 'resolve_weights', 'load_state_dict', 'tensor_digest',
-           'ColorTexture', 'Backbone', 'resolve_device', 'FloorCenterCrop', 'protocol_a_transform', 'get_backbone',
-           'write_hub_checkpoint']
+           'backbone_spec', 'WeightsNotFound', 'hub_cache_dir', 'resolve_weights', 'load_state_dict', 'check_weights',
+           'tensor_digest', 'ColorTexture', 'Backbone', 'resolve_device', 'FloorCenterCrop', 'protocol_a_transform',
+           'get_backbone', 'write_hub_checkpoint']
 
 # %% ../nbs/07_backbones.ipynb #30f6b459
 @dataclass(frozen=True)
@@ -165,15 +165,32 @@ def resolve_weights(spec: BackboneSpec, weights=None, hub_cache=None) -> dict:
 # %% ../nbs/07_backbones.ipynb #3cc3515b
 def load_state_dict(path) -> dict[str, torch.Tensor]:
     "A checkpoint's tensors, read without unpickling arbitrary objects."
+    from derma_jepa.safety import CheckpointError, torch_load_tensors
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
-    from derma_jepa.safety import torch_load_tensors
+        try: return load_file(str(path))
+        except Exception as e:
+            raise CheckpointError(f"{path}: damaged safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
     sd = torch_load_tensors(path)            # weights_only=True; a refusal is one line naming the file
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict): sd = sd[key]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path}: not a mapping of named tensors")
     return sd
+
+
+def check_weights(path) -> None:
+    "`load_state_dict`'s rules on a file about to be handed to a library; safetensors: the header only, offsets checked."
+    from derma_jepa.safety import CheckpointError
+    path = Path(path)
+    if path.suffix != ".safetensors": load_state_dict(path); return
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f: keys = list(f.keys())
+    except Exception as e:
+        raise CheckpointError(f"{path}: damaged safetensors file ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if not keys: raise CheckpointError(f"{path}: a safetensors file with no tensors")
 
 
 def tensor_digest(state: dict) -> str:
@@ -220,6 +237,20 @@ class ColorTexture(torch.nn.Module):
     def dim(self): return 2 * sum(self.hsv_bins) + sum(p + 2 for p, *_ in self.lbp)
 
 # %% ../nbs/07_backbones.ipynb #dfee1361
+def _check_coverage(model, path, arch: str) -> None:
+    """timm drops the classifier of a checkpoint loaded with num_classes=0 and then loads *non-strictly*: a file that holds
+    only some of the model's tensors leaves the rest at random init, silently. Every tensor must come from the file."""
+    import sys
+    from derma_jepa.safety import CheckpointError
+    state = load_state_dict(path)
+    filt = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)   # timm's own key mapping
+    if filt is not None: state = filt(state, model)
+    missing = [k for k in model.state_dict() if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: does not fit timm model {arch}: {len(missing)} of its {len(model.state_dict())} "
+                              f"tensors are not in the file (first: {missing[0]})")
+
+
 def _timm_model(spec: BackboneSpec, paths: dict | None):
     import timm
     kw = dict(num_classes=0, **({"img_size": spec.image_size} if spec.image_size else {}))   # 0: the model's own size
@@ -228,6 +259,7 @@ def _timm_model(spec: BackboneSpec, paths: dict | None):
         model = timm.create_model(spec.arch, pretrained=False, **kw)
     else:
         model = timm.create_model(spec.arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(paths["weights"])), **kw)
+        _check_coverage(model, paths["weights"], spec.arch)
     size = {"input_size": (3, spec.image_size, spec.image_size)} if spec.image_size else {}
     cfg = timm.data.resolve_data_config(size, model=model)
     return model, timm.data.create_transform(**cfg), {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
@@ -258,7 +290,14 @@ def _open_clip_model(spec: BackboneSpec, paths: dict):
 def _library_family(build):
     def load(spec: BackboneSpec, weights, hub_cache):
         paths = resolve_weights(spec, weights, hub_cache) if spec.hub_id or weights else None
-        model, tf, pre = build(spec, paths)
+        if paths is None: model, tf, pre = build(spec, paths)
+        else:
+            from derma_jepa.safety import CheckpointError
+            check_weights(paths["weights"])
+            try: model, tf, pre = build(spec, paths)
+            except (RuntimeError, KeyError, ValueError, AssertionError) as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise CheckpointError(f"{paths['weights']}: does not fit {spec.library} model {spec.arch} ({first})") from None
         if not spec.image_size: spec = dataclasses.replace(spec, image_size=int(pre["input_size"][-1]))
         return spec, model, tf, pre, paths
     return load

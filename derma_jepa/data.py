@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +20,29 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['COLUMN_ALIASES', 'REQUIRED_COLUMNS', 'IMAGE_EXTENSIONS', 'METADATA_NAMES', 'IMAGE_FOLDERS', 'MISSING_LESION',
-           'AUDIT_COLUMNS', 'AUDIT_CACHE', 'DataError', 'cache_dir', 'current_umask', 'follow_umask',
-           'atomic_write_bytes', 'resolve_columns', 'read_text_utf8', 'read_metadata', 'Dataset', 'index_images',
-           'to_rgb8', 'exif_orientation', 'open_rgb', 'inspect_image', 'CacheWarning', 'quarantine',
-           'read_cached_table', 'audit_files', 'load_records', 'summarise_audit', 'require_readable']
+           'DX_VOCABULARY', 'DX_CONFLICT', 'FALLBACK_PREFIX', 'AUDIT_COLUMNS', 'AUDIT_CACHE', 'DataError', 'os_reason',
+           'cache_dir', 'current_umask', 'follow_umask', 'atomic_write_bytes', 'resolve_columns', 'read_text_utf8',
+           'resolve_dx_conflicts', 'read_metadata', 'Dataset', 'index_images', 'to_rgb8', 'exif_orientation',
+           'open_rgb', 'inspect_image', 'CacheWarning', 'quarantine', 'read_cached_table', 'audit_files',
+           'load_records', 'summarise_audit', 'require_readable']
 
 # %% ../nbs/00_data.ipynb #d9f2b590
 class DataError(ValueError):
     "Bad input data: the message names the file, row, column or value at fault."
 
 
+def os_reason(path, e: OSError, folder: bool = False) -> str:
+    "Why writing at `path` (a `folder`, or a file in one) failed, in words: a file where a folder should be, else the system's."
+    anc = next((a for a in [Path(path)] * folder + list(Path(path).parents) if a.exists()), None)
+    return f"{anc} is a file, not a folder" if anc is not None and not anc.is_dir() else e.strerror or type(e).__name__
+
+
 def cache_dir(*parts: str) -> Path:
     "The project's cache folder (`$DERMA_JEPA_CACHE`, default `~/.cache/derma_jepa`), sub-path created."
     root = Path(os.environ.get("DERMA_JEPA_CACHE") or Path.home() / ".cache" / "derma_jepa")
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise DataError(f"cache folder {path} (DERMA_JEPA_CACHE): cannot create it ({os_reason(path, e, folder=True)})") from None
     return path
 
 
@@ -56,15 +65,17 @@ def follow_umask(path, is_dir: bool | None = None) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     "Write `data` to `path` through a temporary file and a rename, so readers never see half a file."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f: f.write(data)
         follow_umask(tmp, is_dir=False)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp: Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):                  # a full disk, a read-only mount, a file where a folder should be
+            raise DataError(f"{path}: could not write ({os_reason(path, e)}); nothing was written") from None
         raise
 
 # %% ../nbs/00_data.ipynb #076f1279
@@ -117,11 +128,45 @@ def read_text_utf8(path) -> str:
                         f"(save the file as UTF-8)") from None
 
 
-def read_metadata(csv_path, missing_lesion: str = "fallback") -> pd.DataFrame:
+DX_VOCABULARY = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")       # HAM10000's seven diagnoses
+DX_CONFLICT = ("error", "majority")
+FALLBACK_PREFIX = "missing_lesion::"
+
+
+def _label(s: pd.Series) -> pd.Series:
+    "A label as it is compared: lower case, inner whitespace runs folded to one space."
+    return s.str.lower().str.split().str.join(" ")
+
+
+def resolve_dx_conflicts(df: pd.DataFrame, source, dx_conflict: str = "error") -> list[dict]:
+    """Lesions whose rows disagree on the diagnosis: an error naming the first (with its rows), or, under
+    `dx_conflict='majority'`, each set to its majority diagnosis in place; returns what was changed."""
+    if dx_conflict not in DX_CONFLICT: raise DataError(f"dx_conflict={dx_conflict!r}: choose one of {', '.join(DX_CONFLICT)}")
+    multi = df[df.groupby("lesion_id").dx.transform("nunique").gt(1)]
+    out = []
+    for lid, g in multi.groupby("lesion_id", sort=False):
+        counts = g.dx.value_counts()
+        top = sorted(counts.index[counts.eq(counts.max())])
+        out.append({"lesion_id": lid, "rows": {int(i) + 2: dx for i, dx in g.dx.items()}, "majority": top[0] if len(top) == 1 else None})
+    for c in out:
+        seen = ", ".join(f"row {r} {d!r}" for r, d in list(c["rows"].items())[:6])
+        if dx_conflict == "error":
+            raise DataError(f"{source}: lesion {c['lesion_id']!r} has images with different diagnoses ({seen}); {len(out)} such "
+                            f"lesion(s) in all. A lesion has one diagnosis: correct the rows, or opt in to each lesion's "
+                            f"majority diagnosis (dx_conflict='majority')")
+        if c["majority"] is None:
+            raise DataError(f"{source}: lesion {c['lesion_id']!r} has images with different diagnoses and no majority ({seen}): "
+                            f"correct the rows")
+        df.loc[df.lesion_id.eq(c["lesion_id"]), "dx"] = c["majority"]
+    return out
+
+
+def read_metadata(csv_path, missing_lesion: str = "fallback", dx_conflict: str = "error") -> pd.DataFrame:
     "Read a HAM10000-style metadata CSV into canonical columns: image_id, lesion_id, patient_id, dx, site, group."
     csv_path = Path(csv_path)
     if missing_lesion not in MISSING_LESION:
         raise DataError(f"missing_lesion={missing_lesion!r}: choose one of {', '.join(MISSING_LESION)}")
+    if dx_conflict not in DX_CONFLICT: raise DataError(f"dx_conflict={dx_conflict!r}: choose one of {', '.join(DX_CONFLICT)}")
     if not csv_path.is_file(): raise DataError(f"{csv_path}: metadata CSV not found")
     text = read_text_utf8(csv_path)
     try: raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -140,17 +185,26 @@ def read_metadata(csv_path, missing_lesion: str = "fallback") -> pd.DataFrame:
         rows = [int(i) + 2 for i in np.flatnonzero(df.image_id == first)]
         raise DataError(f"{csv_path}: duplicate image id {first!r} on rows {rows} "
                         f"({dup.nunique()} duplicated ids in all)")
+    reserved = np.flatnonzero(df.lesion_id.str.startswith(FALLBACK_PREFIX).to_numpy())
+    if len(reserved):
+        raise DataError(f"{csv_path}: row {reserved[0] + 2}: lesion id {df.lesion_id.iloc[reserved[0]]!r} starts with "
+                        f"{FALLBACK_PREFIX!r}, the prefix of the fallback's synthetic ids: rename it")
     rows = [int(i) + 2 for i in np.flatnonzero((df.lesion_id == "").to_numpy())]
     if len(rows) and missing_lesion == "error":
         raise DataError(f"{csv_path}: {len(rows)} row(s) have no lesion id (rows {_row_list(rows)}); a lesion id is "
                         f"the leakage unit. Fill them in, or opt in to the release's one-image-lesion fallback "
                         f"(missing_lesion='fallback')")
-    df["lesion_id"] = df.lesion_id.where(df.lesion_id != "", "missing_lesion::" + df.image_id)
-    df["dx"] = df.dx.where(df.dx != "", "unknown_diagnosis")
-    df["site"] = df.site.where(df.site != "", "unknown_site")
+    df["lesion_id"] = df.lesion_id.where(df.lesion_id != "", FALLBACK_PREFIX + df.image_id)
+    df["dx"] = _label(df.dx).where(df.dx != "", "unknown_diagnosis")
+    df["site"] = _label(df.site).where(df.site != "", "unknown_site")
+    conflicts = resolve_dx_conflicts(df, csv_path, dx_conflict)
+    outside = df.dx[~df.dx.isin(DX_VOCABULARY)].value_counts().sort_index()
+    if len(outside):
+        warnings.warn(f"{csv_path}: {int(outside.sum())} row(s) with a diagnosis outside HAM10000's seven "
+                      f"({', '.join(DX_VOCABULARY)}): " + ", ".join(f"{v!r} x{n}" for v, n in outside.items()), stacklevel=2)
     df["group"] = np.where(df.patient_id != "", "patient::" + df.patient_id, "lesion::" + df.lesion_id)
     out = df[["image_id", "lesion_id", "patient_id", "dx", "site", "group"]].copy()
-    out.attrs["lesion_fallback_rows"] = rows
+    out.attrs.update(lesion_fallback_rows=rows, dx_conflicts=conflicts, dx_outside_vocabulary={k: int(v) for k, v in outside.items()})
     return out
 
 
@@ -321,16 +375,17 @@ def audit_files(paths, workers: int | None = None, cache: Path | None = None, pr
                                       "orientation": int})
 
 # %% ../nbs/00_data.ipynb #4162cac6
-def load_records(data, progress=False, cache: Path | None = None, missing_lesion: str = "fallback") -> pd.DataFrame:
+def load_records(data, progress=False, cache: Path | None = None, missing_lesion: str = "fallback",
+                 dx_conflict: str = "error") -> pd.DataFrame:
     "Read a dataset folder (or `Dataset`) into audited records, one row per metadata row."
     ds = data if isinstance(data, Dataset) else Dataset.from_dir(data)
-    meta = read_metadata(ds.metadata_csv, missing_lesion)
+    meta = read_metadata(ds.metadata_csv, missing_lesion, dx_conflict)
     index = index_images(ds.image_roots)
     paths = [index.get(i) for i in meta.image_id]
     audit = audit_files(paths, cache=cache, progress=progress)
     rec = pd.concat([meta.reset_index(drop=True), audit], axis=1)
     rec.insert(6, "path", [str(p) if p else "" for p in paths])
-    rec.attrs.update(metadata_csv=str(ds.metadata_csv), lesion_fallback_rows=meta.attrs["lesion_fallback_rows"])
+    rec.attrs.update(metadata_csv=str(ds.metadata_csv), **meta.attrs)
     return rec
 
 
@@ -347,6 +402,11 @@ def summarise_audit(records: pd.DataFrame) -> dict:
         "n_lesions": int(records.lesion_id.nunique()),
         "missing_lesion_ids": {"count": len(fallback), "rows": fallback[:50],
                                "rule": "missing_lesion::<image_id> (the release's one-image-lesion fallback)"},
+        "dx_conflicts": {"count": len(records.attrs.get("dx_conflicts", [])),
+                         "lesions": [{**c, "rows": {str(k): v for k, v in c["rows"].items()}}
+                                     for c in records.attrs.get("dx_conflicts", [])[:50]],
+                         "rule": "dx_conflict='majority': each listed lesion set to its majority diagnosis"},
+        "dx_outside_vocabulary": {"values": records.attrs.get("dx_outside_vocabulary", {}), "vocabulary": list(DX_VOCABULARY)},
         "missing": sorted(records.image_id[records.status == "missing"]),
         "unreadable": sorted(records.image_id[records.status == "unreadable"]),
         "duplicate_ids": int(records.image_id.duplicated().sum()),

@@ -122,6 +122,8 @@ def site_sources(root: Path = ROOT) -> dict[str, bytes]:
     "Every file of the Sphinx source folder, from the checkout at `root`: relative name -> bytes."
     root = Path(root)
     files, method, pipelines = {"conf.py": CONF_PY.encode()}, [], []
+    if (root / "nbs" / "protocol.md").exists():             # the specification, first: the notebooks cite it
+        files["nbs/protocol.md"] = (root / "nbs" / "protocol.md").read_bytes(); method.append("nbs/protocol")
     for p in reading_order(root / "nbs"):
         files[f"nbs/{p.name}"] = p.read_bytes()
         (pipelines if p.stem in PIPELINES else method).append(f"nbs/{p.stem}")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from .backbones import backbone_spec
 from .data import DataError, atomic_write_bytes
@@ -22,7 +21,7 @@ from .executors import check_resources
 from .experiment import Config, ConfigError, run_id
 from .split import PROTOCOLS
 from .pretrain import OBJECTIVES, PretrainConfig, random_encoder
-from .safety import load_checkpoint, write_marked_dir
+from .safety import load_checkpoint, load_yaml, write_marked_dir
 from .plan import experiments_dir, parse_backbones
 
 # %% auto #0
@@ -45,8 +44,7 @@ def load_exp009(path=None, **overrides) -> dict:
     "EXP-009's settings (`exp009_pretrain.yaml`), overrides applied, validated; `pretrain` becomes one PretrainConfig per objective."
     path = Path(path or experiments_dir() / "exp009_pretrain.yaml")
     if not path.exists(): raise ConfigError(f"EXP-009 settings file {path} not found")
-    s = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(s, dict): raise ConfigError(f"{path}: expected a mapping")
+    s = load_yaml(path)
     s = {**s, **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(s) - set(KEYS))
     if unknown: raise ConfigError(f"{path}: {unknown[0]!r} is not an EXP-009 setting (settings: {', '.join(KEYS)})")

@@ -19,17 +19,17 @@ import pandas as pd
 import yaml
 
 from .backbones import ALIASES, backbone_spec, get_backbone
-from .data import DataError, load_records, require_readable, summarise_audit
+from .data import DX_CONFLICT, DataError, cache_dir, load_records, require_readable, summarise_audit
 from .nuisance import HELD_OUT_FAMILIES
 from .pairs import (ENDPOINT_KINDS, POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, endpoint_mix,
                               lofo_folds, parse_ablate, parse_families)
-from .safety import ConfigError, check_destination, coerce, coerce_fields, write_marked_dir
+from .safety import ConfigError, check_destination, check_free_space, coerce, coerce_fields, load_yaml, write_marked_dir
 from .split import check_fractions, check_protocol, shared_split, split_counts, split_records
 
 # %% auto #0
-__all__ = ['STAGES', 'BOUNDS', 'NAME_MAX', 'check_path_text', 'Config', 'resolve_data', 'run_id', 'run_path', 'protected_paths',
-           'destination', 'write_run_dir', 'RunResult', 'manifest_for', 'data_stage', 'environment', 'pair_embeddings',
-           'make_figures', 'model_card', 'Stopwatch', 'run']
+__all__ = ['STAGES', 'BOUNDS', 'NAME_MAX', 'LATE_FIELDS', 'check_path_text', 'Config', 'resolve_data', 'run_id', 'run_path',
+           'protected_paths', 'destination', 'check_space', 'write_run_dir', 'RunResult', 'manifest_for', 'data_stage',
+           'environment', 'pair_embeddings', 'make_figures', 'model_card', 'Stopwatch', 'run']
 
 # %% ../nbs/12_experiment.ipynb #6b520124
 STAGES = ("manifest", "embed", "all")
@@ -53,6 +53,10 @@ def check_path_text(name: str, value: str) -> str:
     if long: raise ConfigError(f"parameter {name}: the name {long[:30]!r}... is {len(long.encode())} bytes, "
                                f"longer than a file name may be ({NAME_MAX})")
     return value
+
+
+# Fields added after runs were made, with their defaults: config.yaml records them only when set otherwise.
+LATE_FIELDS = {"ablate": "", "dx_conflict": "error"}
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class Config:
     stop_after: str = "all"
     n_boot: int = 1000
     missing_lesion: str = "auto"
+    dx_conflict: str = "error"
     run_dir: str = ""
 
     def __post_init__(self):
@@ -124,8 +129,9 @@ class Config:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
-        if self.missing_lesion not in ("auto", "error", "fallback"):
-            raise ConfigError(f"unknown missing_lesion {self.missing_lesion!r}: choose auto, error or fallback")
+        for name, allowed in (("missing_lesion", ("auto", "error", "fallback")), ("dx_conflict", DX_CONFLICT)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose {', '.join(allowed)}")
         for name, (lo, hi, why) in BOUNDS.items():
             v = getattr(self, name)
             if v < lo: raise ConfigError(f"parameter {name}={v} must be at least {lo}")
@@ -168,17 +174,15 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path, **overrides) -> "Config":
-        "Read an experiment YAML (papermill's `-f` file), then apply overrides."
-        params = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(params, dict): raise ConfigError(f"{path}: expected a mapping of parameters")
+        "Read an experiment YAML (plain values only: 03_safety's `load_yaml`), then apply overrides."
+        params = load_yaml(path)
         cls.from_params(params, str(path))            # unknown keys in the file are named with the file
         return cls.from_params({**params, **overrides})
 
     def to_dict(self) -> dict:
-        "The fields as config.yaml records them; `ablate` only when set, so the runs made before it keep their identity."
+        "The fields as config.yaml records them; a LATE_FIELDS one only when set, so earlier runs keep their identity."
         d = dataclasses.asdict(self); d["split_fractions"] = list(self.split_fractions)
-        if not d["ablate"]: del d["ablate"]
-        return d
+        return {k: v for k, v in d.items() if not (k in LATE_FIELDS and v == LATE_FIELDS[k])}
 
 # %% ../nbs/12_experiment.ipynb #51f29f92
 def resolve_data(config: Config) -> Path:
@@ -222,6 +226,13 @@ def destination(config: Config) -> Path:
     return check_destination(run_path(config), "run", protected_paths(config))
 
 
+def check_space(config: Config, dest: Path, dim: int = 1024) -> None:
+    "Free space at run_dir and the cache against an estimate: 32 MiB each, plus the run's embeddings (fp32) in the cache."
+    sides = 6 * config.pairs_per_split + 4000                    # both sides of every pair, the re-photo endpoint's
+    check_free_space(dest, 32 << 20, "run_dir")
+    check_free_space(cache_dir(), (32 << 20) + sides * (4 * dim + 512), "cache")
+
+
 def write_run_dir(dest: Path, files: dict[str, bytes], protected=()) -> Path:
     "Write `files` (name -> bytes) as the run directory `dest`, replacing only a run directory of this project's."
     return write_marked_dir(dest, files, "run", protected)
@@ -256,7 +267,7 @@ def manifest_for(config: Config, records: pd.DataFrame):
 
 def data_stage(config: Config):
     "Audit, split and manifest for a config: (records, split records, manifest, audit dict)."
-    records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion)
+    records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion, dx_conflict=config.dx_conflict)
     audit = summarise_audit(records)
     require_readable(records)
     split, manifest, log = manifest_for(config, records)
@@ -409,6 +420,7 @@ def run(config: Config) -> RunResult:
     t, stage, clock = {}, STAGES.index(config.stop_after), Stopwatch()
     dest = destination(config)            # a destination the project may not write stops the run here
     backbone = get_backbone(config.backbone, config.weights or None, protocol=config.protocol) if stage >= STAGES.index("embed") else None
+    check_space(config, dest, backbone.dim if backbone is not None else 0)
     t["backbone_load"] = clock.lap("backbone_load")
     records, split, manifest, audit = data_stage(config)
     t["manifest"] = clock.lap("manifest")

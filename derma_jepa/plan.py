@@ -21,6 +21,7 @@ from .backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolv
 from .data import DataError, atomic_write_bytes
 from .executors import EXECUTORS, LocalExecutor, WorkItem, check_resources, make_executor, summary
 from .experiment import Config, ConfigError, resolve_data, run_id
+from .safety import check_destination, load_yaml
 from .pairs import ABLATIONS, lofo_folds
 
 SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sides_per_job` changes it)
@@ -28,7 +29,7 @@ SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sid
 # %% auto #0
 __all__ = ['SIDES_PER_JOB', 'ARC_KEYS', 'SWEEP_KEYS', 'STAND_INS', 'ABLATION_STEPS', 'repo_root', 'experiments_dir', 'load_arc',
            'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run', 'side_groups', 'group_sides',
-           'embed_items', 'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan', 'paper_main']
+           'embed_items', 'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan', 'run_main', 'paper_main']
 
 # %% ../nbs/20_plan.ipynb #b3a85f80
 def repo_root(start=None) -> Path:
@@ -57,8 +58,7 @@ def load_arc(path) -> dict:
     "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}, 'lofo': [...]}."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"arc file {path} not found")
-    arc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(arc, dict): raise ConfigError(f"{path}: expected a mapping")
+    arc = load_yaml(path)
     if set(arc) - ARC_KEYS: raise ConfigError(f"{path}: unknown key {sorted(set(arc) - ARC_KEYS)[0]!r}; keys: {', '.join(sorted(ARC_KEYS))}")
     sweep = arc.get("sweep") or {}
     if set(sweep) - SWEEP_KEYS: raise ConfigError(f"{path}: unknown sweep key {sorted(set(sweep) - SWEEP_KEYS)[0]!r}")
@@ -289,6 +289,30 @@ def read_plan(path) -> pd.DataFrame:
     rows = json.loads(Path(path).read_text())
     return pd.DataFrame([{**r, "config": Config.from_params(r["config"])} for r in rows])
 
+# %% ../nbs/20_plan.ipynb #043e30e9
+def run_main(argv=None):
+    "Run one experiment through nbs/run.ipynb: the YAML and every value checked first, then papermill."
+    ap = argparse.ArgumentParser(prog="derma_jepa_run", description=run_main.__doc__)
+    ap.add_argument("-f", "--file", default=None, help="experiment YAML (plain values; nbs/experiments/*.yaml)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="a parameter (its value read as YAML), after the file's")
+    a = ap.parse_args(argv)
+    try:
+        params = load_yaml(a.file) if a.file else {}
+        if a.file: Config.from_params(params, str(a.file))             # the file's own keys named with the file
+        for k, v in a.param: params[k] = load_yaml(text=v, source=f"-p {k}", mapping=False)
+        cfg = Config.from_params(params, "-p")
+        if not cfg.run_dir: cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / run_id(cfg)))
+        if cfg.data != "fixture": resolve_data(cfg)
+        check_destination(cfg.run_dir)
+    except (ConfigError, DataError) as e:
+        print(f"derma_jepa_run: {e}", file=sys.stderr); sys.exit(2)
+    err = execute_run(cfg)
+    if err:
+        print(f"derma_jepa_run: {err} (executed notebook: {Path(cfg.run_dir).parent / 'failed' / Path(cfg.run_dir).name}.ipynb)",
+              file=sys.stderr); sys.exit(1)
+    print(f"run directory: {cfg.run_dir} (run.ipynb, metrics.json, model_card.md, ...)")
+
 # %% ../nbs/20_plan.ipynb #dd7029ac
 def paper_main(argv=None):
     "Run the arc (and sweep) whose backbones load here, then render paper/."
@@ -309,8 +333,7 @@ def paper_main(argv=None):
         for kv in a.set:
             if "=" not in kv: raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
             k, v = kv.split("=", 1)
-            try: overrides[k] = yaml.safe_load(v)
-            except yaml.YAMLError as e: raise ConfigError(f"--set {kv!r}: not a YAML value ({e.problem})") from None
+            overrides[k] = load_yaml(text=v, source=f"--set {kv!r}", mapping=False)
         arc = load_arc(a.arc or experiments_dir() / "arc.yaml")
         plan = plan_arc(a.arc, a.backbones, overrides, not a.no_sweep, a.runs)
         for cfg in plan[plan.status == "run"].drop_duplicates("run_dir").config:

@@ -12,14 +12,16 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from .data import DataError, atomic_write_bytes, cache_dir, follow_umask
+from .data import DataError, atomic_write_bytes, cache_dir, follow_umask, os_reason
 
 # %% auto #0
-__all__ = ['MARKER', 'MARKER_FORMAT', 'META_KEY', 'DestinationError', 'marker_of', 'check_destination', 'dir_lock',
-           'clear_debris', 'write_marked_dir', 'CheckpointError', 'save_checkpoint', 'tensors_under', 'is_safetensors',
-           'torch_load_tensors', 'load_checkpoint', 'ConfigError', 'coerce', 'coerce_fields']
+__all__ = ['MARKER', 'MARKER_FORMAT', 'META_KEY', 'YAML_MAX_BYTES', 'DestinationError', 'marker_of', 'check_destination',
+           'dir_lock', 'clear_debris', 'write_marked_dir', 'check_free_space', 'CheckpointError', 'save_checkpoint',
+           'tensors_under', 'is_safetensors', 'torch_load_tensors', 'load_checkpoint', 'ConfigError', 'coerce',
+           'coerce_fields', 'load_yaml', 'exit_with_parent']
 
 # %% ../nbs/03_safety.ipynb #31770f56
 MARKER = ".derma_jepa.json"
@@ -99,8 +101,7 @@ def clear_debris(dest: Path) -> list[str]:
     return gone
 
 
-def write_marked_dir(dest, files: dict[str, bytes], kind: str = "run", protected=(), what: str = "run_dir") -> Path:
-    "Write `files` (relative name -> bytes) as the folder `dest`, replacing only a folder of this project's."
+def _write_marked(dest, files: dict[str, bytes], kind: str, protected, what: str) -> Path:
     dest = check_destination(dest, kind, protected, what)
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock = dir_lock(dest)
@@ -129,6 +130,22 @@ def write_marked_dir(dest, files: dict[str, bytes], kind: str = "run", protected
             raise
     finally: lock.release()
     return dest
+
+
+def write_marked_dir(dest, files: dict[str, bytes], kind: str = "run", protected=(), what: str = "run_dir") -> Path:
+    "Write `files` (relative name -> bytes) as the folder `dest`, replacing only a folder of this project's."
+    try: return _write_marked(dest, files, kind, protected, what)
+    except OSError as e:                            # a full disk, a read-only mount: named, nothing half-written
+        raise DestinationError(f"{what} {dest}: could not write ({os_reason(Path(dest) / 'x', e)}); nothing was written "
+                               "there") from None
+
+
+def check_free_space(path, need: int, what: str) -> None:
+    "Refuse, naming `path`, when its filesystem (the nearest existing folder's) has fewer than `need` bytes free."
+    free = shutil.disk_usage(_first_existing(Path(os.path.expanduser(str(path))).absolute())).free
+    if free < need:
+        raise DestinationError(f"{what} {path}: {free / 2**20:,.0f} MiB free on its filesystem, and this needs about "
+                               f"{need / 2**20:,.0f} MiB; free some space or choose another place")
 
 # %% ../nbs/03_safety.ipynb #882a3a7f
 META_KEY = "derma_jepa"
@@ -248,3 +265,66 @@ def coerce_fields(obj) -> None:
         t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
         if t in ("int", "float", "bool", "str", "tuple"):
             object.__setattr__(obj, f.name, coerce(f.name, getattr(obj, f.name), t))
+
+# %% ../nbs/03_safety.ipynb #f838eeac
+import yaml
+
+YAML_MAX_BYTES = 1 << 20
+
+
+class _PlainLoader(yaml.SafeLoader):
+    "The safe loader, refusing aliases (anchors alone are harmless)."
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{ev.anchor} is not accepted: write the value out",
+                                              ev.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k, _ in node.value:                     # a key given twice: PyYAML would keep the last one, silently
+            key = self.construct_object(k, deep=True)
+            if not isinstance(key, (str, int, float, bool)): continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (first on line "
+                                                        f"{seen[key] + 1})", k.start_mark)
+            seen[key] = k.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path=None, *, text: str | None = None, source: str | None = None, mapping: bool = True):
+    "Plain values from a YAML file (or `text`); a tag, an alias, > 1 MiB or (with `mapping`) a non-mapping is a ConfigError."
+    source = source or str(path)
+    if text is None:
+        p = Path(path)
+        if not p.is_file(): raise ConfigError(f"{source}: YAML file not found" if not p.exists() else f"{source}: not a file")
+        if p.stat().st_size > YAML_MAX_BYTES: raise ConfigError(f"{source}: {p.stat().st_size:,} bytes; a YAML file here is at most 1 MiB")
+        from derma_jepa.data import read_text_utf8
+        try: text = read_text_utf8(p)
+        except DataError as e: raise ConfigError(str(e)) from None
+    if len(text.encode()) > YAML_MAX_BYTES: raise ConfigError(f"{source}: more than 1 MiB of YAML")
+    try: value = yaml.load(text, Loader=_PlainLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "could not determine a constructor" in problem:
+            problem = f"the tag {problem.split('tag ')[-1]} is not accepted (plain YAML values only)"
+        raise ConfigError(f"{source}: {where}{problem}") from None
+    if mapping:
+        value = {} if value is None else value
+        if not isinstance(value, dict): raise ConfigError(f"{source}: expected a mapping of parameters, found a {type(value).__name__}")
+        bad = next((k for k in value if not isinstance(k, str)), None)
+        if bad is not None: raise ConfigError(f"{source}: key {bad!r} is not text")
+    return value
+
+# %% ../nbs/03_safety.ipynb #58c38261
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    "End this process (exit status 1) soon after its parent process dies; a daemon thread polls `os.getppid()`."
+    import threading
+    parent = os.getppid()
+    def watch():
+        while os.getppid() == parent: time.sleep(poll_s)
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

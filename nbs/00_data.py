@@ -37,6 +37,7 @@ import hashlib
 import io
 import os
 import tempfile
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,11 +63,18 @@ class DataError(ValueError):
     "Bad input data: the message names the file, row, column or value at fault."
 
 
+def os_reason(path, e: OSError, folder: bool = False) -> str:
+    "Why writing at `path` (a `folder`, or a file in one) failed, in words: a file where a folder should be, else the system's."
+    anc = next((a for a in [Path(path)] * folder + list(Path(path).parents) if a.exists()), None)
+    return f"{anc} is a file, not a folder" if anc is not None and not anc.is_dir() else e.strerror or type(e).__name__
+
+
 def cache_dir(*parts: str) -> Path:
     "The project's cache folder (`$DERMA_JEPA_CACHE`, default `~/.cache/derma_jepa`), sub-path created."
     root = Path(os.environ.get("DERMA_JEPA_CACHE") or Path.home() / ".cache" / "derma_jepa")
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try: path.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise DataError(f"cache folder {path} (DERMA_JEPA_CACHE): cannot create it ({os_reason(path, e, folder=True)})") from None
     return path
 
 
@@ -89,15 +97,17 @@ def follow_umask(path, is_dir: bool | None = None) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     "Write `data` to `path` through a temporary file and a rename, so readers never see half a file."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f: f.write(data)
         follow_umask(tmp, is_dir=False)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp: Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):                  # a full disk, a read-only mount, a file where a folder should be
+            raise DataError(f"{path}: could not write ({os_reason(path, e)}); nothing was written") from None
         raise
 
 
@@ -108,6 +118,16 @@ try:
     atomic_write_bytes(_u, b"x")
     test_eq((current_umask(), oct(_u.stat().st_mode & 0o777)), (0o027, "0o640"))
 finally: os.umask(_old)
+test_fail(lambda: atomic_write_bytes(_u / "g.bin", b"x"), contains=f"{_u / 'g.bin'}: could not write ({_u} is a file, not a folder)")
+test_eq(sorted(p.name for p in _u.parent.iterdir()), ["f.bin"])          # nothing half-written
+_env = os.environ.get("DERMA_JEPA_CACHE")
+os.environ["DERMA_JEPA_CACHE"] = str(_u)                                  # a cache "folder" that is a file
+try:
+    test_fail(lambda: cache_dir("audit"), contains=f"cache folder {_u / 'audit'} (DERMA_JEPA_CACHE): cannot create it ({_u} is a file")
+    test_fail(lambda: cache_dir(), contains=f"cache folder {_u} (DERMA_JEPA_CACHE): cannot create it ({_u} is a file")
+finally:
+    if _env is None: del os.environ["DERMA_JEPA_CACHE"]
+    else: os.environ["DERMA_JEPA_CACHE"] = _env
 
 # %% [markdown]
 # ## Column aliases
@@ -170,6 +190,17 @@ test_fail(lambda: resolve_columns(["image_id", "lesion_id", "dx", "diagnosis", "
 # `"fallback"` is the release's rule (the `reference` protocol, or an explicit opt-in), and the
 # rows it touched are kept in `attrs["lesion_fallback_rows"]` for the audit to count.
 #
+# **Diagnoses and sites are labels, compared as such**: case and runs of whitespace are folded
+# (`NV `, `nv` and `Nv` are one diagnosis; pairs are matched on them). A diagnosis outside
+# HAM10000's seven (`DX_VOCABULARY`) is kept, but listed in one warning and in
+# `attrs["dx_outside_vocabulary"]` (the audit records it), since a typo there silently makes a
+# class of its own. **A lesion has one diagnosis**: a lesion id whose images disagree would give a
+# "stable" re-photograph pair that goes from `nv` to `mel`, so it is an error naming the lesion and
+# its rows; `dx_conflict="majority"` opts in to each such lesion's majority diagnosis (a tie is
+# still an error) and the lesions it changed are kept in `attrs["dx_conflicts"]` for the audit.
+# An explicit lesion id may not start with `missing_lesion::`, the fallback's prefix: it could
+# collide with a synthetic id and merge two lesions.
+#
 # The file must be UTF-8 (a byte-order mark is allowed): a Latin-1 or damaged byte is an error
 # naming the line and the byte, never a guess at an encoding. The split's *group* is the patient
 # when one is known, otherwise the lesion, so every HAM10000 group is `lesion::<lesion_id>`. An
@@ -196,11 +227,45 @@ def read_text_utf8(path) -> str:
                         f"(save the file as UTF-8)") from None
 
 
-def read_metadata(csv_path, missing_lesion: str = "fallback") -> pd.DataFrame:
+DX_VOCABULARY = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")       # HAM10000's seven diagnoses
+DX_CONFLICT = ("error", "majority")
+FALLBACK_PREFIX = "missing_lesion::"
+
+
+def _label(s: pd.Series) -> pd.Series:
+    "A label as it is compared: lower case, inner whitespace runs folded to one space."
+    return s.str.lower().str.split().str.join(" ")
+
+
+def resolve_dx_conflicts(df: pd.DataFrame, source, dx_conflict: str = "error") -> list[dict]:
+    """Lesions whose rows disagree on the diagnosis: an error naming the first (with its rows), or, under
+    `dx_conflict='majority'`, each set to its majority diagnosis in place; returns what was changed."""
+    if dx_conflict not in DX_CONFLICT: raise DataError(f"dx_conflict={dx_conflict!r}: choose one of {', '.join(DX_CONFLICT)}")
+    multi = df[df.groupby("lesion_id").dx.transform("nunique").gt(1)]
+    out = []
+    for lid, g in multi.groupby("lesion_id", sort=False):
+        counts = g.dx.value_counts()
+        top = sorted(counts.index[counts.eq(counts.max())])
+        out.append({"lesion_id": lid, "rows": {int(i) + 2: dx for i, dx in g.dx.items()}, "majority": top[0] if len(top) == 1 else None})
+    for c in out:
+        seen = ", ".join(f"row {r} {d!r}" for r, d in list(c["rows"].items())[:6])
+        if dx_conflict == "error":
+            raise DataError(f"{source}: lesion {c['lesion_id']!r} has images with different diagnoses ({seen}); {len(out)} such "
+                            f"lesion(s) in all. A lesion has one diagnosis: correct the rows, or opt in to each lesion's "
+                            f"majority diagnosis (dx_conflict='majority')")
+        if c["majority"] is None:
+            raise DataError(f"{source}: lesion {c['lesion_id']!r} has images with different diagnoses and no majority ({seen}): "
+                            f"correct the rows")
+        df.loc[df.lesion_id.eq(c["lesion_id"]), "dx"] = c["majority"]
+    return out
+
+
+def read_metadata(csv_path, missing_lesion: str = "fallback", dx_conflict: str = "error") -> pd.DataFrame:
     "Read a HAM10000-style metadata CSV into canonical columns: image_id, lesion_id, patient_id, dx, site, group."
     csv_path = Path(csv_path)
     if missing_lesion not in MISSING_LESION:
         raise DataError(f"missing_lesion={missing_lesion!r}: choose one of {', '.join(MISSING_LESION)}")
+    if dx_conflict not in DX_CONFLICT: raise DataError(f"dx_conflict={dx_conflict!r}: choose one of {', '.join(DX_CONFLICT)}")
     if not csv_path.is_file(): raise DataError(f"{csv_path}: metadata CSV not found")
     text = read_text_utf8(csv_path)
     try: raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
@@ -219,17 +284,26 @@ def read_metadata(csv_path, missing_lesion: str = "fallback") -> pd.DataFrame:
         rows = [int(i) + 2 for i in np.flatnonzero(df.image_id == first)]
         raise DataError(f"{csv_path}: duplicate image id {first!r} on rows {rows} "
                         f"({dup.nunique()} duplicated ids in all)")
+    reserved = np.flatnonzero(df.lesion_id.str.startswith(FALLBACK_PREFIX).to_numpy())
+    if len(reserved):
+        raise DataError(f"{csv_path}: row {reserved[0] + 2}: lesion id {df.lesion_id.iloc[reserved[0]]!r} starts with "
+                        f"{FALLBACK_PREFIX!r}, the prefix of the fallback's synthetic ids: rename it")
     rows = [int(i) + 2 for i in np.flatnonzero((df.lesion_id == "").to_numpy())]
     if len(rows) and missing_lesion == "error":
         raise DataError(f"{csv_path}: {len(rows)} row(s) have no lesion id (rows {_row_list(rows)}); a lesion id is "
                         f"the leakage unit. Fill them in, or opt in to the release's one-image-lesion fallback "
                         f"(missing_lesion='fallback')")
-    df["lesion_id"] = df.lesion_id.where(df.lesion_id != "", "missing_lesion::" + df.image_id)
-    df["dx"] = df.dx.where(df.dx != "", "unknown_diagnosis")
-    df["site"] = df.site.where(df.site != "", "unknown_site")
+    df["lesion_id"] = df.lesion_id.where(df.lesion_id != "", FALLBACK_PREFIX + df.image_id)
+    df["dx"] = _label(df.dx).where(df.dx != "", "unknown_diagnosis")
+    df["site"] = _label(df.site).where(df.site != "", "unknown_site")
+    conflicts = resolve_dx_conflicts(df, csv_path, dx_conflict)
+    outside = df.dx[~df.dx.isin(DX_VOCABULARY)].value_counts().sort_index()
+    if len(outside):
+        warnings.warn(f"{csv_path}: {int(outside.sum())} row(s) with a diagnosis outside HAM10000's seven "
+                      f"({', '.join(DX_VOCABULARY)}): " + ", ".join(f"{v!r} x{n}" for v, n in outside.items()), stacklevel=2)
     df["group"] = np.where(df.patient_id != "", "patient::" + df.patient_id, "lesion::" + df.lesion_id)
     out = df[["image_id", "lesion_id", "patient_id", "dx", "site", "group"]].copy()
-    out.attrs["lesion_fallback_rows"] = rows
+    out.attrs.update(lesion_fallback_rows=rows, dx_conflicts=conflicts, dx_outside_vocabulary={k: int(v) for k, v in outside.items()})
     return out
 
 
@@ -240,7 +314,10 @@ def _row_list(rows: list[int], n: int = 10) -> str:
 # %%
 _tmp = Path(tempfile.mkdtemp())
 (_tmp / "m.csv").write_text("isic_id,LESION_ID,diagnosis,localization\nA,L1,nv,back\nB,,,\n")
-_m = read_metadata(_tmp / "m.csv")
+with warnings.catch_warnings(record=True) as _w:                 # the blank diagnosis's fallback is outside the seven
+    warnings.simplefilter("always")
+    _m = read_metadata(_tmp / "m.csv")
+assert len(_w) == 1 and "'unknown_diagnosis' x1" in str(_w[0].message)
 test_eq(list(_m.lesion_id), ["L1", "missing_lesion::B"])
 test_eq(_m.attrs["lesion_fallback_rows"], [3])
 test_fail(lambda: read_metadata(_tmp / "m.csv", missing_lesion="error"), contains="1 row(s) have no lesion id (rows 3)")
@@ -254,6 +331,31 @@ test_eq(list(_m.group), ["lesion::L1", "lesion::missing_lesion::B"])
 test_fail(lambda: read_metadata(_tmp / "dup.csv"), contains="duplicate image id 'A' on rows [2, 3]")
 (_tmp / "empty.csv").write_text("")
 test_fail(lambda: read_metadata(_tmp / "empty.csv"), contains="empty")
+
+# %% [markdown]
+# Labels, the vocabulary, one diagnosis per lesion and the reserved prefix, each on a hand-made CSV:
+
+# %%
+(_tmp / "case.csv").write_text("image_id,lesion_id,dx,localization\nA,L1, NV ,Lower  Extremity\nB,L1,nv,lower extremity\n"
+                               "C,L2,Melanoma,back\n")
+with warnings.catch_warnings(record=True) as _w:
+    warnings.simplefilter("always")
+    _m = read_metadata(_tmp / "case.csv")
+test_eq(list(_m.dx), ["nv", "nv", "melanoma"]); test_eq(list(_m.site), ["lower extremity"] * 2 + ["back"])
+test_eq(_m.attrs["dx_outside_vocabulary"], {"melanoma": 1})
+test_eq(len(_w), 1); assert "outside HAM10000's seven" in str(_w[0].message) and "'melanoma' x1" in str(_w[0].message)
+(_tmp / "conflict.csv").write_text("image_id,lesion_id,dx,localization\nA,L1,nv,back\nB,L1,mel,back\nC,L1,nv,back\n"
+                                   "D,L2,bcc,face\n")
+test_fail(lambda: read_metadata(_tmp / "conflict.csv"),
+          contains="lesion 'L1' has images with different diagnoses (row 2 'nv', row 3 'mel', row 4 'nv'); 1 such lesion(s)")
+_m = read_metadata(_tmp / "conflict.csv", dx_conflict="majority")
+test_eq(list(_m.dx), ["nv", "nv", "nv", "bcc"])
+test_eq(_m.attrs["dx_conflicts"], [{"lesion_id": "L1", "rows": {2: "nv", 3: "mel", 4: "nv"}, "majority": "nv"}])
+(_tmp / "tie.csv").write_text("image_id,lesion_id,dx,localization\nA,L1,nv,back\nB,L1,mel,back\n")
+test_fail(lambda: read_metadata(_tmp / "tie.csv", dx_conflict="majority"), contains="different diagnoses and no majority")
+test_fail(lambda: read_metadata(_tmp / "tie.csv", dx_conflict="vote"), contains="dx_conflict='vote': choose one of error, majority")
+(_tmp / "reserved.csv").write_text("image_id,lesion_id,dx,localization\nA,missing_lesion::B,nv,back\nB,,nv,back\n")
+test_fail(lambda: read_metadata(_tmp / "reserved.csv"), contains="row 2: lesion id 'missing_lesion::B' starts with 'missing_lesion::'")
 
 
 # %% [markdown]
@@ -509,16 +611,17 @@ def audit_files(paths, workers: int | None = None, cache: Path | None = None, pr
 
 # %%
 #| export
-def load_records(data, progress=False, cache: Path | None = None, missing_lesion: str = "fallback") -> pd.DataFrame:
+def load_records(data, progress=False, cache: Path | None = None, missing_lesion: str = "fallback",
+                 dx_conflict: str = "error") -> pd.DataFrame:
     "Read a dataset folder (or `Dataset`) into audited records, one row per metadata row."
     ds = data if isinstance(data, Dataset) else Dataset.from_dir(data)
-    meta = read_metadata(ds.metadata_csv, missing_lesion)
+    meta = read_metadata(ds.metadata_csv, missing_lesion, dx_conflict)
     index = index_images(ds.image_roots)
     paths = [index.get(i) for i in meta.image_id]
     audit = audit_files(paths, cache=cache, progress=progress)
     rec = pd.concat([meta.reset_index(drop=True), audit], axis=1)
     rec.insert(6, "path", [str(p) if p else "" for p in paths])
-    rec.attrs.update(metadata_csv=str(ds.metadata_csv), lesion_fallback_rows=meta.attrs["lesion_fallback_rows"])
+    rec.attrs.update(metadata_csv=str(ds.metadata_csv), **meta.attrs)
     return rec
 
 
@@ -535,6 +638,11 @@ def summarise_audit(records: pd.DataFrame) -> dict:
         "n_lesions": int(records.lesion_id.nunique()),
         "missing_lesion_ids": {"count": len(fallback), "rows": fallback[:50],
                                "rule": "missing_lesion::<image_id> (the release's one-image-lesion fallback)"},
+        "dx_conflicts": {"count": len(records.attrs.get("dx_conflicts", [])),
+                         "lesions": [{**c, "rows": {str(k): v for k, v in c["rows"].items()}}
+                                     for c in records.attrs.get("dx_conflicts", [])[:50]],
+                         "rule": "dx_conflict='majority': each listed lesion set to its majority diagnosis"},
+        "dx_outside_vocabulary": {"values": records.attrs.get("dx_outside_vocabulary", {}), "vocabulary": list(DX_VOCABULARY)},
         "missing": sorted(records.image_id[records.status == "missing"]),
         "unreadable": sorted(records.image_id[records.status == "unreadable"]),
         "duplicate_ids": int(records.image_id.duplicated().sum()),

@@ -44,9 +44,10 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from derma_jepa.data import DataError, atomic_write_bytes, cache_dir, follow_umask
+from derma_jepa.data import DataError, atomic_write_bytes, cache_dir, follow_umask, os_reason
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -150,8 +151,7 @@ def clear_debris(dest: Path) -> list[str]:
     return gone
 
 
-def write_marked_dir(dest, files: dict[str, bytes], kind: str = "run", protected=(), what: str = "run_dir") -> Path:
-    "Write `files` (relative name -> bytes) as the folder `dest`, replacing only a folder of this project's."
+def _write_marked(dest, files: dict[str, bytes], kind: str, protected, what: str) -> Path:
     dest = check_destination(dest, kind, protected, what)
     dest.parent.mkdir(parents=True, exist_ok=True)
     lock = dir_lock(dest)
@@ -180,6 +180,22 @@ def write_marked_dir(dest, files: dict[str, bytes], kind: str = "run", protected
             raise
     finally: lock.release()
     return dest
+
+
+def write_marked_dir(dest, files: dict[str, bytes], kind: str = "run", protected=(), what: str = "run_dir") -> Path:
+    "Write `files` (relative name -> bytes) as the folder `dest`, replacing only a folder of this project's."
+    try: return _write_marked(dest, files, kind, protected, what)
+    except OSError as e:                            # a full disk, a read-only mount: named, nothing half-written
+        raise DestinationError(f"{what} {dest}: could not write ({os_reason(Path(dest) / 'x', e)}); nothing was written "
+                               "there") from None
+
+
+def check_free_space(path, need: int, what: str) -> None:
+    "Refuse, naming `path`, when its filesystem (the nearest existing folder's) has fewer than `need` bytes free."
+    free = shutil.disk_usage(_first_existing(Path(os.path.expanduser(str(path))).absolute())).free
+    if free < need:
+        raise DestinationError(f"{what} {path}: {free / 2**20:,.0f} MiB free on its filesystem, and this needs about "
+                               f"{need / 2**20:,.0f} MiB; free some space or choose another place")
 
 
 # %% [markdown]
@@ -216,6 +232,12 @@ write_marked_dir(_r, {"a.txt": b"3"})
 test_eq(sorted(p.name for p in _r.iterdir()), [MARKER, "a.txt"])
 test_fail(lambda: write_marked_dir(_r, {}, kind="paper"), contains="was written as a 'run' folder")
 test_eq(sorted(p.name for p in _w.iterdir()), ["data", "empty", "file.txt", "notes"])     # no debris
+# a write that fails midway (here a file name longer than the filesystem allows) is named, and leaves nothing
+test_fail(lambda: write_marked_dir(_w / "long", {"a.txt": b"1", "x" * 300: b"2"}), contains="could not write (File name too long)")
+test_eq(sorted(p.name for p in _w.iterdir()), ["data", "empty", "file.txt", "notes"])
+# free space is checked against an estimate before work (the nearest existing folder's filesystem)
+check_free_space(_w / "not" / "yet", 1, "run_dir")
+test_fail(lambda: check_free_space(_w / "not" / "yet", 2**60, "run_dir"), contains="this needs about 1,099,511,627,776 MiB")
 
 # %% [markdown]
 # Debris of a killed writer (a marked temporary folder and a set-aside old one) is cleared by the
@@ -434,6 +456,132 @@ test_fail(lambda: coerce("split_fractions", "a,b,c", "tuple"), contains="split_f
 test_fail(lambda: coerce("lr", float("nan"), "float"), contains="lr=nan")
 
 # %% [markdown]
+# ## YAML: plain values only, read before any work
+#
+# An experiment file is a few lines of plain values. `load_yaml` reads one (or a `-p`/`--set`
+# value) with PyYAML's safe loader and refuses, in one line naming the file and line, what a plain
+# file never needs and a hostile one uses: **tags** (`!!python/object/apply:os.system` is refused
+# by the safe loader; we name it), **aliases** (`*a`: a "billion laughs" file expands nine lines
+# into 10^9 strings, and papermill would hang rendering them), a key given twice (PyYAML keeps the
+# last one without a word), files larger than 1 MiB, and, where a mapping is expected, a list or a
+# scalar. Every YAML the project reads goes through it, and
+# `derma_jepa_run` (20_plan) uses it so that a YAML file reaches papermill as checked plain values.
+
+# %%
+#| export
+import yaml
+
+YAML_MAX_BYTES = 1 << 20
+
+
+class _PlainLoader(yaml.SafeLoader):
+    "The safe loader, refusing aliases (anchors alone are harmless)."
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"alias *{ev.anchor} is not accepted: write the value out",
+                                              ev.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k, _ in node.value:                     # a key given twice: PyYAML would keep the last one, silently
+            key = self.construct_object(k, deep=True)
+            if not isinstance(key, (str, int, float, bool)): continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (first on line "
+                                                        f"{seen[key] + 1})", k.start_mark)
+            seen[key] = k.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path=None, *, text: str | None = None, source: str | None = None, mapping: bool = True):
+    "Plain values from a YAML file (or `text`); a tag, an alias, > 1 MiB or (with `mapping`) a non-mapping is a ConfigError."
+    source = source or str(path)
+    if text is None:
+        p = Path(path)
+        if not p.is_file(): raise ConfigError(f"{source}: YAML file not found" if not p.exists() else f"{source}: not a file")
+        if p.stat().st_size > YAML_MAX_BYTES: raise ConfigError(f"{source}: {p.stat().st_size:,} bytes; a YAML file here is at most 1 MiB")
+        from derma_jepa.data import read_text_utf8
+        try: text = read_text_utf8(p)
+        except DataError as e: raise ConfigError(str(e)) from None
+    if len(text.encode()) > YAML_MAX_BYTES: raise ConfigError(f"{source}: more than 1 MiB of YAML")
+    try: value = yaml.load(text, Loader=_PlainLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "could not determine a constructor" in problem:
+            problem = f"the tag {problem.split('tag ')[-1]} is not accepted (plain YAML values only)"
+        raise ConfigError(f"{source}: {where}{problem}") from None
+    if mapping:
+        value = {} if value is None else value
+        if not isinstance(value, dict): raise ConfigError(f"{source}: expected a mapping of parameters, found a {type(value).__name__}")
+        bad = next((k for k in value if not isinstance(k, str)), None)
+        if bad is not None: raise ConfigError(f"{source}: key {bad!r} is not text")
+    return value
+
+
+# %%
+_y = Path(tempfile.mkdtemp())
+(_y / "ok.yaml").write_text("seed: 3\nbackbone: color_texture\nsplit_fractions: [0.8, 0.1, 0.1]\n")
+test_eq(load_yaml(_y / "ok.yaml"), {"seed": 3, "backbone": "color_texture", "split_fractions": [0.8, 0.1, 0.1]})
+(_y / "laughs.yaml").write_text("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n")
+test_fail(lambda: load_yaml(_y / "laughs.yaml"), contains="laughs.yaml: line 2: alias *a is not accepted")
+(_y / "tag.yaml").write_text("seed: !!python/object/apply:os.system ['echo hi']\n")
+test_fail(lambda: load_yaml(_y / "tag.yaml"), contains="tag.yaml: line 1: the tag 'tag:yaml.org,2002:python/object/apply:os.system' is not accepted")
+(_y / "list.yaml").write_text("- seed\n- 3\n")
+test_fail(lambda: load_yaml(_y / "list.yaml"), contains="list.yaml: expected a mapping of parameters, found a list")
+(_y / "bad.yaml").write_text("seed: [1, 2\n")
+test_fail(lambda: load_yaml(_y / "bad.yaml"), contains="bad.yaml: line 2:")
+(_y / "big.yaml").write_text("x: '" + "a" * YAML_MAX_BYTES + "'\n")
+test_fail(lambda: load_yaml(_y / "big.yaml"), contains="a YAML file here is at most 1 MiB")
+test_fail(lambda: load_yaml(_y / "none.yaml"), contains="none.yaml: YAML file not found")
+test_fail(lambda: load_yaml(_y), contains=": not a file")
+test_eq(load_yaml(text="[0.8, 0.1, 0.1]", source="-p split_fractions", mapping=False), [0.8, 0.1, 0.1])
+test_fail(lambda: load_yaml(text="{a: 1", source="--set x={a: 1"), contains="--set x={a: 1: line 1: expected ',' or '}'")
+test_eq(load_yaml(text=""), {})
+test_fail(lambda: load_yaml(text="seed: 1\nbackbone: x\nseed: 2\n", source="exp.yaml"),
+          contains="exp.yaml: line 3: key 'seed' is given twice (first on line 1)")
+test_eq(load_yaml(text="a: {seed: 1}\nb: {seed: 2}\n"), {"a": {"seed": 1}, "b": {"seed": 2}})   # one key per mapping
+
+
+# %% [markdown]
+# ## A kernel that outlives its runner
+#
+# papermill starts a kernel as its child; killed with SIGKILL, papermill cannot stop it, and the
+# kernel would go on computing, an orphan. `exit_with_parent()`, called in the first cell of each
+# notebook papermill runs (run, paper, exp009), watches the kernel's parent process from a daemon
+# thread and ends the kernel when the parent is gone (the kernel is re-parented). Tested below on
+# a child whose parent is killed.
+
+# %%
+#| export
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    "End this process (exit status 1) soon after its parent process dies; a daemon thread polls `os.getppid()`."
+    import threading
+    parent = os.getppid()
+    def watch():
+        while os.getppid() == parent: time.sleep(poll_s)
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+# %%
+import subprocess, sys, signal
+_code = ("import subprocess, sys; c = subprocess.Popen([sys.executable, '-c', "
+         "'import time; from derma_jepa.safety import exit_with_parent; exit_with_parent(0.1); time.sleep(60)']); "
+         "print(c.pid, flush=True); c.wait()")
+_runner = subprocess.Popen([sys.executable, "-c", _code], stdout=subprocess.PIPE, text=True)
+_kernel = int(_runner.stdout.readline())
+time.sleep(1.5); _runner.kill(); _runner.wait()
+for _ in range(50):
+    try: os.kill(_kernel, 0)
+    except ProcessLookupError: break
+    time.sleep(0.1)
+else: raise AssertionError("the child outlived its killed parent")
+
+# %% [markdown]
 # ## The refusals, as a reader meets them
 #
 # One line each, naming the path or the parameter; nothing was written in any of these cases.
@@ -450,10 +598,12 @@ _cases = {"a file at run_dir": lambda: check_destination(_t / "a_file"),
           "inside the data folder": lambda: check_destination(_t / "data" / "run", protected=[_t / "data"]),
           "a parent of the data folder": lambda: check_destination(_t, protected=[_t / "data"]),
           "seed=1.5": lambda: coerce("seed", 1.5, "int"),
-          "a file that is not a checkpoint": lambda: load_checkpoint(_pickled)}
+          "a file that is not a checkpoint": lambda: load_checkpoint(_pickled),
+          "a YAML file with aliases": lambda: load_yaml(_y / "laughs.yaml"),
+          "a YAML file with a python tag": lambda: load_yaml(_y / "tag.yaml")}
 _rows = []
 for _case, _f in _cases.items():
     try: _f(); _rows.append((_case, "(accepted)"))
-    except Exception as e: _rows.append((_case, f"{type(e).__name__}: {str(e).replace(str(_t), '<tmp>')}"))
+    except Exception as e: _rows.append((_case, f"{type(e).__name__}: {str(e).replace(str(_t), '<tmp>').replace(str(_y), '<tmp>')}"))
 pd.set_option("display.max_colwidth", None)
 pd.DataFrame(_rows, columns=["case", "what the reader sees"]).set_index("case")

@@ -44,11 +44,11 @@ import pandas as pd
 import yaml
 
 from derma_jepa.backbones import ALIASES, backbone_spec, get_backbone
-from derma_jepa.data import DataError, load_records, require_readable, summarise_audit
+from derma_jepa.data import DX_CONFLICT, DataError, cache_dir, load_records, require_readable, summarise_audit
 from derma_jepa.nuisance import HELD_OUT_FAMILIES
 from derma_jepa.pairs import (ENDPOINT_KINDS, POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, endpoint_mix,
                               lofo_folds, parse_ablate, parse_families)
-from derma_jepa.safety import ConfigError, check_destination, coerce, coerce_fields, write_marked_dir
+from derma_jepa.safety import ConfigError, check_destination, check_free_space, coerce, coerce_fields, load_yaml, write_marked_dir
 from derma_jepa.split import check_fractions, check_protocol, shared_split, split_counts, split_records
 
 # %%
@@ -74,14 +74,16 @@ from derma_jepa.predictors import Predictor, control_scores
 # `train_families` and `eval_family` say. `missing_lesion` says what a blank lesion id in the
 # metadata does (00_data): `auto` is the protocol's rule (`reference`: the release's
 # one-image-lesion fallback, counted in audit.json; `symmetric`: an error naming the rows);
-# `fallback` is the explicit opt-in under `symmetric`. `rephoto` adds the real re-photograph
+# `fallback` is the explicit opt-in under `symmetric`. `dx_conflict` says what a lesion whose
+# images disagree on the diagnosis does (00_data): `error` (the default, under both protocols),
+# or `majority`, each such lesion's majority diagnosis, listed in audit.json. `rephoto` adds the real re-photograph
 # endpoint (05_pairs): two different photographs of one lesion against a matched changing pair,
 # on val and test, the same pairs under both protocols, beside the protocol's own pairs (`auto`
 # and `on`: added; `off`, or a boolean false: left out). `ablate` (under `protocol: reference`
 # only) names release differences to close, taken from `symmetric`: the four pairing switches of
 # 05_pairs (`processing`, `streams`, `selection`, `partner`) and `split`, 02_split's checksum
-# rule; it is written to config.yaml only when set, so the runs made before it existed keep their
-# identity.
+# rule. `ablate` and `dx_conflict` (`LATE_FIELDS`) are written to config.yaml only when set
+# otherwise than their default, so the runs made before they existed keep their identity.
 #
 # Values are converted only when nothing is lost (03_safety's `coerce`): `seed=1.5`, a negative
 # seed, `rephoto="maybe"` are refused with the parameter's name. Every integer has a range
@@ -117,6 +119,10 @@ def check_path_text(name: str, value: str) -> str:
     return value
 
 
+# Fields added after runs were made, with their defaults: config.yaml records them only when set otherwise.
+LATE_FIELDS = {"ablate": "", "dx_conflict": "error"}
+
+
 @dataclass(frozen=True)
 class Config:
     experiment: str = ""
@@ -145,6 +151,7 @@ class Config:
     stop_after: str = "all"
     n_boot: int = 1000
     missing_lesion: str = "auto"
+    dx_conflict: str = "error"
     run_dir: str = ""
 
     def __post_init__(self):
@@ -186,8 +193,9 @@ class Config:
             raise ConfigError(f"unknown changing_policy {self.changing_policy!r}: choose one of {', '.join(POLICIES)}")
         if self.stop_after not in STAGES:
             raise ConfigError(f"stop_after={self.stop_after!r}: the stages built so far are {', '.join(STAGES)}")
-        if self.missing_lesion not in ("auto", "error", "fallback"):
-            raise ConfigError(f"unknown missing_lesion {self.missing_lesion!r}: choose auto, error or fallback")
+        for name, allowed in (("missing_lesion", ("auto", "error", "fallback")), ("dx_conflict", DX_CONFLICT)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}: choose {', '.join(allowed)}")
         for name, (lo, hi, why) in BOUNDS.items():
             v = getattr(self, name)
             if v < lo: raise ConfigError(f"parameter {name}={v} must be at least {lo}")
@@ -230,17 +238,15 @@ class Config:
 
     @classmethod
     def from_yaml(cls, path, **overrides) -> "Config":
-        "Read an experiment YAML (papermill's `-f` file), then apply overrides."
-        params = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(params, dict): raise ConfigError(f"{path}: expected a mapping of parameters")
+        "Read an experiment YAML (plain values only: 03_safety's `load_yaml`), then apply overrides."
+        params = load_yaml(path)
         cls.from_params(params, str(path))            # unknown keys in the file are named with the file
         return cls.from_params({**params, **overrides})
 
     def to_dict(self) -> dict:
-        "The fields as config.yaml records them; `ablate` only when set, so the runs made before it keep their identity."
+        "The fields as config.yaml records them; a LATE_FIELDS one only when set, so earlier runs keep their identity."
         d = dataclasses.asdict(self); d["split_fractions"] = list(self.split_fractions)
-        if not d["ablate"]: del d["ablate"]
-        return d
+        return {k: v for k, v in d.items() if not (k in LATE_FIELDS and v == LATE_FIELDS[k])}
 
 
 # %%
@@ -264,6 +270,8 @@ test_fail(lambda: Config(lofo_fold=3), contains="there are 3 folds")
 # the ablation: reference with release differences closed; written (and named) only when set
 _ab = Config(protocol="reference", ablate="split, processing")
 test_eq(("ablate" in Config().to_dict(), _ab.to_dict()["ablate"]), (False, "split, processing"))
+test_eq(("dx_conflict" in Config().to_dict(), Config(dx_conflict="majority").to_dict()["dx_conflict"]), (False, "majority"))
+test_fail(lambda: Config(dx_conflict="vote"), contains="unknown dx_conflict 'vote': choose error, majority")
 test_fail(lambda: Config(ablate="processing"), contains="from protocol: reference")
 test_fail(lambda: Config(protocol="reference", ablate="colour"), contains="unknown difference 'colour'")
 for _bad, _msg in [(dict(seed=1.5), "seed=1.5 is not a valid int"), (dict(seed=-1), "seed=-1 must be at least 0"),
@@ -347,6 +355,13 @@ def destination(config: Config) -> Path:
     return check_destination(run_path(config), "run", protected_paths(config))
 
 
+def check_space(config: Config, dest: Path, dim: int = 1024) -> None:
+    "Free space at run_dir and the cache against an estimate: 32 MiB each, plus the run's embeddings (fp32) in the cache."
+    sides = 6 * config.pairs_per_split + 4000                    # both sides of every pair, the re-photo endpoint's
+    check_free_space(dest, 32 << 20, "run_dir")
+    check_free_space(cache_dir(), (32 << 20) + sides * (4 * dim + 512), "cache")
+
+
 def write_run_dir(dest: Path, files: dict[str, bytes], protected=()) -> Path:
     "Write `files` (name -> bytes) as the run directory `dest`, replacing only a run directory of this project's."
     return write_marked_dir(dest, files, "run", protected)
@@ -355,6 +370,10 @@ def write_run_dir(dest: Path, files: dict[str, bytes], protected=()) -> Path:
 # %%
 assert "-reference+processing+split-" in run_id(_ab), run_id(_ab)        # an ablation run names what it closed
 test_eq(run_id(Config()).split("-")[:2], ["strong+strong_held_out", "to"])
+# free space is checked before any work: an estimate no disk holds is refused, naming the place
+check_space(Config(), Path(tempfile.mkdtemp()) / "run", dim=8)
+test_fail(lambda: check_space(Config(pairs_per_split=100_000), Path(tempfile.mkdtemp()) / "run", dim=10**9),
+          contains=f"cache {cache_dir()}: ")
 
 
 # %% [markdown]
@@ -406,7 +425,7 @@ def manifest_for(config: Config, records: pd.DataFrame):
 
 def data_stage(config: Config):
     "Audit, split and manifest for a config: (records, split records, manifest, audit dict)."
-    records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion)
+    records = load_records(resolve_data(config), missing_lesion=config.resolved_missing_lesion, dx_conflict=config.dx_conflict)
     audit = summarise_audit(records)
     require_readable(records)
     split, manifest, log = manifest_for(config, records)
@@ -585,6 +604,7 @@ def run(config: Config) -> RunResult:
     t, stage, clock = {}, STAGES.index(config.stop_after), Stopwatch()
     dest = destination(config)            # a destination the project may not write stops the run here
     backbone = get_backbone(config.backbone, config.weights or None, protocol=config.protocol) if stage >= STAGES.index("embed") else None
+    check_space(config, dest, backbone.dim if backbone is not None else 0)
     t["backbone_load"] = clock.lap("backbone_load")
     records, split, manifest, audit = data_stage(config)
     t["manifest"] = clock.lap("manifest")

@@ -47,7 +47,8 @@ from fastcore.test import test_eq, test_fail
 # %% [markdown]
 # ## The pages
 #
-# The reading order is the numbering of the notebooks, then the three papermill notebooks (one
+# The specification (`nbs/protocol.md`, the project's own version of the protocol) comes first. The
+# reading order is the numbering of the notebooks, then the three papermill notebooks (one
 # EXP-004 run, the paper, EXP-009). The paper's own page is `paper/README.md` followed by its tables
 # and figures, each figure with the caption `paper/README.md` gives it; the executed EXP-004
 # notebooks of `paper/runs/` get a title that names their protocol (they all begin "One DermaJEPA
@@ -179,6 +180,8 @@ def site_sources(root: Path = ROOT) -> dict[str, bytes]:
     "Every file of the Sphinx source folder, from the checkout at `root`: relative name -> bytes."
     root = Path(root)
     files, method, pipelines = {"conf.py": CONF_PY.encode()}, [], []
+    if (root / "nbs" / "protocol.md").exists():             # the specification, first: the notebooks cite it
+        files["nbs/protocol.md"] = (root / "nbs" / "protocol.md").read_bytes(); method.append("nbs/protocol")
     for p in reading_order(root / "nbs"):
         files[f"nbs/{p.name}"] = p.read_bytes()
         (pipelines if p.stem in PIPELINES else method).append(f"nbs/{p.stem}")
@@ -210,8 +213,9 @@ def site_sources(root: Path = ROOT) -> dict[str, bytes]:
 
 # %%
 _src = site_sources()
-_nbs = [k for k in _src if k.startswith("nbs/")]
+_nbs = [k for k in _src if k.startswith("nbs/") and k.endswith(".ipynb")]
 test_eq(_nbs[:2], ["nbs/00_data.ipynb", "nbs/01_fixture.ipynb"])
+assert "\nnbs/protocol\n" in _src["index.md"].decode() and _src["nbs/protocol.md"].startswith(b"# The protocol")
 test_eq(_nbs[-3:], ["nbs/run.ipynb", "nbs/paper.ipynb", "nbs/exp009.ipynb"])
 test_eq(len(_nbs), len(list((ROOT / "nbs").glob("*.ipynb"))))
 _index = _src["index.md"].decode()

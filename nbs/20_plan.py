@@ -55,6 +55,7 @@ from derma_jepa.backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_sp
 from derma_jepa.data import DataError, atomic_write_bytes
 from derma_jepa.executors import EXECUTORS, LocalExecutor, WorkItem, check_resources, make_executor, summary
 from derma_jepa.experiment import Config, ConfigError, resolve_data, run_id
+from derma_jepa.safety import check_destination, load_yaml
 from derma_jepa.pairs import ABLATIONS, lofo_folds
 
 SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sides_per_job` changes it)
@@ -113,8 +114,7 @@ def load_arc(path) -> dict:
     "Read and check an arc file: {'experiments': [...], 'protocols': [...], 'sweep': {'experiments', 'seeds'}, 'lofo': [...]}."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"arc file {path} not found")
-    arc = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(arc, dict): raise ConfigError(f"{path}: expected a mapping")
+    arc = load_yaml(path)
     if set(arc) - ARC_KEYS: raise ConfigError(f"{path}: unknown key {sorted(set(arc) - ARC_KEYS)[0]!r}; keys: {', '.join(sorted(ARC_KEYS))}")
     sweep = arc.get("sweep") or {}
     if set(sweep) - SWEEP_KEYS: raise ConfigError(f"{path}: unknown sweep key {sorted(set(sweep) - SWEEP_KEYS)[0]!r}")
@@ -539,6 +539,75 @@ assert all("complete, skipped" in l for l in _log2), _log2
 
 
 # %% [markdown]
+# ## One run from a YAML file: `derma_jepa_run` (`make demo`)
+#
+# `papermill nbs/run.ipynb out.ipynb -f FILE.yaml` parses the file with papermill's own loader and
+# renders it into the notebook before any of our code runs: a `!!python/...` tag or an alias bomb
+# is papermill's to meet (a traceback or a hang). `derma_jepa_run -f FILE.yaml -p KEY VALUE ...`
+# reads the file and every value with 03_safety's `load_yaml` (plain values only), builds and
+# validates the `Config` (every field, range and path; the data folder must exist), and only then
+# hands papermill the checked plain values; the executed notebook is filed in the run directory
+# (`run_dir`, by default `runs/<run id>`), as `make paper` files its runs. Bad input ends in one
+# line and exit status 2, before anything is written.
+
+# %%
+#| export
+def run_main(argv=None):
+    "Run one experiment through nbs/run.ipynb: the YAML and every value checked first, then papermill."
+    ap = argparse.ArgumentParser(prog="derma_jepa_run", description=run_main.__doc__)
+    ap.add_argument("-f", "--file", default=None, help="experiment YAML (plain values; nbs/experiments/*.yaml)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                    help="a parameter (its value read as YAML), after the file's")
+    a = ap.parse_args(argv)
+    try:
+        params = load_yaml(a.file) if a.file else {}
+        if a.file: Config.from_params(params, str(a.file))             # the file's own keys named with the file
+        for k, v in a.param: params[k] = load_yaml(text=v, source=f"-p {k}", mapping=False)
+        cfg = Config.from_params(params, "-p")
+        if not cfg.run_dir: cfg = dataclasses.replace(cfg, run_dir=str(Path("runs") / run_id(cfg)))
+        if cfg.data != "fixture": resolve_data(cfg)
+        check_destination(cfg.run_dir)
+    except (ConfigError, DataError) as e:
+        print(f"derma_jepa_run: {e}", file=sys.stderr); sys.exit(2)
+    err = execute_run(cfg)
+    if err:
+        print(f"derma_jepa_run: {err} (executed notebook: {Path(cfg.run_dir).parent / 'failed' / Path(cfg.run_dir).name}.ipynb)",
+              file=sys.stderr); sys.exit(1)
+    print(f"run directory: {cfg.run_dir} (run.ipynb, metrics.json, model_card.md, ...)")
+
+
+# %% [markdown]
+# Refused before papermill starts, each in one line, nothing written (a whole run through the
+# command: `make demo`, and tests/test_run_notebook.py):
+
+# %%
+import contextlib, io
+def _run_cli(*argv):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()) as out:
+        try: run_main(list(argv)); code = 0
+        except SystemExit as e: code = e.code
+    return code, err.getvalue().strip(), out.getvalue().strip()
+
+_cli = Path(tempfile.mkdtemp())
+(_cli / "laughs.yaml").write_text("a: &a [x, x, x]\nb: [*a, *a]\n")
+(_cli / "tag.yaml").write_text("seed: !!python/object/apply:os.system ['true']\n")
+(_cli / "list.yaml").write_text("- seed\n")
+(_cli / "typo.yaml").write_text("seeed: 3\n")
+for _argv, _msg in [(["-f", str(_cli / "laughs.yaml")], "alias *a is not accepted"),
+                    (["-f", str(_cli / "tag.yaml")], "is not accepted (plain YAML values only)"),
+                    (["-f", str(_cli / "list.yaml")], "expected a mapping of parameters, found a list"),
+                    (["-f", str(_cli / "typo.yaml")], "typo.yaml: 'seeed' is not a configuration field (did you mean 'seed'?)"),
+                    (["-p", "seed", "4294967296"], "parameter seed=4294967296 must be at most 4294967295"),
+                    (["-p", "split_fractions", "[0.8, 0.1"], "-p split_fractions: line 1:"),
+                    (["-p", "data", str(_cli / "nowhere")], "nowhere"),
+                    (["-p", "run_dir", str(_cli / "typo.yaml")], "typo.yaml")]:
+    _code, _err, _ = _run_cli(*_argv)
+    test_eq(_code, 2); assert _msg in _err and len(_err.splitlines()) == 1, (_argv, _err)
+test_eq(sorted(p.name for p in _cli.iterdir()), ["laughs.yaml", "list.yaml", "tag.yaml", "typo.yaml"])
+
+
+# %% [markdown]
 # ## The command: `derma_jepa_paper` (`make paper`)
 #
 # Plan (stopping on the first bad parameter with one line), embed and execute through the chosen
@@ -569,8 +638,7 @@ def paper_main(argv=None):
         for kv in a.set:
             if "=" not in kv: raise ConfigError(f"--set {kv!r}: expected KEY=VALUE")
             k, v = kv.split("=", 1)
-            try: overrides[k] = yaml.safe_load(v)
-            except yaml.YAMLError as e: raise ConfigError(f"--set {kv!r}: not a YAML value ({e.problem})") from None
+            overrides[k] = load_yaml(text=v, source=f"--set {kv!r}", mapping=False)
         arc = load_arc(a.arc or experiments_dir() / "arc.yaml")
         plan = plan_arc(a.arc, a.backbones, overrides, not a.no_sweep, a.runs)
         for cfg in plan[plan.status == "run"].drop_duplicates("run_dir").config:

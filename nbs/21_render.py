@@ -253,8 +253,9 @@ def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int 
     fig, axes = plt.subplots(len(GALLERY_ROWS), 2 * len(rows), figsize=(2.1 * 2 * len(rows), 2 * len(GALLERY_ROWS)), squeeze=False)
     for j, r in enumerate(rows.itertuples()):
         cfg = r.config
-        if cfg.data not in records:
-            records[cfg.data] = load_records(resolve_data(cfg), missing_lesion=cfg.resolved_missing_lesion)
+        key = (cfg.data, cfg.resolved_missing_lesion, cfg.dx_conflict)
+        if key not in records:
+            records[key] = load_records(resolve_data(cfg), missing_lesion=cfg.resolved_missing_lesion, dx_conflict=cfg.dx_conflict)
         m = pd.read_parquet(Path(r.run_dir) / "manifest.parquet")
         for i, (split, kind) in enumerate(GALLERY_ROWS):
             pair = m[m.split.eq(split) & m.kind.eq(kind)].head(1)
@@ -264,7 +265,7 @@ def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int 
                     ax.text(0.5, 0.5, "none under\n" + r.protocol, ha="center", va="center", fontsize=7); continue
                 p = pair.iloc[0]
                 recipe = p[f"{side}_recipe"]
-                im = render_side(records[cfg.data], p[f"{side}_image_id"], recipe)
+                im = render_side(records[key], p[f"{side}_image_id"], recipe)
                 ax.imshow(im.resize((size, round(size * im.height / im.width))))
                 ax.set_title(f"{r.protocol} {side} ({p.dx}): {json.loads(recipe)['family']}", fontsize=6)
     for i, (split, kind) in enumerate(GALLERY_ROWS):

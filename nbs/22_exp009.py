@@ -52,7 +52,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from derma_jepa.backbones import backbone_spec
 from derma_jepa.data import DataError, atomic_write_bytes
@@ -60,7 +59,7 @@ from derma_jepa.executors import check_resources
 from derma_jepa.experiment import Config, ConfigError, run_id
 from derma_jepa.split import PROTOCOLS
 from derma_jepa.pretrain import OBJECTIVES, PretrainConfig, random_encoder
-from derma_jepa.safety import load_checkpoint, write_marked_dir
+from derma_jepa.safety import load_checkpoint, load_yaml, write_marked_dir
 from derma_jepa.plan import experiments_dir, parse_backbones
 
 # %%
@@ -90,8 +89,7 @@ def load_exp009(path=None, **overrides) -> dict:
     "EXP-009's settings (`exp009_pretrain.yaml`), overrides applied, validated; `pretrain` becomes one PretrainConfig per objective."
     path = Path(path or experiments_dir() / "exp009_pretrain.yaml")
     if not path.exists(): raise ConfigError(f"EXP-009 settings file {path} not found")
-    s = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(s, dict): raise ConfigError(f"{path}: expected a mapping")
+    s = load_yaml(path)
     s = {**s, **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(s) - set(KEYS))
     if unknown: raise ConfigError(f"{path}: {unknown[0]!r} is not an EXP-009 setting (settings: {', '.join(KEYS)})")

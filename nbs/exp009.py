@@ -34,7 +34,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
+from derma_jepa.safety import exit_with_parent, load_yaml
 
 from derma_jepa.data import atomic_write_bytes
 from derma_jepa.audit import audit_figure, image_paths, run_overlap_audit
@@ -43,6 +43,8 @@ from derma_jepa.exp009 import (audited_corpus, fig_pretraining, load_exp009, pla
 from derma_jepa.experiment import Config, resolve_data
 from derma_jepa.executors import make_executor
 from derma_jepa.plan import run_plan
+
+exit_with_parent()          # a killed papermill takes this kernel with it (03_safety)
 
 # %% tags=["parameters"]
 settings_file = ""
@@ -66,7 +68,7 @@ compare = "color_texture"
 
 # %%
 _split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
-_yaml = lambda v: yaml.safe_load(v) if v else None
+_yaml = lambda v: load_yaml(text=v, source=repr(v), mapping=False) if v else None
 settings = load_exp009(settings_file or None, corpus=corpus or None, objectives=_split(objectives),
                        protocols=_split(protocols), steps=_yaml(steps), pretrain=_yaml(pretrain_set),
                        audit=_yaml(audit_set), **({"compare": [] if compare == "none" else _split(compare)} if compare else {}))

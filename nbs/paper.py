@@ -29,6 +29,9 @@ import pandas as pd
 from derma_jepa.render import FIGURES, render_paper
 from derma_jepa.plan import read_plan
 from derma_jepa.report import sweep_summary
+from derma_jepa.safety import exit_with_parent
+
+exit_with_parent()          # a killed papermill takes this kernel with it (03_safety)
 
 # %% tags=["parameters"]
 plan_file = "runs/plan-hub.json"

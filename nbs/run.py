@@ -33,6 +33,9 @@ import pandas as pd
 
 from derma_jepa.experiment import Config, pair_embeddings, run
 from derma_jepa.pairs import pair_gallery
+from derma_jepa.safety import exit_with_parent
+
+exit_with_parent()          # a killed papermill takes this kernel with it (03_safety)
 
 _names_before = set(globals())
 
@@ -63,6 +66,7 @@ epochs = 200
 stop_after = "all"
 n_boot = 1000
 missing_lesion = "auto"
+dx_conflict = "error"
 run_dir = ""
 
 # %% tags=["injected-parameters"]
@@ -123,7 +127,8 @@ sns.catplot(data=_mix, x="dx", y="share", hue="label", col="split", kind="bar", 
 #
 # Rendered sides of a few stable and changing pairs of the test split, for this run's protocol
 # and, beside it, for the other protocol on the same data and seed (its manifest is built here for
-# the picture only, from this run's audited records when both protocols read the records alike). In `reference` the contexts and both sides of changing pairs are untouched
+# the picture only, from this run's audited records, read by this run's rule for blank lesion
+# ids, so the picture never asks for an opt-in the run did not need). In `reference` the contexts and both sides of changing pairs are untouched
 # originals and only stable targets are processed: whether the target *looks processed* gives the
 # label away, before any lesion identity is involved. In `symmetric` every side of both labels
 # carries an independent draw of the family, so the only difference left between the labels is
@@ -132,11 +137,11 @@ sns.catplot(data=_mix, x="dx", y="share", hue="label", col="split", kind="bar", 
 # %%
 import dataclasses
 import matplotlib.pyplot as plt
-from derma_jepa.experiment import data_stage, manifest_for
+from derma_jepa.experiment import manifest_for
 _other = "symmetric" if config.protocol == "reference" else "reference"
-_ocfg = dataclasses.replace(config, protocol=_other, preset="auto", rephoto="auto", ablate="")
-_other_manifest = (manifest_for(_ocfg, result.records)[1] if _ocfg.resolved_missing_lesion == config.resolved_missing_lesion
-                   else data_stage(_ocfg)[2])
+_ocfg = dataclasses.replace(config, protocol=_other, preset="auto", rephoto="auto", ablate="",
+                            missing_lesion=config.resolved_missing_lesion)
+_other_manifest = manifest_for(_ocfg, result.records)[1]
 for _prot, _m in [(config.protocol, result.manifest), (_other, _other_manifest)]:
     _fig = pair_gallery(_m[_m.split.eq("test") & _m.kind.isin(["stable", "changing"])], result.records, n=2)
     _fig.suptitle(f"{_prot} protocol" + (" (this run)" if _prot == config.protocol else ""), y=1.01); plt.show()

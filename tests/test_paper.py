@@ -123,7 +123,7 @@ def test_typo_in_override_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--set", "epochs=[1, 2"], "--set 'epochs=[1, 2': not a YAML value"),
+    (["--set", "epochs=[1, 2"], "--set 'epochs=[1, 2': line 1: expected ','"),
     (["--runs", "FILE"], "afile: a file, not a folder"),
     (["--paper", "FILE"], "afile: a file, not a folder"),
 ])

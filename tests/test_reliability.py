@@ -524,3 +524,152 @@ def test_path_like_image_id(world):
 
 def test_unknown_parameter(world):
     refused(world, "'seeed' is not a configuration field", make=lambda: Config.from_params({"seeed": 1}))
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Issue 27: metadata consistency, YAML before papermill, files named, space, lifetimes
+
+def test_lesion_with_two_diagnoses(world):
+    "A 're-photograph' pair going from nv to mel was the quiet mistake: now one line naming the lesion and its rows."
+    df = pd.read_csv(csv(world), dtype=str, keep_default_na=False)
+    sizes = df.lesion_id.value_counts()
+    lid = sizes.index[sizes >= 3][0]                              # a majority exists: two images against one
+    rows = df.index[df.lesion_id.eq(lid)]
+    other = "mel" if df.dx[rows[0]] != "mel" else "nv"
+    edit_csv(world, lambda d: d.assign(dx=np.where(d.index == rows[-1], other, d.dx)))
+    refused(world, f"lesion {lid!r} has images with different diagnoses")
+    res = succeeds(world, dx_conflict="majority")                  # the explicit opt-in, recorded in audit.json
+    audit = json.loads((res.run_dir / "audit.json").read_text())
+    assert audit["dx_conflicts"]["count"] == 1 and audit["dx_conflicts"]["lesions"][0]["lesion_id"] == lid
+    assert res.records[res.records.lesion_id.eq(lid)].dx.nunique() == 1
+
+
+def test_diagnosis_case_and_space_are_one_label(world):
+    edit_csv(world, lambda d: d.assign(dx=np.where(d.dx.eq("nv") & (np.arange(len(d)) % 2 == 0), " NV ", d.dx)))
+    res = succeeds(world)
+    assert set(res.records.dx) <= {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
+    assert json.loads((res.run_dir / "audit.json").read_text())["dx_outside_vocabulary"]["values"] == {}
+
+
+def test_diagnosis_outside_the_vocabulary_is_listed(world):
+    edit_csv(world, lambda d: d.assign(dx=np.where(d.dx.eq("df"), "dermatofibroma", d.dx)))
+    with pytest.warns(UserWarning, match="'dermatofibroma' x"):
+        res = succeeds(world)
+    assert "dermatofibroma" in json.loads((res.run_dir / "audit.json").read_text())["dx_outside_vocabulary"]["values"]
+
+
+def test_lesion_id_with_the_fallback_prefix(world):
+    edit_csv(world, lambda d: d.assign(lesion_id=np.where(d.index == 3, "missing_lesion::" + d.image_id, d.lesion_id)))
+    refused(world, "row 5: lesion id 'missing_lesion::", protocol="reference")
+
+
+def run_cli(world: Path, *args, env=None, timeout=600):
+    return subprocess.run([str(Path(PY).parent / "derma_jepa_run"), *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("text,words", [
+    ("seed: !!python/object/apply:os.system ['touch {marker}']\n", "is not accepted (plain YAML values only)"),
+    ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: [*b, *b, *b, *b, *b, *b, *b, *b, *b]\n",
+     "alias *a is not accepted"),
+    ("- seed\n- 3\n", "expected a mapping of parameters, found a list"),
+    ("seed: [1, 2\n", "line 2:"),
+    ("seed: 1\nbackbone: color_texture\nseed: 2\n", "line 3: key 'seed' is given twice (first on line 1)")])
+def test_yaml_is_checked_before_papermill(world, text, words):
+    marker = world.parent / "MARKER"
+    f = world.parent / "exp.yaml"; f.write_text(text.format(marker=marker))
+    before = snapshot(world)
+    p = run_cli(world, "-f", str(f), "-p", "run_dir", str(world / "run"), timeout=60)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and words in err and str(f) in err and len(err.splitlines()) == 1, err
+    assert not marker.exists() and not (world / "run").exists() and snapshot(world) == before
+
+
+def test_cli_runs_a_yaml_file(world):
+    f = world.parent / "exp.yaml"
+    f.write_text(f"data: {world / 'data'}\npairs_per_split: 10\nstop_after: manifest\n")
+    p = run_cli(world, "-f", str(f), "-p", "run_dir", str(world / "run"), "-p", "seed", "7")
+    assert p.returncode == 0, p.stderr[-3000:]
+    import yaml
+    assert yaml.safe_load((world / "run" / "config.yaml").read_text())["seed"] == 7
+    assert (world / "run" / "run.ipynb").exists()
+
+
+def test_paper_set_with_malformed_yaml(tmp_path):
+    p = subprocess.run([str(Path(PY).parent / "derma_jepa_paper"), "--set", "seed=[1, 2", "--runs", str(tmp_path / "r")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    err = p.stderr.strip()
+    assert p.returncode == 2 and "--set 'seed=[1, 2': line 1:" in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name,content,words", [
+    ("empty.safetensors", b"", "damaged safetensors file"),
+    ("liar.safetensors", None, "damaged safetensors file"),
+    ("other.safetensors", "other", "does not fit timm model resnet18")])
+def test_timm_weights_are_named(world, name, content, words):
+    from safetensors.torch import save_file
+    f = world.parent / name
+    if content == "other": save_file({"fc.weight": torch.zeros(2, 2)}, str(f))
+    elif content is None:
+        save_file({"w": torch.zeros(1000)}, str(f)); f.write_bytes(f.read_bytes()[:-100])    # the header promises more
+    else: f.write_bytes(content)
+    refused(world, f"{f}: {words}", backbone="timm:resnet18", weights=str(f), stop_after="embed")
+
+
+def test_cache_folder_that_is_a_file(world, monkeypatch):
+    f = world.parent / "cache-file"; f.write_text("not a folder")
+    monkeypatch.setenv("DERMA_JEPA_CACHE", str(f))
+    refused(world, f"({f} is a file, not a folder)", stop_after="embed")
+
+
+def test_not_enough_space(world, monkeypatch):
+    from collections import namedtuple
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 << 20, 9 << 20, 1 << 20))   # a disk with 1 MiB free
+    refused(world, f"run_dir {world / 'run'}: 1 MiB free on its filesystem, and this needs about 32 MiB")
+
+
+def test_killed_papermill_leaves_no_kernel(world):
+    "SIGKILL the runner while its kernel works: the kernel must end too (run.ipynb calls exit_with_parent)."
+    p = subprocess.Popen([str(Path(PY).parent / "papermill"), "--log-level", "WARNING", "-k", "python3", str(ROOT / "nbs" / "run.ipynb"),
+                          str(world.parent / "out.ipynb"), "-p", "data", str(world / "data"), "-p", "pairs_per_split", "10",
+                          "-p", "run_dir", str(world / "run"), "-p", "n_boot", "20000"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import time
+    kernels, t0 = [], time.time()
+    while not kernels and time.time() - t0 < 120:
+        time.sleep(1)
+        kernels = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _ppid(d) == p.pid
+                   and b"ipykernel" in _cmdline(d)]
+    assert kernels, "no kernel started"
+    time.sleep(8)                                                  # well into the notebook's first cells
+    p.kill(); p.wait()
+    t0 = time.time()
+    while any(Path(f"/proc/{k}").exists() and _state(k) != "Z" for k in kernels) and time.time() - t0 < 20: time.sleep(0.5)
+    alive = [k for k in kernels if Path(f"/proc/{k}").exists() and _state(k) != "Z"]
+    for k in alive: os.kill(k, signal.SIGKILL)
+    assert not alive, "the kernel outlived its killed papermill"
+
+
+def _ppid(d: Path) -> int:
+    try: return int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError): return -1
+
+
+def _cmdline(d: Path) -> bytes:
+    try: return (d / "cmdline").read_bytes()
+    except OSError: return b""
+
+
+def _state(pid: int) -> str:
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError): return "?"
+
+
+def test_blank_lesion_id_under_reference_through_the_notebook(world):
+    "The release's fallback, through run.ipynb end to end: the gallery cell must not ask for an opt-in the run already used."
+    edit_csv(world, lambda d: d.assign(lesion_id=np.where(d.index == 4, "", d.lesion_id)))
+    p = papermill(world, "-p", "protocol", "reference", "-p", "run_dir", str(world / "run"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((world / "run" / "audit.json").read_text())["missing_lesion_ids"]["count"] == 1
