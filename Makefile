@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Where `make demo` writes its run directory.
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo paper audit exp009 notebooks check-notebooks docs test test-all check-clean nbtest nbtest-all pytest pytest-all sync bench-change bench-data bench-embed bench-fit bench-arc bench-cold-run bench-pretrain bench-cluster clean-venv
+.PHONY: venv demo paper paper-pdf audit exp009 notebooks check-notebooks docs test test-all check-clean nbtest nbtest-all pytest pytest-all sync bench-change bench-data bench-embed bench-fit bench-arc bench-cold-run bench-pretrain bench-cluster clean-venv
 
 # pyproject.toml is left out: nbdev_export rewrites it (same content, new mtime) on every export.
 $(STAMP): settings.ini setup.py
@@ -42,6 +42,11 @@ ARC ?=
 paper: $(STAMP)
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/derma_jepa_paper --backbones $(BACKBONES) --runs $(RUNS_DIR) --paper paper \
 	  --executor $(EXECUTOR) $(if $(ARC),--arc $(ARC)) $(if $(filter 0,$(SWEEP)),--no-sweep) $(PAPER_ARGS)
+
+## paper/main.pdf from paper/main.tex: Debian's TeX Live + latexmk (.ci/run installs them), built in a scratch copy so that
+## paper/ gains only main.pdf; it prints the page count and any undefined reference or overfull box over 10 pt.
+paper-pdf: $(STAMP)
+	$(PY) -c "import json; from derma_jepa.text import build_pdf; r = build_pdf('paper'); print(json.dumps(r, indent=1))"
 
 ## EXP-009's overlap audit: HAM10000 against the pretraining corpus, recorded in paper/audit/.
 ISIC_NONHAM_DIR ?= ../shared/data/isic-nonham

@@ -254,6 +254,8 @@ MAIN_TEX = r"""\documentclass[11pt]{article}
 \date{}
 \begin{document}
 \maketitle
+\IfFileExists{numbers.tex}{\input{numbers.tex}}{}
+\IfFileExists{prose.tex}{\input{prose.tex}\section{The tables in full}}{}
 \noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs (Table~\ref{tab:intervals} measures by how much). Rows marked ``not run'' had no weights on the machine that rendered this paper.
 
 \section{Anchors to the published numbers}

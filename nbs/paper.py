@@ -58,6 +58,20 @@ paper = render_paper(plan, paper_dir, backbones)
 print("\n".join(f"{paper_dir}/{f}" for f in paper["files"]))
 
 # %% [markdown]
+# ## The words
+#
+# `numbers.tex` (every number the prose states, from the same runs), `prose.tex` (abstract,
+# introduction, methods, results, limitations, reproduction: 23_text), the experiments' table and
+# the three sentences README opens with (`finding.md`; README's copy is rewritten when this is the
+# repository's own `paper/`).
+
+# %%
+from derma_jepa.text import write_text
+_readme = Path("README.md") if Path(paper_dir).resolve() == Path("paper").resolve() and Path("README.md").exists() else None
+text = write_text(paper["long"], paper_dir, readme=_readme)
+print((Path(paper_dir) / "finding.md").read_text())
+
+# %% [markdown]
 # ## The arc
 #
 # Per protocol: test AUROC of the predictor with its 95% bootstrap CI, the strongest baseline

@@ -1,6 +1,7 @@
 "`derma_jepa_paper` (what `make paper` runs) on a tiny fixture arc: runs through papermill, paper/ rendered, reruns idle."
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,37 @@ def test_bad_command_line_is_one_line(tmp_path, extra, message):
     p = paper_cmd(tmp_path, EXP / "arc.yaml", *[str(mine) if x == "FILE" else x for x in extra])
     assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert mine.read_text() == "not the project's\n" and not (tmp_path / "runs").exists()
+
+
+def test_committed_prose_uses_only_generated_numbers():
+    "paper/prose.tex states every number through a macro of paper/numbers.tex; README opens with paper/finding.md."
+    import re
+    from derma_jepa.text import prose_problems
+    paper = ROOT / "paper"
+    defined = re.findall(r"\\newcommand\{\\num([A-Za-z]+)\}", (paper / "numbers.tex").read_text())
+    assert len(defined) > 50
+    assert prose_problems((paper / "prose.tex").read_text(), defined) == []
+    assert "\\input{prose.tex}" in (paper / "main.tex").read_text()
+    finding = (paper / "finding.md").read_text().strip()
+    block = re.search(r"<!-- finding -->\n(.*?)\n<!-- /finding -->", (ROOT / "README.md").read_text(), re.S).group(1)
+    assert block == finding and "n/a" not in finding
+
+
+@pytest.mark.skipif(not all(shutil.which(t) for t in ("latexmk", "pdflatex", "pdftoppm", "pdftotext")),
+                    reason="TeX Live / poppler not installed (.ci/run installs texlive-latex-* latexmk poppler-utils)")
+def test_pdf_builds_from_the_committed_paper(tmp_path):
+    "make paper-pdf on the committed paper/: a PDF whose first pages are not blank, no undefined reference, no box 10 pt over."
+    import numpy as np
+    from PIL import Image
+    from derma_jepa.text import build_pdf
+    r = build_pdf(ROOT / "paper", out=tmp_path / "main.pdf")
+    assert r["problems"] == [] and r["pages"] >= 5, r
+    subprocess.run(["pdftoppm", "-r", "40", "-f", "1", "-l", "2", "-png", str(tmp_path / "main.pdf"), str(tmp_path / "page")], check=True)
+    pages = sorted(tmp_path.glob("page*.png"))
+    assert len(pages) == 2
+    for p in pages:
+        a = np.asarray(Image.open(p).convert("L"), float)
+        assert a.std() > 5 and (a < 200).mean() > 0.01, f"{p.name} looks blank"
+    # the committed PDF is the committed sources' (its text, which does not depend on the TeX Live version's bytes)
+    txt = lambda f: subprocess.run(["pdftotext", "-layout", str(f), "-"], capture_output=True, text=True, check=True).stdout
+    assert txt(ROOT / "paper" / "main.pdf") == txt(tmp_path / "main.pdf"), "paper/main.pdf is stale: run make paper-pdf"
