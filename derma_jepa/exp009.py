@@ -23,6 +23,7 @@ from .split import PROTOCOLS
 from .pretrain import OBJECTIVES, PretrainConfig, random_encoder
 from .safety import load_checkpoint, load_yaml, write_marked_dir
 from .plan import experiments_dir, parse_backbones
+from .render import PALETTE, paper_style
 
 # %% auto #0
 __all__ = ['KEYS', 'ARCH_LABEL', 'CONTROL', 'EXP009_TEX', 'load_exp009', 'audited_corpus', 'corpus_digest', 'pretrain_dir',
@@ -252,7 +253,7 @@ def fig_pretraining(encoders: pd.DataFrame):
         h = pd.DataFrame(meta["history"])
         dim = tensors["head.weight"].shape[0] // 2 if "head.weight" in tensors else tensors["encoder.pos_embed"].shape[-1]  # the monitored feature
         axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=9)
-        axes[1][k].plot(h.step, h.feature_std, color="C1")
+        axes[1][k].plot(h.step, h.feature_std, color=PALETTE[1])
         axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
         axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
         axes[1][k].legend(fontsize=7, loc="lower right")
@@ -278,7 +279,7 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
     ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis()
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     t = long[long.split.eq("test") & long.scorer.isin(scorers)].assign(label=lambda d: d.backbone.map(dict(zip(plan.backbone, plan.label))))
-    colours = dict(zip(scorers, sns.color_palette("colorblind", len(scorers))))
+    colours = dict(zip(scorers, PALETTE))
     for ax, prot in zip(axes[0][1:], prots):
         for k, sc in enumerate(scorers):
             s = t[t.protocol.eq(prot) & t.scorer.eq(sc)].set_index("label").reindex(labels)
@@ -316,7 +317,8 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     for name, (df, cap) in tables.items():
         files[f"{name}.md"] = to_markdown(df).encode()
         files[f"{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
-    figs = {"by_encoder": fig_by_encoder(long, probes, plan), "pretraining": fig_pretraining(encoders)}
+    with paper_style():                   # the paper's palette (21_render), not matplotlib's default cycle
+        figs = {"by_encoder": fig_by_encoder(long, probes, plan), "pretraining": fig_pretraining(encoders)}
     figs = {k: v for k, v in figs.items() if v is not None}
     files.update({f"{k}.png": _fig_bytes(f) for k, f in figs.items()})
     cfg0 = plan_config0(encoders)

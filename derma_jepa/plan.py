@@ -27,9 +27,10 @@ from .pairs import ABLATIONS, lofo_folds
 SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sides_per_job` changes it)
 
 # %% auto #0
-__all__ = ['SIDES_PER_JOB', 'ARC_KEYS', 'SWEEP_KEYS', 'STAND_INS', 'ABLATION_STEPS', 'repo_root', 'experiments_dir', 'load_arc',
-           'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run', 'side_groups', 'group_sides',
-           'embed_items', 'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan', 'run_main', 'paper_main']
+__all__ = ['SIDES_PER_JOB', 'ARC_KEYS', 'SWEEP_KEYS', 'STAND_INS', 'ABLATION_STEPS', 'FIXTURE_NOTE', 'repo_root',
+           'experiments_dir', 'load_arc', 'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run',
+           'side_groups', 'group_sides', 'embed_items', 'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan',
+           'run_main', 'verdict_lines', 'paper_main']
 
 # %% ../nbs/20_plan.ipynb #b3a85f80
 def repo_root(start=None) -> Path:
@@ -312,6 +313,26 @@ def run_main(argv=None):
         print(f"derma_jepa_run: {err} (executed notebook: {Path(cfg.run_dir).parent / 'failed' / Path(cfg.run_dir).name}.ipynb)",
               file=sys.stderr); sys.exit(1)
     print(f"run directory: {cfg.run_dir} (run.ipynb, metrics.json, model_card.md, ...)")
+    print("\n".join(verdict_lines(cfg)))
+
+
+FIXTURE_NOTE = ("fixture data (01_fixture: generated lesions, a few hundred) and an offline backbone: this run checks that every "
+                "stage works end to end; its verdicts are not evidence about any backbone. Under the symmetric protocol a "
+                "synthetic stable pair is one photograph twice, which pixel metrics separate by construction, so 'worse' "
+                "there is expected; the re-photo endpoint is the one to read.")
+
+
+def verdict_lines(cfg: Config) -> list[str]:
+    "What a finished run found (both endpoints' verdicts with Δ and its interval) and, on fixture data, what that means."
+    f = Path(cfg.run_dir) / "metrics.json"
+    if not f.exists(): return [f"stopped after the {cfg.stop_after} stage: no verdict yet"]
+    m = json.loads(f.read_text())
+    d = lambda x: f"{x['value']:+.3f} [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}]"
+    out = [f"verdict, synthetic endpoint: {m['verdict']} (predictor − {m['strongest_baseline']}: {d(m['delta'])})"]
+    r = m.get("rephoto") or {}
+    if r: out.append(f"verdict, re-photo endpoint: {r['verdict']} (predictor − {r['strongest_baseline']}: {d(r['delta'])})")
+    if cfg.data == "fixture": out.append("what it means: " + FIXTURE_NOTE)
+    return out
 
 # %% ../nbs/20_plan.ipynb #dd7029ac
 def paper_main(argv=None):

@@ -18,9 +18,10 @@ from .data import atomic_write_bytes
 from .report import ANCHORS, backbone_label, in_arc, mean_sd_ci, scorer_label, sweep_deltas
 
 # %% auto #0
-__all__ = ['HEADLINE', 'PROTOCOL_PREFIX', 'PER_PROTOCOL', 'CI_COLUMNS', 'FAMILY_NAME', 'ALLOWED', 'PROSE', 'FINDING', 'fmt',
-           'fmt_ci', 'tex_words', 'headline', 'data_digest', 'digest_text', 'agreement', 'paper_numbers', 'numbers_tex',
-           'prose_problems', 'experiments_table', 'plain', 'finding_text', 'write_text', 'log_problems', 'build_pdf']
+__all__ = ['HEADLINE', 'PROTOCOL_PREFIX', 'PER_PROTOCOL', 'CI_COLUMNS', 'FAMILY_NAME', 'ALLOWED', 'PROSE', 'PARTS', 'FINDING',
+           'fmt', 'fmt_ci', 'tex_words', 'headline', 'data_digest', 'digest_text', 'agreement', 'paper_numbers',
+           'numbers_tex', 'prose_problems', 'experiments_table', 'provenance', 'plain', 'finding_text', 'write_text',
+           'log_problems', 'build_pdf']
 
 # %% ../nbs/23_text.ipynb #7262c525
 def fmt(v, signed: bool = False, digits: int = 3) -> str:
@@ -352,6 +353,38 @@ def experiments_table() -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("experiment")
 
 # %% ../nbs/23_text.ipynb #fe84aa24
+PARTS = {"headline": ("Backbone", "Images", "Lesions", "MultiLesions", "ImageSize", "DataDigest", "Split", "PairsPerSplit", "NBoot",
+                      "Rephoto", "Ref", "Sym", "TwoWay", "ContextRatio"),
+         "sweep": ("Sweep",), "ablation": ("Abl",), "lofo": ("Lofo",), "anchors": ("Published", "RandomViT")}
+
+
+def _part_runs(long: pd.DataFrame) -> dict[str, list[str]]:
+    ran = long[long.status.eq("run")] if len(long) else long
+    h = headline(long)
+    return {"headline": sorted(set(h.run_dir)) if len(h) else [],
+            "sweep": sorted(set(ran.run_dir[ran.sweep.astype(bool)])), "ablation": sorted(set(ran.run_dir[ran.ablation.ne("")])),
+            "lofo": sorted(set(ran.run_dir[ran.lofo.ne("")])), "anchors": sorted(set(ran.run_dir[ran.anchor.ne("")]))}
+
+
+def provenance(long: pd.DataFrame, numbers: dict, digest: bool = True) -> dict:
+    "Runs (config hash, seed, commit, versions, device, precision), data digests, and each number's runs."
+    ran = long[long.status.eq("run")].drop_duplicates("run_dir") if len(long) else long
+    runs, data = [], {}
+    for r in ran.itertuples():
+        d = Path(r.run_dir)
+        env = json.loads((d / "environment.json").read_text()) if (d / "environment.json").exists() else {}
+        audit = json.loads((d / "audit.json").read_text()) if (d / "audit.json").exists() else {}
+        csv = audit.get("metadata_csv", "")
+        if csv and csv not in data: data[csv] = digest_text(csv) if digest else "not computed"
+        runs.append({"run_dir": str(d), "experiment": r.experiment, "protocol": r.protocol, "seed": int(r.seed),
+                     "backbone": r.backbone, "config_sha256": hashlib.sha256((d / "config.yaml").read_bytes()).hexdigest(),
+                     "git_commit": env.get("git_commit", ""), "versions": env.get("versions", {}), "device": env.get("device", ""),
+                     "device_model": env.get("device_model", ""), "dtype": env.get("dtype", ""), "data": csv})
+    parts = _part_runs(long)
+    part_of = lambda name: next((p for p, prefixes in PARTS.items() if name.startswith(prefixes)), "headline")
+    return {"data": data, "runs": runs, "numbers": {k: parts[part_of(k)] for k in numbers}}
+
+# %% ../nbs/23_text.ipynb #1c2dbbdc
 FINDING = ("On EXP-004 ({Backbone}), a probe that sees only the target of a pair reaches AUROC {RefTargetProbe} under "
            "the release's protocol, which processes stable targets only, and {SymTargetProbe} under the symmetric one "
            "(chance: one half). With the leak closed, synthetic stable pairs are two draws on one photograph (SSIM "
@@ -379,6 +412,7 @@ def write_text(long: pd.DataFrame, paper_dir="paper", readme=None, digest: bool 
     out = Path(paper_dir)
     exps = experiments_table()
     files = {"numbers.tex": numbers_tex(nums), "prose.tex": PROSE.lstrip(), "finding.md": finding_text(nums) + "\n",
+             "provenance.json": json.dumps(provenance(long, nums, digest), indent=1, sort_keys=True) + "\n",
              "tables/experiments.md": to_markdown(exps),
              "tables/experiments.tex": to_latex(exps, "The experiments, as their files define them.", "tab:experiments")}
     for name, text in files.items(): atomic_write_bytes(out / name, text.encode())

@@ -574,6 +574,26 @@ def run_main(argv=None):
         print(f"derma_jepa_run: {err} (executed notebook: {Path(cfg.run_dir).parent / 'failed' / Path(cfg.run_dir).name}.ipynb)",
               file=sys.stderr); sys.exit(1)
     print(f"run directory: {cfg.run_dir} (run.ipynb, metrics.json, model_card.md, ...)")
+    print("\n".join(verdict_lines(cfg)))
+
+
+FIXTURE_NOTE = ("fixture data (01_fixture: generated lesions, a few hundred) and an offline backbone: this run checks that every "
+                "stage works end to end; its verdicts are not evidence about any backbone. Under the symmetric protocol a "
+                "synthetic stable pair is one photograph twice, which pixel metrics separate by construction, so 'worse' "
+                "there is expected; the re-photo endpoint is the one to read.")
+
+
+def verdict_lines(cfg: Config) -> list[str]:
+    "What a finished run found (both endpoints' verdicts with Δ and its interval) and, on fixture data, what that means."
+    f = Path(cfg.run_dir) / "metrics.json"
+    if not f.exists(): return [f"stopped after the {cfg.stop_after} stage: no verdict yet"]
+    m = json.loads(f.read_text())
+    d = lambda x: f"{x['value']:+.3f} [{x['ci_low']:+.3f}, {x['ci_high']:+.3f}]"
+    out = [f"verdict, synthetic endpoint: {m['verdict']} (predictor − {m['strongest_baseline']}: {d(m['delta'])})"]
+    r = m.get("rephoto") or {}
+    if r: out.append(f"verdict, re-photo endpoint: {r['verdict']} (predictor − {r['strongest_baseline']}: {d(r['delta'])})")
+    if cfg.data == "fixture": out.append("what it means: " + FIXTURE_NOTE)
+    return out
 
 
 # %% [markdown]
@@ -605,6 +625,16 @@ for _argv, _msg in [(["-f", str(_cli / "laughs.yaml")], "alias *a is not accepte
     _code, _err, _ = _run_cli(*_argv)
     test_eq(_code, 2); assert _msg in _err and len(_err.splitlines()) == 1, (_argv, _err)
 test_eq(sorted(p.name for p in _cli.iterdir()), ["laughs.yaml", "list.yaml", "tag.yaml", "typo.yaml"])
+# what a finished run prints last: both verdicts, and on fixture data what they mean
+(_cli / "done").mkdir()
+(_cli / "done" / "metrics.json").write_text(json.dumps({"verdict": "worse", "strongest_baseline": "pixel_l2",
+    "delta": {"value": -0.11, "ci_low": -0.18, "ci_high": -0.04},
+    "rephoto": {"verdict": "matched", "strongest_baseline": "ssim", "delta": {"value": 0.15, "ci_low": -0.08, "ci_high": 0.37}}}))
+_lines = verdict_lines(Config(run_dir=str(_cli / "done")))
+test_eq(_lines[:2], ["verdict, synthetic endpoint: worse (predictor − pixel_l2: -0.110 [-0.180, -0.040])",
+                     "verdict, re-photo endpoint: matched (predictor − ssim: +0.150 [-0.080, +0.370])"])
+assert _lines[2].startswith("what it means: fixture data")
+test_eq(verdict_lines(Config(run_dir=str(_cli), stop_after="manifest")), ["stopped after the manifest stage: no verdict yet"])
 
 
 # %% [markdown]

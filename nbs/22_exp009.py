@@ -61,6 +61,7 @@ from derma_jepa.split import PROTOCOLS
 from derma_jepa.pretrain import OBJECTIVES, PretrainConfig, random_encoder
 from derma_jepa.safety import load_checkpoint, load_yaml, write_marked_dir
 from derma_jepa.plan import experiments_dir, parse_backbones
+from derma_jepa.render import PALETTE, paper_style
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -476,7 +477,7 @@ def fig_pretraining(encoders: pd.DataFrame):
         h = pd.DataFrame(meta["history"])
         dim = tensors["head.weight"].shape[0] // 2 if "head.weight" in tensors else tensors["encoder.pos_embed"].shape[-1]  # the monitored feature
         axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=9)
-        axes[1][k].plot(h.step, h.feature_std, color="C1")
+        axes[1][k].plot(h.step, h.feature_std, color=PALETTE[1])
         axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
         axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
         axes[1][k].legend(fontsize=7, loc="lower right")
@@ -502,7 +503,7 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
     ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis()
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
     t = long[long.split.eq("test") & long.scorer.isin(scorers)].assign(label=lambda d: d.backbone.map(dict(zip(plan.backbone, plan.label))))
-    colours = dict(zip(scorers, sns.color_palette("colorblind", len(scorers))))
+    colours = dict(zip(scorers, PALETTE))
     for ax, prot in zip(axes[0][1:], prots):
         for k, sc in enumerate(scorers):
             s = t[t.protocol.eq(prot) & t.scorer.eq(sc)].set_index("label").reindex(labels)
@@ -556,7 +557,8 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     for name, (df, cap) in tables.items():
         files[f"{name}.md"] = to_markdown(df).encode()
         files[f"{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
-    figs = {"by_encoder": fig_by_encoder(long, probes, plan), "pretraining": fig_pretraining(encoders)}
+    with paper_style():                   # the paper's palette (21_render), not matplotlib's default cycle
+        figs = {"by_encoder": fig_by_encoder(long, probes, plan), "pretraining": fig_pretraining(encoders)}
     figs = {k: v for k, v in figs.items() if v is not None}
     files.update({f"{k}.png": _fig_bytes(f) for k, f in figs.items()})
     cfg0 = plan_config0(encoders)
@@ -601,6 +603,8 @@ def plan_config0(encoders: pd.DataFrame) -> PretrainConfig:
 _paper = _tmp / "paper"
 _audit = {"verdict": "no exact or near-duplicate image shared"}
 _r1 = render_exp009(_plan, _probes, _enc, _audit, _ex, len(_corpus), _paper)
+from derma_jepa.render import palette_problems
+for _k, _f in _r1["figures"].items(): test_eq((_k, palette_problems(_f)), (_k, []))      # the paper's palette only
 _bytes = {f: (_paper / "exp009" / f).read_bytes() for f in _r1["files"]}
 render_exp009(_plan, _probes, _enc, _audit, _ex, len(_corpus), _paper)
 test_eq({f: (_paper / "exp009" / f).read_bytes() for f in _r1["files"]}, _bytes)

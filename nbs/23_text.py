@@ -431,10 +431,53 @@ def experiments_table() -> pd.DataFrame:
 experiments_table()
 
 # %% [markdown]
+# ## Provenance
+#
+# `paper/provenance.json` says where every number comes from: for each run behind the paper (the
+# arc, sweep, folds, ablation and anchors), its directory, the SHA-256 of its `config.yaml`, seed,
+# the git commit and package versions it ran with, the device and precision (its
+# `environment.json`); for each data folder, the content digest of `data_digest`; and for each
+# macro of `numbers.tex`, the runs it was read from.
+
+# %%
+#| export
+PARTS = {"headline": ("Backbone", "Images", "Lesions", "MultiLesions", "ImageSize", "DataDigest", "Split", "PairsPerSplit", "NBoot",
+                      "Rephoto", "Ref", "Sym", "TwoWay", "ContextRatio"),
+         "sweep": ("Sweep",), "ablation": ("Abl",), "lofo": ("Lofo",), "anchors": ("Published", "RandomViT")}
+
+
+def _part_runs(long: pd.DataFrame) -> dict[str, list[str]]:
+    ran = long[long.status.eq("run")] if len(long) else long
+    h = headline(long)
+    return {"headline": sorted(set(h.run_dir)) if len(h) else [],
+            "sweep": sorted(set(ran.run_dir[ran.sweep.astype(bool)])), "ablation": sorted(set(ran.run_dir[ran.ablation.ne("")])),
+            "lofo": sorted(set(ran.run_dir[ran.lofo.ne("")])), "anchors": sorted(set(ran.run_dir[ran.anchor.ne("")]))}
+
+
+def provenance(long: pd.DataFrame, numbers: dict, digest: bool = True) -> dict:
+    "Runs (config hash, seed, commit, versions, device, precision), data digests, and each number's runs."
+    ran = long[long.status.eq("run")].drop_duplicates("run_dir") if len(long) else long
+    runs, data = [], {}
+    for r in ran.itertuples():
+        d = Path(r.run_dir)
+        env = json.loads((d / "environment.json").read_text()) if (d / "environment.json").exists() else {}
+        audit = json.loads((d / "audit.json").read_text()) if (d / "audit.json").exists() else {}
+        csv = audit.get("metadata_csv", "")
+        if csv and csv not in data: data[csv] = digest_text(csv) if digest else "not computed"
+        runs.append({"run_dir": str(d), "experiment": r.experiment, "protocol": r.protocol, "seed": int(r.seed),
+                     "backbone": r.backbone, "config_sha256": hashlib.sha256((d / "config.yaml").read_bytes()).hexdigest(),
+                     "git_commit": env.get("git_commit", ""), "versions": env.get("versions", {}), "device": env.get("device", ""),
+                     "device_model": env.get("device_model", ""), "dtype": env.get("dtype", ""), "data": csv})
+    parts = _part_runs(long)
+    part_of = lambda name: next((p for p, prefixes in PARTS.items() if name.startswith(prefixes)), "headline")
+    return {"data": data, "runs": runs, "numbers": {k: parts[part_of(k)] for k in numbers}}
+
+
+# %% [markdown]
 # ## Writing
 #
 # `write_text(long, paper_dir)` writes `numbers.tex`, `prose.tex` (which `main.tex` inputs when it
-# exists), `tables/experiments.{md,tex}` and `finding.md` (the three sentences README opens with),
+# exists), `provenance.json`, `tables/experiments.{md,tex}` and `finding.md` (the three sentences README opens with),
 # refusing first if the prose breaks the rule. With `readme=`, README's block between
 # `<!-- finding -->` markers is replaced by the same sentences, so the two cannot drift.
 
@@ -467,6 +510,7 @@ def write_text(long: pd.DataFrame, paper_dir="paper", readme=None, digest: bool 
     out = Path(paper_dir)
     exps = experiments_table()
     files = {"numbers.tex": numbers_tex(nums), "prose.tex": PROSE.lstrip(), "finding.md": finding_text(nums) + "\n",
+             "provenance.json": json.dumps(provenance(long, nums, digest), indent=1, sort_keys=True) + "\n",
              "tables/experiments.md": to_markdown(exps),
              "tables/experiments.tex": to_latex(exps, "The experiments, as their files define them.", "tab:experiments")}
     for name, text in files.items(): atomic_write_bytes(out / name, text.encode())
@@ -513,6 +557,11 @@ test_eq([_nums[k][0] for k in ("RefPredictor", "SymSSIMRephoto", "SymRephotoVerd
         ["\\ensuremath{0.660}", "\\ensuremath{0.570}", "matched", "\\ensuremath{[-0.120, -0.080]}", "\\ensuremath{200\\times 150}",
          "70/15/15", "5"])
 test_eq(_nums["PublishedPixel"][0], "\\ensuremath{0.580}")
+(_run / "environment.json").write_text(json.dumps({"git_commit": "abc", "versions": {"torch": "2"}, "device": "cpu", "dtype": "fp32"}))
+_prov = provenance(_fake_long().assign(run_dir=str(_run)), _nums, digest=False)
+test_eq((len(_prov["runs"]), _prov["runs"][0]["git_commit"], _prov["numbers"]["RefPredictor"], _prov["numbers"]["SweepN"]),
+        (1, "abc", [str(_run)], []))
+test_eq(_prov["runs"][0]["config_sha256"], hashlib.sha256((_run / "config.yaml").read_bytes()).hexdigest())
 _s = lambda lo, hi: {"ci_low": lo, "ci_high": hi}
 test_eq([agreement(_s(-0.07, -0.02), _s(0.003, 0.02)), agreement(_s(0.01, 0.02), _s(0.003, 0.02)),
          agreement(_s(-0.07, 0.02), _s(0.003, 0.02)), agreement({}, _s(0.003, 0.02))],
