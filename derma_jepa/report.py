@@ -18,8 +18,8 @@ from .metrics import METRICS          # one list of the four metrics (10_metrics
 __all__ = ['BACKBONE_LABELS', 'SCORER_LABELS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'REPHOTO_SCORERS', 'REPHOTO_DELTAS',
            'LOFO_SCORERS', 'INTERVAL_SCORERS', 'ANCHORS', 'PAIRED', 'ENDPOINT_COLUMNS', 'TEX_SYMBOLS', 'in_arc',
            'experiments_label', 'collect', 'backbone_label', 'scorer_label', 'fmt_ci', 'arc_cells', 'arc_table',
-           'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table', 'endpoint_frame', 'rephoto_table',
-           'rephoto_delta_table', 'lofo_table', 'interval_table', 'anchor_table', 'ablation_table',
+           'arc_ran', 'not_run', 'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table', 'endpoint_frame',
+           'rephoto_table', 'rephoto_delta_table', 'lofo_table', 'interval_table', 'anchor_table', 'ablation_table',
            'val_chosen_baseline', 'sweep_deltas', 'sweep_delta_table', 'to_markdown', 'tex_text', 'tex_symbols',
            'to_latex']
 
@@ -164,6 +164,24 @@ def arc_table(long: pd.DataFrame) -> pd.DataFrame:
     df.index = pd.MultiIndex.from_tuples(df.index, names=["experiment", "backbone"])
     df.columns = pd.MultiIndex.from_tuples(df.columns, names=["protocol", ""])
     return df.fillna("–")
+
+
+def arc_ran(long: pd.DataFrame) -> pd.DataFrame:
+    "The arc table's rows that ran under at least one protocol: the paper's results table (`not_run` lists the rest)."
+    t = arc_table(long)
+    if t.empty: return t
+    first = t.loc[:, [c for c in t.columns if c[1] == ARC_COLUMNS[0]]].astype(str)
+    return t[(~first.apply(lambda c: c.str.startswith("not run") | c.eq("–"))).any(axis=1)]
+
+
+def not_run(long: pd.DataFrame) -> pd.DataFrame:
+    "What the arc asked for and could not run on this machine: one row per (reason, backbone), with its experiments."
+    a = long[in_arc(long) & long.status.ne("run")] if len(long) else long
+    if a.empty: return pd.DataFrame(columns=["reason", "backbone", "experiments"])
+    g = a.drop_duplicates(["experiments", "backbone"]).groupby(["status", "backbone"], sort=False).experiments
+    out = g.apply(lambda s: ", ".join(dict.fromkeys(s))).reset_index()
+    return pd.DataFrame({"reason": out.status.str.replace(r"^not run: ", "", regex=True),
+                         "backbone": [backbone_label(b, False) for b in out.backbone], "experiments": out.experiments})
 
 
 def optimiser_table(long: pd.DataFrame, experiments=("EXP-004", "EXP-005", "EXP-006a")) -> pd.DataFrame:

@@ -213,6 +213,24 @@ def arc_table(long: pd.DataFrame) -> pd.DataFrame:
     return df.fillna("–")
 
 
+def arc_ran(long: pd.DataFrame) -> pd.DataFrame:
+    "The arc table's rows that ran under at least one protocol: the paper's results table (`not_run` lists the rest)."
+    t = arc_table(long)
+    if t.empty: return t
+    first = t.loc[:, [c for c in t.columns if c[1] == ARC_COLUMNS[0]]].astype(str)
+    return t[(~first.apply(lambda c: c.str.startswith("not run") | c.eq("–"))).any(axis=1)]
+
+
+def not_run(long: pd.DataFrame) -> pd.DataFrame:
+    "What the arc asked for and could not run on this machine: one row per (reason, backbone), with its experiments."
+    a = long[in_arc(long) & long.status.ne("run")] if len(long) else long
+    if a.empty: return pd.DataFrame(columns=["reason", "backbone", "experiments"])
+    g = a.drop_duplicates(["experiments", "backbone"]).groupby(["status", "backbone"], sort=False).experiments
+    out = g.apply(lambda s: ", ".join(dict.fromkeys(s))).reset_index()
+    return pd.DataFrame({"reason": out.status.str.replace(r"^not run: ", "", regex=True),
+                         "backbone": [backbone_label(b, False) for b in out.backbone], "experiments": out.experiments})
+
+
 def optimiser_table(long: pd.DataFrame, experiments=("EXP-004", "EXP-005", "EXP-006a")) -> pd.DataFrame:
     "Predictor × optimiser on the EXP-004 data: train and test AUROC and the bias-only control (fit times: timings.json)."
     t = long[in_arc(long) & long.experiment.isin(experiments) & long.split.isin(["train", "test"])] if "split" in long else long.iloc[:0]
@@ -338,6 +356,10 @@ test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", "
 test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("reference", "re-photo AUROC [95% CI]")], "0.740 [0.690, 0.790]")
 test_eq(_at.loc[("EXP-004", "color_texture (offline stand-in)"), ("symmetric", ARC_COLUMNS[-1])], "-0.030 [-0.060, +0.000] vs SSIM: matched")
 test_eq(_st.loc[("EXP-007", "DermLIP ViT-B/16", "symmetric", 0), "predictor"], "not run: weights for x not found")
+# the paper's results table keeps the rows that ran; what did not run is one line per reason and backbone
+test_eq(list(arc_ran(_long).index), [("EXP-004", "color_texture (offline stand-in)")])
+test_eq(not_run(_long).to_dict("records"), [{"reason": "weights for x not found", "backbone": "DermLIP ViT-B/16", "experiments": "EXP-007"}])
+test_eq(len(not_run(_long[_long.status.eq("run")])), 0)
 _at
 
 # %% [markdown]

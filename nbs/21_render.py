@@ -50,7 +50,7 @@ import pandas as pd
 from derma_jepa.data import atomic_write_bytes, load_records
 from derma_jepa.experiment import resolve_data
 from derma_jepa.pairs import render_side
-from derma_jepa.report import (_fig_bytes, ablation_table, anchor_table, arc_table, backbone_label, collect, in_arc, interval_table, lofo_table, optimiser_table, rephoto_delta_table,
+from derma_jepa.report import (_fig_bytes, ablation_table, anchor_table, arc_ran, backbone_label, collect, in_arc, interval_table, lofo_table, not_run, optimiser_table, rephoto_delta_table,
                                rephoto_table, scorer_label, sweep_delta_table, sweep_table, tex_symbols, tex_text, to_latex,
                                to_markdown)
 from derma_jepa.safety import write_marked_dir
@@ -373,7 +373,7 @@ MAIN_TEX = r"""\documentclass[11pt]{article}
 \maketitle
 \IfFileExists{numbers.tex}{\input{numbers.tex}}{}
 \IfFileExists{prose.tex}{\input{prose.tex}\section{The tables in full}}{}
-\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs (Table~\ref{tab:intervals} measures by how much). Rows marked ``not run'' had no weights on the machine that rendered this paper.
+\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs (Table~\ref{tab:intervals} measures by how much). The arc table holds the rows that ran; what the arc asked for and could not run here is listed after it, with why.
 
 \section{Anchors to the published numbers}
 Where a like-for-like number exists (EXP-004, test AUROC): the release's published value beside this re-run under each protocol. Pixel L2 needs no weights and is the same computation; for the published DINOv2 and CLIP predictors the nearest like-for-like here is a random-init ViT-B/16, with its target-only probe (the leak's measure); DermLIP's weights are not on this machine.
@@ -382,6 +382,7 @@ Where a like-for-like number exists (EXP-004, test AUROC): the release's publish
 \section{The arc}
 Per protocol: the predictor, the strongest baseline, $\Delta$ = predictor $-$ strongest baseline with its interval, the verdict (the release's fixed-threshold rule under reference, labelled so; under symmetric, improved or worse when $\Delta$'s interval excludes 0, else matched), the two single-side probes (the leak detectors: 0.5 when one side alone carries no label), the predictor's AUROC on the real re-photograph endpoint, and that endpoint's $\Delta$ against the baseline its own validation split chose, with the verdict read off $\Delta$'s interval (the same rule under both protocols). A run that several experiments share (an offline stand-in for experiments that differ only in the hub backbone) is one row naming them all.
 \input{tables/arc.tex}
+%(not_run)s
 
 \section{The re-photo endpoint}
 Under the symmetric protocol a synthetic stable pair is two draws of nuisance on the same photograph, which a pixel metric separates from a different lesion almost by construction. The real re-photographs are the realistic stable pairs: per lesion photographed more than once, two of its photographs against a changing pair that keeps the same context photograph and takes another lesion of the same diagnosis and site (so the two kinds have one diagnosis and site mix), on validation and test. They are the same pairs under both protocols (drawn from the lesions both split rules place alike), beside each protocol's own pairs, so the protocols differ there only in what was trained. Intervals resample lesions, each with its two pairs, shared by every scorer. Here every scorer's test AUROC on both endpoints, per protocol.
@@ -449,11 +450,13 @@ Rendered from run directories by `make paper` (through `nbs/paper.ipynb`, code i
 nothing here is written by hand and every file is rewritten identically when the runs have not changed.
 Backbones: {backbones}.
 
-- `main.tex`: inputs the tables and includes the figures with their captions (`pdflatex main.tex` here);
+- `main.tex`: the prose (`prose.tex`, with every number a macro of `numbers.tex`: 23_text), then the tables and
+  the figures with their captions (`make paper-pdf` builds `main.pdf`);
 - `tables/arc.*`: the arc, both protocols side by side: predictor test AUROC [95% CI], the strongest
   baseline, Δ [95% CI], verdict, target-only and context-only probes, the re-photo endpoint's AUROC and its
   Δ against the baseline its val chose, with that verdict; a run several experiments share is one row naming
-  them all; hub-backbone rows without weights read "not run: …";
+  them all; only rows that ran (main.tex lists, after the table, what the arc asked for and could not run here,
+  and why);
 - `tables/rephoto.*`: every scorer's test AUROC [95% CI] on the synthetic endpoint beside the real
   re-photographs (re-photo pairs against matched changing pairs, the same pairs under both protocols),
   per protocol (arc runs);
@@ -497,7 +500,7 @@ Thumbnails of HAM10000 images in `figures/pair_gallery.png` and `audit/`: HAM100
 def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") -> dict:
     "Tables, figures, runs.md, main.tex and README.md from the runs of `plan`, written into `paper_dir`."
     long = collect(plan)
-    tables = {"arc": (arc_table(long), "The arc: test AUROC [95\\% CI] of the predictor, the strongest baseline, $\\Delta$ "
+    tables = {"arc": (arc_ran(long), "The arc: test AUROC [95\\% CI] of the predictor, the strongest baseline, $\\Delta$ "
                                        "[95\\% CI], verdict, single-side probes, re-photo AUROC and re-photo $\\Delta$ with its verdict."),
               "optimisers": (optimiser_table(long), "Predictor $\\times$ optimiser on the EXP-004 data."),
               "rephoto": (rephoto_table(long), "Every scorer's test AUROC [95\\% CI] on the synthetic endpoint and on the real "
@@ -535,7 +538,11 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
              "offline": "the paper's hub backbones and the offline stand-ins random_vitb16 and color_texture"}
     bb = label.get(backbones, "the paper's hub backbones and the offline stand-ins " + backbones)
     n_boot = ", ".join(map(str, sorted({c.n_boot for c in plan.config}))) if len(plan) else "–"
-    files["main.tex"] = (MAIN_TEX % {"backbones": tex_text(bb), "figures": fig_tex, "n_boot": n_boot}).encode()
+    nr = not_run(long)                    # the arc table holds the rows that ran; what did not, and why, is one paragraph
+    nr_tex = ("\\begin{sloppypar}\\noindent\\textbf{Not run on this machine.} " + "; ".join(
+        f"{tex_text(r.backbone)} ({tex_text(r.experiments)}): {tex_text(r.reason)}" for r in nr.itertuples())
+        + ".\\end{sloppypar}") if len(nr) else ""           # sloppy: the hub ids are long unbreakable words
+    files["main.tex"] = (MAIN_TEX % {"backbones": tex_text(bb), "figures": fig_tex, "n_boot": n_boot, "not_run": nr_tex}).encode()
     fig_md = "\n".join(f"- `figures/{k}.png`: {FIGURES[k][0]}" for k in figs) or "(none: nothing ran)"
     files["README.md"] = README.format(backbones=bb, n_boot=n_boot, figures=fig_md).encode()
     out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
