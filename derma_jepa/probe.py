@@ -88,10 +88,10 @@ PROBE_BOOTSTRAP = "percentile, 95%: test lesions drawn with replacement (a lesio
 def probe_summary(predictions: pd.DataFrame, n_boot: int = 200, seed: int = 20260422, control: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per (classifier, fraction): balanced accuracy and macro AUROC with lesion-level bootstrap CIs; with a `control`
     (predictions of another backbone on the same test items), Δ balanced accuracy (this − control) on the same resamples."""
-    first = predictions.drop_duplicates(["classifier", "fraction"]).iloc[:1]
-    items = predictions.merge(first[["classifier", "fraction"]]).sort_values("item")
+    key = tuple(predictions[["classifier", "fraction"]].iloc[0])        # the test items, from one (classifier, fraction)
+    items = predictions.groupby(["classifier", "fraction"]).get_group(key).sort_values("item")
     if control is not None:
-        c_items = control.merge(first[["classifier", "fraction"]]).sort_values("item")
+        c_items = control.groupby(["classifier", "fraction"]).get_group(key).sort_values("item")
         if not (np.array_equal(items.item, c_items.item) and np.array_equal(items.y, c_items.y)
                 and np.array_equal(items.group, c_items.group)):
             raise ValueError("the control's predictions are not on the same test items (item, y and group must agree)")

@@ -15,11 +15,11 @@ import pandas as pd
 import yaml
 
 from .data import atomic_write_bytes
-from .report import ANCHORS, backbone_label, in_arc, mean_sd_ci, scorer_label, sweep_deltas
+from .report import ANCHORS, backbone_label, in_arc, mean_sd_ci, scorer_label, sweep_deltas, tex_text
 
 # %% auto #0
 __all__ = ['HEADLINE', 'PROTOCOL_PREFIX', 'PER_PROTOCOL', 'CI_COLUMNS', 'FAMILY_NAME', 'ALLOWED', 'PROSE', 'PARTS', 'FINDING',
-           'fmt', 'fmt_ci', 'tex_words', 'headline', 'data_digest', 'digest_text', 'agreement', 'paper_numbers',
+           'fmt', 'tex_ci', 'tex_words', 'headline', 'data_digest', 'digest_text', 'agreement', 'paper_numbers',
            'numbers_tex', 'prose_problems', 'experiments_table', 'provenance', 'plain', 'finding_text', 'write_text',
            'log_problems', 'build_pdf']
 
@@ -30,15 +30,16 @@ def fmt(v, signed: bool = False, digits: int = 3) -> str:
     return f"\\ensuremath{{{v:+.{digits}f}}}" if signed else f"\\ensuremath{{{v:.{digits}f}}}"
 
 
-def fmt_ci(lo, hi, signed: bool = False) -> str:
+def tex_ci(lo, hi, signed: bool = False) -> str:
+    "An interval as the prose shows it (13_report's `fmt_ci` is the tables' value-and-interval cell)."
     if any(v is None or not np.isfinite(v) for v in (lo, hi)): return "n/a"
     f = (lambda v: f"{v:+.3f}") if signed else (lambda v: f"{v:.3f}")
     return f"\\ensuremath{{[{f(lo)}, {f(hi)}]}}"
 
 
 def tex_words(s) -> str:
-    "Text for a macro body: LaTeX's special characters escaped."
-    return "n/a" if s is None else re.sub(r"([_&%#$])", r"\\\1", str(s))
+    "Text for a macro body (13_report's `tex_text`), `n/a` when missing."
+    return "n/a" if s is None else tex_text(s)
 
 # %% ../nbs/23_text.ipynb #3ba8f8e2
 HEADLINE = "EXP-004"
@@ -81,7 +82,7 @@ def data_digest(metadata_csv) -> str:
     return h.hexdigest()
 
 # %% ../nbs/23_text.ipynb #5a4e0e58
-def _data_numbers(t: pd.DataFrame, digest: bool) -> dict:
+def _data_numbers(t: pd.DataFrame, digest: bool, memo: dict | None = None) -> dict:
     if t.empty:
         return {k: ("n/a", "no headline run") for k in ("Images", "Lesions", "MultiLesions", "ImageSize", "DataDigest", "Split",
                                                        "PairsPerSplit", "NBoot", "RephotoVal", "RephotoTest")}
@@ -94,16 +95,20 @@ def _data_numbers(t: pd.DataFrame, digest: bool) -> dict:
             "Images": (f"{audit['n_images']:,}", "images read"), "Lesions": (f"{audit['n_lesions']:,}", "lesions"),
             "MultiLesions": (f"{audit['lesions_multi_image']:,}", "lesions with two or more photographs"),
             "ImageSize": (f"\\ensuremath{{{size}}}", "image size of the copy (pixels)"),
-            "DataDigest": (digest_text(audit["metadata_csv"]) if digest else "not computed", "SHA-256 of the data copy (16 hex)"),
+            "DataDigest": (digest_text(audit["metadata_csv"], memo) if digest else "not computed", "SHA-256 of the data copy (16 hex)"),
             "PairsPerSplit": (f"{cfg['pairs_per_split']:,}", "stable (and changing) pairs per split"),
             "NBoot": (f"{cfg['n_boot']:,}", "bootstrap resamples"),
             "RephotoVal": (str(reph.get("val", {}).get("lesions", "n/a")), "re-photo lesions, val"),
             "RephotoTest": (str(reph.get("test", {}).get("lesions", "n/a")), "re-photo lesions, test")}
 
 
-def digest_text(metadata_csv) -> str:
-    try: return data_digest(metadata_csv)[:16]
-    except Exception as e: return f"not computed ({type(e).__name__})"
+def digest_text(metadata_csv, memo: dict | None = None) -> str:
+    "`data_digest`'s first 16 hex digits (or why it could not be computed); `memo` keeps it for the next caller."
+    memo = {} if memo is None else memo
+    if str(metadata_csv) not in memo:
+        try: memo[str(metadata_csv)] = data_digest(metadata_csv)[:16]
+        except Exception as e: memo[str(metadata_csv)] = f"not computed ({type(e).__name__})"
+    return memo[str(metadata_csv)]
 
 
 def _protocol_numbers(t: pd.DataFrame) -> dict:
@@ -112,16 +117,16 @@ def _protocol_numbers(t: pd.DataFrame) -> dict:
         for name, scorer, col in PER_PROTOCOL:
             r = _row(t, prot, scorer)
             out[pre + name] = (fmt(_get(r, col)), f"{prot}: {scorer_label(scorer)}, test AUROC ({col})")
-            out[pre + name + "CI"] = (fmt_ci(_get(r, CI_COLUMNS[col][0]), _get(r, CI_COLUMNS[col][1])), f"its 95% interval")
+            out[pre + name + "CI"] = (tex_ci(_get(r, CI_COLUMNS[col][0]), _get(r, CI_COLUMNS[col][1])), f"its 95% interval")
         p = _row(t, prot, "predictor")
         out[pre + "Baseline"] = (tex_words(None if p is None else scorer_label(p.strongest_baseline)), f"{prot}: strongest baseline")
         out[pre + "Delta"] = (fmt(_get(p, "delta"), True), f"{prot}: predictor − strongest baseline")
-        out[pre + "DeltaCI"] = (fmt_ci(_get(p, "delta_lo"), _get(p, "delta_hi"), True), "its interval")
+        out[pre + "DeltaCI"] = (tex_ci(_get(p, "delta_lo"), _get(p, "delta_hi"), True), "its interval")
         out[pre + "Verdict"] = (tex_words(None if p is None else p.verdict), f"{prot}: synthetic verdict")
         out[pre + "RephotoBaseline"] = (tex_words(None if p is None or pd.isna(p.rephoto_baseline) else scorer_label(p.rephoto_baseline)),
                                         f"{prot}: re-photo comparator (chosen on val)")
         out[pre + "RephotoDelta"] = (fmt(_get(p, "rephoto_delta_best"), True), f"{prot}: re-photo Δ vs that comparator")
-        out[pre + "RephotoDeltaCI"] = (fmt_ci(_get(p, "rephoto_delta_best_lo"), _get(p, "rephoto_delta_best_hi"), True), "its interval")
+        out[pre + "RephotoDeltaCI"] = (tex_ci(_get(p, "rephoto_delta_best_lo"), _get(p, "rephoto_delta_best_hi"), True), "its interval")
         out[pre + "RephotoVerdict"] = (tex_words(None if p is None else p.rephoto_verdict), f"{prot}: re-photo verdict")
     return out
 
@@ -140,7 +145,7 @@ def _sweep_numbers(long: pd.DataFrame) -> dict:
         signed = "probe" not in comp
         out[name] = (fmt(s.get("mean"), signed), f"sweep, {endpoint}, {prot}, {comp}: mean over seeds")
         out[name + "SD"] = (fmt(s.get("sd")), "its SD over seeds")
-        out[name + "CI"] = (fmt_ci(s.get("ci_low"), s.get("ci_high"), signed), "Student-t 95% interval of the mean")
+        out[name + "CI"] = (tex_ci(s.get("ci_low"), s.get("ci_high"), signed), "Student-t 95% interval of the mean")
     seeds = sorted(set(d.seed)) if len(d) else []
     out["SweepN"] = (str(len(seeds)) if seeds else "n/a", "seeds in the sweep")
     out["SweepAgreement"] = (agreement(*(summaries.get(k) for k in ("SweepSynthRefMinusSym", "SweepRephotoRefMinusSym"))),
@@ -201,12 +206,12 @@ def _anchor_numbers(long: pd.DataFrame) -> dict:
             "RandomViTSym": (fmt(_get(_row(a, "symmetric", "predictor"), "auroc")), "random-init ViT-B/16 predictor, symmetric")}
 
 
-def paper_numbers(long: pd.DataFrame, digest: bool = True) -> dict[str, tuple[str, str]]:
+def paper_numbers(long: pd.DataFrame, digest: bool = True, memo: dict | None = None) -> dict[str, tuple[str, str]]:
     "Macro name (without `\\num`) -> (LaTeX body, what it is), from the long table and the headline runs' files."
     t = headline(long)
     out = {"Backbone": (tex_words(backbone_label(t.backbone.iloc[0], bool(t.stand_in.iloc[0]))) if len(t) else "n/a",
                         "the headline runs' backbone")}
-    out.update(_data_numbers(t, digest))
+    out.update(_data_numbers(t, digest, memo))
     for part in (_protocol_numbers(t), _sweep_numbers(long), _ablation_numbers(long), _lofo_numbers(long),
                  _interval_numbers(t), _anchor_numbers(long)):
         out.update(part)
@@ -366,7 +371,7 @@ def _part_runs(long: pd.DataFrame) -> dict[str, list[str]]:
             "lofo": sorted(set(ran.run_dir[ran.lofo.ne("")])), "anchors": sorted(set(ran.run_dir[ran.anchor.ne("")]))}
 
 
-def provenance(long: pd.DataFrame, numbers: dict, digest: bool = True) -> dict:
+def provenance(long: pd.DataFrame, numbers: dict, digest: bool = True, memo: dict | None = None) -> dict:
     "Runs (config hash, seed, commit, versions, device, precision), data digests, and each number's runs."
     ran = long[long.status.eq("run")].drop_duplicates("run_dir") if len(long) else long
     runs, data = [], {}
@@ -375,7 +380,7 @@ def provenance(long: pd.DataFrame, numbers: dict, digest: bool = True) -> dict:
         env = json.loads((d / "environment.json").read_text()) if (d / "environment.json").exists() else {}
         audit = json.loads((d / "audit.json").read_text()) if (d / "audit.json").exists() else {}
         csv = audit.get("metadata_csv", "")
-        if csv and csv not in data: data[csv] = digest_text(csv) if digest else "not computed"
+        if csv and csv not in data: data[csv] = digest_text(csv, memo) if digest else "not computed"
         runs.append({"run_dir": str(d), "experiment": r.experiment, "protocol": r.protocol, "seed": int(r.seed),
                      "backbone": r.backbone, "config_sha256": hashlib.sha256((d / "config.yaml").read_bytes()).hexdigest(),
                      "git_commit": env.get("git_commit", ""), "versions": env.get("versions", {}), "device": env.get("device", ""),
@@ -406,13 +411,14 @@ def finding_text(numbers: dict) -> str:
 def write_text(long: pd.DataFrame, paper_dir="paper", readme=None, digest: bool = True) -> dict:
     "numbers.tex, prose.tex, tables/experiments.* and finding.md into `paper_dir`; README's finding block when `readme` is given."
     from derma_jepa.report import to_latex, to_markdown
-    nums = paper_numbers(long, digest)
+    memo = {}                             # the data digest, computed once for the numbers and the provenance
+    nums = paper_numbers(long, digest, memo)
     bad = prose_problems(PROSE, nums)
     if bad: raise ValueError("the paper's prose breaks its rule: " + "; ".join(bad))
     out = Path(paper_dir)
     exps = experiments_table()
     files = {"numbers.tex": numbers_tex(nums), "prose.tex": PROSE.lstrip(), "finding.md": finding_text(nums) + "\n",
-             "provenance.json": json.dumps(provenance(long, nums, digest), indent=1, sort_keys=True) + "\n",
+             "provenance.json": json.dumps(provenance(long, nums, digest, memo), indent=1, sort_keys=True) + "\n",
              "tables/experiments.md": to_markdown(exps),
              "tables/experiments.tex": to_latex(exps, "The experiments, as their files define them.", "tab:experiments")}
     for name, text in files.items(): atomic_write_bytes(out / name, text.encode())

@@ -322,7 +322,9 @@ def resolve_data(config: Config) -> Path:
 # config. `write_run_dir` writes the files through 03_safety's `write_marked_dir`: a marked
 # temporary sibling that replaces the destination in one rename, under a lock, and only if the
 # destination is absent, empty or a run directory this project wrote. `destination` is the same
-# check alone, made before any work: the data folder and the cache are protected.
+# check alone, made before any work: the data folder and the cache are protected. `check_space`
+# compares the free space at the run directory and the cache with an estimate of what the run
+# writes (32 MiB each, plus its fp32 embeddings in the cache), also before any work.
 
 # %%
 #| export

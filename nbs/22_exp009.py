@@ -315,13 +315,12 @@ def probe_all(plan: pd.DataFrame, settings: dict, folder, seed: int, log=print) 
     """The diagnosis probe of every distinct backbone of an EXP-009 plan on the dataset `folder`, labelled; with the
     paired Δ balanced accuracy against the random-init control on the same resamples of test lesions (16_probe)."""
     from derma_jepa.probe import probe_backbone, probe_summary
-    preds = {}
-    for r in plan.drop_duplicates("backbone").itertuples():
-        preds[r.Index] = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]))
+    rows, preds = plan.drop_duplicates("backbone"), {}
+    for k, r in rows.iterrows():
+        preds[k] = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]))
         log(f"probe {r.label}: predictions done")
-    rows = plan.drop_duplicates("backbone")
-    ctrl = next((k for k, e in zip(rows.index, rows.encoder) if e == CONTROL), None)
-    out = [probe_summary(preds[k], settings["probe"]["n_boot"], seed, None if k == ctrl or ctrl is None else preds[ctrl])
+    ctrl = next((k for k, e in rows.encoder.items() if e == CONTROL), None)
+    out = [probe_summary(preds[k], settings["probe"]["n_boot"], seed, None if ctrl in (None, k) else preds[ctrl])
            .assign(label=r.label, encoder=r.encoder, backbone=r.backbone) for k, r in rows.iterrows()]
     return pd.concat(out, ignore_index=True)
 
