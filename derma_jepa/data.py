@@ -20,21 +20,38 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['COLUMN_ALIASES', 'REQUIRED_COLUMNS', 'IMAGE_EXTENSIONS', 'METADATA_NAMES', 'IMAGE_FOLDERS', 'MISSING_LESION',
-           'DX_VOCABULARY', 'DX_CONFLICT', 'FALLBACK_PREFIX', 'AUDIT_COLUMNS', 'AUDIT_CACHE', 'DataError', 'os_reason',
-           'cache_dir', 'current_umask', 'follow_umask', 'atomic_write_bytes', 'resolve_columns', 'read_text_utf8',
-           'resolve_dx_conflicts', 'read_metadata', 'Dataset', 'index_images', 'to_rgb8', 'exif_orientation',
-           'open_rgb', 'inspect_image', 'CacheWarning', 'quarantine', 'read_cached_table', 'audit_files',
-           'load_records', 'summarise_audit', 'require_readable']
+           'DX_VOCABULARY', 'DX_CONFLICT', 'FALLBACK_PREFIX', 'AUDIT_COLUMNS', 'AUDIT_CACHE', 'DataError',
+           'ConfigError', 'os_reason', 'repo_root', 'experiments_dir', 'cache_dir', 'current_umask', 'follow_umask',
+           'atomic_write_bytes', 'resolve_columns', 'read_text_utf8', 'resolve_dx_conflicts', 'read_metadata',
+           'Dataset', 'index_images', 'to_rgb8', 'exif_orientation', 'open_rgb', 'inspect_image', 'CacheWarning',
+           'quarantine', 'read_cached_table', 'audit_files', 'load_records', 'summarise_audit', 'require_readable']
 
 # %% ../nbs/00_data.ipynb #d9f2b590
 class DataError(ValueError):
     "Bad input data: the message names the file, row, column or value at fault."
 
 
+class ConfigError(ValueError):
+    "A bad configuration value or an unknown parameter; the message names it (03_safety's `coerce`, `load_yaml`)."
+
+
 def os_reason(path, e: OSError, folder: bool = False) -> str:
     "Why writing at `path` (a `folder`, or a file in one) failed, in words: a file where a folder should be, else the system's."
     anc = next((a for a in [Path(path)] * folder + list(Path(path).parents) if a.exists()), None)
     return f"{anc} is a file, not a folder" if anc is not None and not anc.is_dir() else e.strerror or type(e).__name__
+
+
+def repo_root(start=None) -> Path:
+    "The folder holding settings.ini, searched upwards from `start` (default: the working directory)."
+    p = Path(start or Path.cwd()).resolve()
+    for q in [p, *p.parents]:
+        if (q / "settings.ini").exists() and (q / "nbs").is_dir(): return q
+    raise DataError(f"no derma-jepa checkout (settings.ini + nbs/) above {p}")
+
+
+def experiments_dir() -> Path:
+    "The folder of the experiment files (nbs/experiments) of the checkout: inputs, like the data, of every run and of the paper."
+    return repo_root() / "nbs" / "experiments"
 
 
 def cache_dir(*parts: str) -> Path:

@@ -17,8 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .data import atomic_write_bytes
-from .safety import ConfigError
+from .data import ConfigError, atomic_write_bytes
 
 # %% auto #0
 __all__ = ['RESOURCE_TYPES', 'DEFAULT_RESOURCES', 'JOB_STAGES', 'ENDED', 'EXECUTORS', 'check_resources', 'resources_for',

@@ -19,11 +19,11 @@ import pandas as pd
 import yaml
 
 from .backbones import ALIASES, backbone_spec, get_backbone
-from .data import DX_CONFLICT, DataError, cache_dir, load_records, require_readable, summarise_audit
+from .data import DX_CONFLICT, ConfigError, DataError, cache_dir, load_records, require_readable, summarise_audit
 from .nuisance import HELD_OUT_FAMILIES
 from .pairs import (ENDPOINT_KINDS, POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, endpoint_mix,
                               lofo_folds, parse_ablate, parse_families)
-from .safety import ConfigError, check_destination, check_free_space, coerce, coerce_fields, load_yaml, write_marked_dir
+from .safety import check_destination, check_free_space, coerce, coerce_fields, load_yaml, write_marked_dir
 from .split import check_fractions, check_protocol, shared_split, split_counts, split_records
 
 # %% auto #0

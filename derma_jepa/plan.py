@@ -18,30 +18,18 @@ import pandas as pd
 import yaml
 
 from .backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolve_weights
-from .data import DataError, atomic_write_bytes
+from .data import ConfigError, DataError, atomic_write_bytes, experiments_dir, repo_root
 from .executors import EXECUTORS, LocalExecutor, WorkItem, check_resources, make_executor, summary
-from .experiment import Config, ConfigError, resolve_data, run_id
+from .experiment import Config, resolve_data, run_id
 from .safety import check_destination, load_yaml
 from .pairs import ABLATIONS, lofo_folds
 
 SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sides_per_job` changes it)
 
 # %% auto #0
-__all__ = ['SIDES_PER_JOB', 'ARC_KEYS', 'SWEEP_KEYS', 'STAND_INS', 'ABLATION_STEPS', 'FIXTURE_NOTE', 'repo_root',
-           'experiments_dir', 'load_arc', 'weights_status', 'parse_backbones', 'plan_arc', 'is_complete', 'execute_run',
-           'side_groups', 'group_sides', 'embed_items', 'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan',
-           'run_main', 'verdict_lines', 'paper_main']
-
-# %% ../nbs/20_plan.ipynb #b3a85f80
-def repo_root(start=None) -> Path:
-    "The folder holding settings.ini, searched upwards from `start` (default: the working directory)."
-    p = Path(start or Path.cwd()).resolve()
-    for q in [p, *p.parents]:
-        if (q / "settings.ini").exists() and (q / "nbs").is_dir(): return q
-    raise DataError(f"no derma-jepa checkout (settings.ini + nbs/) above {p}")
-
-
-def experiments_dir() -> Path: return repo_root() / "nbs" / "experiments"
+__all__ = ['SIDES_PER_JOB', 'ARC_KEYS', 'SWEEP_KEYS', 'STAND_INS', 'ABLATION_STEPS', 'FIXTURE_NOTE', 'load_arc', 'weights_status',
+           'parse_backbones', 'plan_arc', 'is_complete', 'execute_run', 'side_groups', 'group_sides', 'embed_items',
+           'embed_job', 'run_job', 'plan_records', 'run_plan', 'read_plan', 'run_main', 'verdict_lines', 'paper_main']
 
 # %% ../nbs/20_plan.ipynb #67e2e2c8
 def _anchors(value, path) -> dict[str, list[str]]:

@@ -16,12 +16,12 @@ from .metrics import METRICS          # one list of the four metrics (10_metrics
 
 # %% auto #0
 __all__ = ['BACKBONE_LABELS', 'SCORER_LABELS', 'ARC_COLUMNS', 'SWEEP_SCORERS', 'REPHOTO_SCORERS', 'REPHOTO_DELTAS',
-           'LOFO_SCORERS', 'INTERVAL_SCORERS', 'ANCHORS', 'PAIRED', 'ENDPOINT_COLUMNS', 'TEX_SYMBOLS', 'in_arc',
-           'experiments_label', 'collect', 'backbone_label', 'scorer_label', 'fmt_ci', 'arc_cells', 'arc_table',
-           'arc_ran', 'not_run', 'optimiser_table', 'mean_sd_ci', 'sweep_summary', 'sweep_table', 'endpoint_frame',
-           'rephoto_table', 'rephoto_delta_table', 'lofo_table', 'interval_table', 'anchor_table', 'ablation_table',
-           'val_chosen_baseline', 'sweep_deltas', 'sweep_delta_table', 'to_markdown', 'tex_text', 'tex_symbols',
-           'to_latex']
+           'LOFO_SCORERS', 'INTERVAL_SCORERS', 'ANCHORS', 'PAIRED', 'ENDPOINT_COLUMNS', 'TEX_SYMBOLS', 'TABLE_FONT',
+           'MAX_COLUMNS', 'in_arc', 'experiments_label', 'collect', 'backbone_label', 'scorer_label', 'fmt_ci',
+           'arc_cells', 'arc_table', 'arc_ran', 'not_run', 'optimiser_table', 'mean_sd_ci', 'sweep_summary',
+           'sweep_table', 'endpoint_frame', 'rephoto_table', 'rephoto_delta_table', 'lofo_table', 'interval_table',
+           'anchor_table', 'ablation_table', 'val_chosen_baseline', 'sweep_deltas', 'sweep_delta_table', 'to_markdown',
+           'tex_text', 'tex_symbols', 'table_parts', 'to_latex', 'fig_files']
 
 # %% ../nbs/13_report.ipynb #79cc7e49
 _RUN_COLS = ["strongest_baseline", "delta", "delta_lo", "delta_hi", "delta_identity", "delta_identity_lo", "delta_identity_hi",
@@ -223,7 +223,7 @@ def sweep_summary(long: pd.DataFrame, scorers=SWEEP_SCORERS) -> pd.DataFrame:
     rows = []
     for (exp, bb, si, prot, sc), g in t.groupby(["experiments", "backbone", "stand_in", "protocol", "scorer"], sort=False):
         rows.append({"experiment": exp, "backbone": backbone_label(bb, si), "protocol": prot, "scorer": sc,
-                     "seeds": ",".join(map(str, sorted(g.seed))), **mean_sd_ci(g.auroc)})
+                     "seeds": ", ".join(map(str, sorted(g.seed))), **mean_sd_ci(g.auroc)})
     return pd.DataFrame(rows)
 
 
@@ -425,7 +425,7 @@ def sweep_delta_table(long: pd.DataFrame) -> pd.DataFrame:
         chosen = g.chosen[g.chosen.ne("")].map(scorer_label).value_counts()
         f = "+.3f" if "−" in comp or "−" in prot else ".3f"              # a difference carries its sign, an AUROC does not
         rows.append({"experiment": exp, "backbone": bb, "endpoint": end, "protocol": prot, "comparison": comp, "n": s["n"],
-                     "seeds": ",".join(map(str, sorted(g.seed))),
+                     "seeds": ", ".join(map(str, sorted(g.seed))),
                      "mean ± SD [95% t CI]": f"{s['mean']:{f}} ± {s['sd']:.3f} [{s['ci_low']:{f}}, {s['ci_high']:{f}}]",
                      "val-chosen baseline (seeds)": ", ".join(f"{k} ({v})" for k, v in chosen.items()) or "–"})
     if not rows: return pd.DataFrame()
@@ -453,11 +453,34 @@ def tex_symbols(tex: str) -> str:
     return tex
 
 
+TABLE_FONT = "\\footnotesize"      # 9 pt in the paper's 11 pt class: over the 8 pt floor, and no table is ever scaled
+MAX_COLUMNS = 10                   # a wider table is split by its first column level (one float per protocol)
+
+
+def table_parts(df: pd.DataFrame, max_columns: int = MAX_COLUMNS) -> list[tuple[str, pd.DataFrame]]:
+    "`df` whole, or (when wider than `max_columns` and its columns have levels) one part per first-level value."
+    if df.shape[1] <= max_columns or not isinstance(df.columns, pd.MultiIndex): return [("", df)]
+    return [(str(k), df.xs(k, axis=1, level=0, drop_level=True)) for k in dict.fromkeys(df.columns.get_level_values(0))]
+
+
+def _tabular(df: pd.DataFrame) -> str:
+    "A booktabs tabulary at the text width: every column wraps, each as wide as its text asks (tabulary's L)."
+    n_index = 0 if isinstance(df.index, pd.RangeIndex) else df.index.nlevels
+    tex = df.to_latex(escape=True, multicolumn_format="c", index=bool(n_index), multirow=False,   # a label wraps like any cell
+                      column_format="L" * (n_index + df.shape[1]))
+    return tex.replace("\\begin{tabular}", "\\begin{tabulary}{\\linewidth}").replace("\\end{tabular}", "\\end{tabulary}")
+
+
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    "A table as a booktabs LaTeX table, scaled to the text width."
-    tex = df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp")
-    tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{\\begin{tabular}").replace("\\end{tabular}", "\\end{tabular}}")
-    return tex_symbols(tex)
+    """A booktabs LaTeX table at 9 pt (TABLE_FONT), never scaled: its text columns wrap within the page (tabulary), and a
+    table too wide for that is one float per first column level (e.g. per protocol), captioned so (`table_parts`)."""
+    parts = table_parts(df)
+    out = []
+    for k, (name, part) in enumerate(parts):
+        cap = caption + (f" Part {k + 1} of {len(parts)}: \\emph{{{tex_text(name)}}}." if name else "")
+        out.append(f"\\begin{{table}}[htbp]\n\\centering{TABLE_FONT}\n\\caption{{{cap}}}\n\\label{{{label}{'' if k == 0 else f'-{k + 1}'}}}\n"
+                   f"{_tabular(part)}\\end{{table}}\n")
+    return tex_symbols("".join(out))
 
 # %% ../nbs/13_report.ipynb #b94a5690
 def _fig_bytes(fig) -> bytes:
@@ -466,3 +489,13 @@ def _fig_bytes(fig) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def fig_files(fig) -> dict[str, bytes]:
+    "A figure as vector PDF (for LaTeX) and PNG (for the site), neither with a date in it; the figure is closed."
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    with plt.rc_context({"pdf.fonttype": 42}):            # TrueType text: selectable and searchable, as journals ask
+        fig.savefig(buf, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
+    return {"pdf": buf.getvalue(), "png": _fig_bytes(fig)}

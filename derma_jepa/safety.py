@@ -15,13 +15,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from .data import DataError, atomic_write_bytes, cache_dir, follow_umask, os_reason
+from .data import ConfigError, DataError, atomic_write_bytes, cache_dir, follow_umask, os_reason
 
 # %% auto #0
 __all__ = ['MARKER', 'MARKER_FORMAT', 'META_KEY', 'YAML_MAX_BYTES', 'DestinationError', 'marker_of', 'check_destination',
            'dir_lock', 'clear_debris', 'write_marked_dir', 'check_free_space', 'CheckpointError', 'save_checkpoint',
-           'tensors_under', 'is_safetensors', 'torch_load_tensors', 'load_checkpoint', 'ConfigError', 'coerce',
-           'coerce_fields', 'load_yaml', 'exit_with_parent']
+           'tensors_under', 'is_safetensors', 'torch_load_tensors', 'load_checkpoint', 'coerce', 'coerce_fields',
+           'load_yaml', 'exit_with_parent']
 
 # %% ../nbs/03_safety.ipynb #31770f56
 MARKER = ".derma_jepa.json"
@@ -216,10 +216,6 @@ def load_checkpoint(path) -> tuple[dict, dict]:
         raise CheckpointError(str(e) if str(path) in str(e) else f"{path}: {e}") from None
 
 # %% ../nbs/03_safety.ipynb #3d128099
-class ConfigError(ValueError):
-    "A bad configuration value or an unknown parameter; the message names it."
-
-
 _INT = re.compile(r"[+-]?\d+")
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .data import atomic_write_bytes
+from .data import atomic_write_bytes, experiments_dir
 from .report import ANCHORS, backbone_label, in_arc, mean_sd_ci, scorer_label, sweep_deltas, tex_text
 
 # %% auto #0
 __all__ = ['HEADLINE', 'PROTOCOL_PREFIX', 'PER_PROTOCOL', 'CI_COLUMNS', 'FAMILY_NAME', 'ALLOWED', 'PROSE', 'PARTS', 'FINDING',
-           'fmt', 'tex_ci', 'tex_words', 'headline', 'data_digest', 'digest_text', 'agreement', 'paper_numbers',
-           'numbers_tex', 'prose_problems', 'experiments_table', 'provenance', 'plain', 'finding_text', 'write_text',
-           'log_problems', 'build_pdf']
+           'POPPLER_BOX', 'PRINT_FLOOR_PT', 'fmt', 'tex_ci', 'tex_words', 'headline', 'data_digest', 'digest_text',
+           'agreement', 'paper_numbers', 'numbers_tex', 'prose_problems', 'experiments_table', 'provenance', 'plain',
+           'finding_text', 'write_text', 'log_problems', 'small_print', 'build_pdf']
 
 # %% ../nbs/23_text.ipynb #7262c525
 def fmt(v, signed: bool = False, digits: int = 3) -> str:
@@ -346,7 +346,6 @@ read from a run directory that holds the executed notebook that produced it (\te
 # %% ../nbs/23_text.ipynb #7b0157e9
 def experiments_table() -> pd.DataFrame:
     "EXP-001 ... EXP-009 as their YAML files define them."
-    from derma_jepa.plan import experiments_dir
     rows = []
     for f in sorted(experiments_dir().glob("exp0*.yaml")):
         if f.stem == "exp009_pretrain": continue
@@ -438,6 +437,26 @@ def log_problems(log: str, max_overfull_pt: float = 10.0) -> list[str]:
     return out
 
 
+POPPLER_BOX = 0.88     # pdftotext's word box height / font size for Computer Modern (the 11 pt body: 9.69 pt boxes, measured)
+PRINT_FLOOR_PT = 8     # no table or prose text below it (21_render checks the figures' own text, drawn in DejaVu Sans)
+
+
+def small_print(pdf, floor: float = PRINT_FLOOR_PT) -> list[str]:
+    "Words of `pdf` set below `floor` pt (from poppler's word boxes), each with its page and size; [] when none."
+    import subprocess
+    html = subprocess.run(["pdftotext", "-bbox", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    out = []
+    for page, body in enumerate(html.split("<page ")[1:], 1):
+        words = [(float(a), float(b), float(c), float(d), w) for a, b, c, d, w in
+                 re.findall(r'xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">([^<]*)<', body)]
+        column = {}    # words of one x extent but of several heights (their lengths) are set vertically (a rotated label):
+        for x0, y0, x1, y1, w in words: column.setdefault((round(x0, 2), round(x1, 2)), set()).add(round(y1 - y0, 1))
+        for x0, y0, x1, y1, w in words:    # their size is the box's width, not its height
+            pt = ((x1 - x0) if len(column[round(x0, 2), round(x1, 2)]) > 1 else (y1 - y0)) / POPPLER_BOX
+            if pt < floor - 0.1: out.append(f"page {page}: {w!r} at {pt:.1f} pt")
+    return out
+
+
 def build_pdf(paper_dir="paper", out=None) -> dict:
     "Compile `paper_dir`/main.tex in a scratch copy; write main.pdf to `out` (default `paper_dir`/main.pdf)."
     import os, shutil, subprocess, tempfile
@@ -460,4 +479,6 @@ def build_pdf(paper_dir="paper", out=None) -> dict:
         dest = Path(out) if out else paper / "main.pdf"
         atomic_write_bytes(dest, (Path(tmp) / "paper" / "main.pdf").read_bytes())
     pages = re.search(r"Output written on main\.pdf \((\d+) pages", log)
-    return {"pdf": str(dest), "pages": int(pages.group(1)) if pages else None, "problems": log_problems(log)}
+    small = small_print(dest)
+    return {"pdf": str(dest), "pages": int(pages.group(1)) if pages else None,
+            "problems": log_problems(log) + ([f"{len(small)} words below {PRINT_FLOOR_PT} pt, e.g. {small[0]}"] if small else [])}

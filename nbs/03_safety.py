@@ -47,7 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from derma_jepa.data import DataError, atomic_write_bytes, cache_dir, follow_umask, os_reason
+from derma_jepa.data import ConfigError, DataError, atomic_write_bytes, cache_dir, follow_umask, os_reason
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -378,7 +378,6 @@ assert not (_ck / "PWNED").exists()
 test_fail(lambda: load_checkpoint(_ck / "cut.safetensors"), contains="cut.safetensors")
 test_fail(lambda: load_checkpoint(_ck / "none.safetensors"), contains="checkpoint not found")
 
-
 # %% [markdown]
 # ## Typed parameters
 #
@@ -389,10 +388,6 @@ test_fail(lambda: load_checkpoint(_ck / "none.safetensors"), contains="checkpoin
 
 # %%
 #| export
-class ConfigError(ValueError):
-    "A bad configuration value or an unknown parameter; the message names it."
-
-
 _INT = re.compile(r"[+-]?\d+")
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 

@@ -44,11 +44,11 @@ import pandas as pd
 import yaml
 
 from derma_jepa.backbones import ALIASES, backbone_spec, get_backbone
-from derma_jepa.data import DX_CONFLICT, DataError, cache_dir, load_records, require_readable, summarise_audit
+from derma_jepa.data import DX_CONFLICT, ConfigError, DataError, cache_dir, load_records, require_readable, summarise_audit
 from derma_jepa.nuisance import HELD_OUT_FAMILIES
 from derma_jepa.pairs import (ENDPOINT_KINDS, POLICIES, build_manifest, default_preset, distinct_sides, dx_mix, endpoint_mix,
                               lofo_folds, parse_ablate, parse_families)
-from derma_jepa.safety import ConfigError, check_destination, check_free_space, coerce, coerce_fields, load_yaml, write_marked_dir
+from derma_jepa.safety import check_destination, check_free_space, coerce, coerce_fields, load_yaml, write_marked_dir
 from derma_jepa.split import check_fractions, check_protocol, shared_split, split_counts, split_records
 
 # %%

@@ -283,7 +283,7 @@ def sweep_summary(long: pd.DataFrame, scorers=SWEEP_SCORERS) -> pd.DataFrame:
     rows = []
     for (exp, bb, si, prot, sc), g in t.groupby(["experiments", "backbone", "stand_in", "protocol", "scorer"], sort=False):
         rows.append({"experiment": exp, "backbone": backbone_label(bb, si), "protocol": prot, "scorer": sc,
-                     "seeds": ",".join(map(str, sorted(g.seed))), **mean_sd_ci(g.auroc)})
+                     "seeds": ", ".join(map(str, sorted(g.seed))), **mean_sd_ci(g.auroc)})
     return pd.DataFrame(rows)
 
 
@@ -675,7 +675,7 @@ def sweep_delta_table(long: pd.DataFrame) -> pd.DataFrame:
         chosen = g.chosen[g.chosen.ne("")].map(scorer_label).value_counts()
         f = "+.3f" if "−" in comp or "−" in prot else ".3f"              # a difference carries its sign, an AUROC does not
         rows.append({"experiment": exp, "backbone": bb, "endpoint": end, "protocol": prot, "comparison": comp, "n": s["n"],
-                     "seeds": ",".join(map(str, sorted(g.seed))),
+                     "seeds": ", ".join(map(str, sorted(g.seed))),
                      "mean ± SD [95% t CI]": f"{s['mean']:{f}} ± {s['sd']:.3f} [{s['ci_low']:{f}}, {s['ci_high']:{f}}]",
                      "val-chosen baseline (seeds)": ", ".join(f"{k} ({v})" for k, v in chosen.items()) or "–"})
     if not rows: return pd.DataFrame()
@@ -707,7 +707,7 @@ test_eq(_sd.loc[(*_k, "symmetric", "predictor − raw cosine"), "mean ± SD [95%
 _rs = mean_sd_ci([0.66 - 0.70, 0.65 - 0.71, 0.67 - 0.69])
 test_eq(_sd.loc[(*_k, "reference − symmetric", "predictor"), "mean ± SD [95% t CI]"],
         f"{_rs['mean']:+.3f} ± {_rs['sd']:.3f} [{_rs['ci_low']:+.3f}, {_rs['ci_high']:+.3f}]")
-test_eq(_sd.loc[(*_k, "reference", "target-only probe"), "seeds"], "1,2,3")
+test_eq(_sd.loc[(*_k, "reference", "target-only probe"), "seeds"], "1, 2, 3")
 test_eq(_sd.loc[(*_k, "reference", "target-only probe"), "mean ± SD [95% t CI]"], "0.700 ± 0.000 [0.700, 0.700]")
 test_eq(len(sweep_delta_table(_sw[_sw.protocol.eq("symmetric")]).sort_index().loc[_k]), 4)      # one protocol: no cross-protocol row
 # with the re-photo endpoint: its comparator is the run's own val choice, and reference − symmetric pairs seeds there too
@@ -744,22 +744,52 @@ def tex_symbols(tex: str) -> str:
     return tex
 
 
+TABLE_FONT = "\\footnotesize"      # 9 pt in the paper's 11 pt class: over the 8 pt floor, and no table is ever scaled
+MAX_COLUMNS = 10                   # a wider table is split by its first column level (one float per protocol)
+
+
+def table_parts(df: pd.DataFrame, max_columns: int = MAX_COLUMNS) -> list[tuple[str, pd.DataFrame]]:
+    "`df` whole, or (when wider than `max_columns` and its columns have levels) one part per first-level value."
+    if df.shape[1] <= max_columns or not isinstance(df.columns, pd.MultiIndex): return [("", df)]
+    return [(str(k), df.xs(k, axis=1, level=0, drop_level=True)) for k in dict.fromkeys(df.columns.get_level_values(0))]
+
+
+def _tabular(df: pd.DataFrame) -> str:
+    "A booktabs tabulary at the text width: every column wraps, each as wide as its text asks (tabulary's L)."
+    n_index = 0 if isinstance(df.index, pd.RangeIndex) else df.index.nlevels
+    tex = df.to_latex(escape=True, multicolumn_format="c", index=bool(n_index), multirow=False,   # a label wraps like any cell
+                      column_format="L" * (n_index + df.shape[1]))
+    return tex.replace("\\begin{tabular}", "\\begin{tabulary}{\\linewidth}").replace("\\end{tabular}", "\\end{tabulary}")
+
+
 def to_latex(df: pd.DataFrame, caption: str, label: str) -> str:
-    "A table as a booktabs LaTeX table, scaled to the text width."
-    tex = df.to_latex(caption=caption, label=label, escape=True, multicolumn_format="c", position="htbp")
-    tex = tex.replace("\\begin{tabular}", "\\resizebox{\\linewidth}{!}{\\begin{tabular}").replace("\\end{tabular}", "\\end{tabular}}")
-    return tex_symbols(tex)
+    """A booktabs LaTeX table at 9 pt (TABLE_FONT), never scaled: its text columns wrap within the page (tabulary), and a
+    table too wide for that is one float per first column level (e.g. per protocol), captioned so (`table_parts`)."""
+    parts = table_parts(df)
+    out = []
+    for k, (name, part) in enumerate(parts):
+        cap = caption + (f" Part {k + 1} of {len(parts)}: \\emph{{{tex_text(name)}}}." if name else "")
+        out.append(f"\\begin{{table}}[htbp]\n\\centering{TABLE_FONT}\n\\caption{{{cap}}}\n\\label{{{label}{'' if k == 0 else f'-{k + 1}'}}}\n"
+                   f"{_tabular(part)}\\end{{table}}\n")
+    return tex_symbols("".join(out))
 
 
 # %%
 assert "| EXP-004" in to_markdown(_at) and "reference · verdict" in to_markdown(_at)
 test_eq(tex_text("random_vitb16: 5% & #1 \\"), "random\\_vitb16: 5\\% \\& \\#1 \\textbackslash{}")
 assert "\\toprule" in to_latex(_at, "x", "tab:x") and "color\\_texture" in to_latex(_at, "x", "tab:x")
+# never scaled, never below 9 pt; the arc (both protocols side by side, 16 columns) is one float per protocol
+_tex = to_latex(_at, "x", "tab:x")
+assert "resizebox" not in _tex and "scalebox" not in _tex and _tex.count("\\footnotesize") == _tex.count("\\begin{table}")
+test_eq([n for n, _ in table_parts(_at)], ["reference", "symmetric"] if _at.shape[1] > MAX_COLUMNS else [""])
+test_eq(_tex.count("\\begin{tabulary}"), len(table_parts(_at)))
+test_eq([n for n, _ in table_parts(pd.DataFrame({("a", "x"): [1], ("b", "x"): [2]}))], [""])     # narrow: whole
 
 
 # %% [markdown]
-# Figures are saved as PNG without a timestamp (byte-identical when redrawn) and closed, for
-# 21_render and the EXP-009 section.
+# Figures are saved without a timestamp (byte-identical when redrawn) and closed, for 21_render
+# and the EXP-009 section: PNG for the site, and with `fig_files` also vector PDF for the paper,
+# whose text and lines stay sharp at any print size.
 
 # %%
 #| export
@@ -769,3 +799,24 @@ def _fig_bytes(fig) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
+
+
+def fig_files(fig) -> dict[str, bytes]:
+    "A figure as vector PDF (for LaTeX) and PNG (for the site), neither with a date in it; the figure is closed."
+    import io
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    with plt.rc_context({"pdf.fonttype": 42}):            # TrueType text: selectable and searchable, as journals ask
+        fig.savefig(buf, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
+    return {"pdf": buf.getvalue(), "png": _fig_bytes(fig)}
+
+
+# %%
+def _demo_fig():
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(3, 2)); ax.plot([0, 1], [0, 1]); ax.set_xlabel("false positive rate")
+    return fig
+
+_f1, _f2 = fig_files(_demo_fig()), fig_files(_demo_fig())
+test_eq(_f1, _f2)                                            # no date: a redraw is the same bytes, PDF and PNG
+assert _f1["pdf"].startswith(b"%PDF") and _f1["png"].startswith(b"\x89PNG") and b"CreationDate" not in _f1["pdf"]

@@ -490,17 +490,24 @@ def overlap_audit(a_paths, b_paths, calibration: dict, progress: bool = False) -
 
 
 def audit_figure(report: dict, n: int = 6, size: int = 120):
-    "Side-by-side thumbnails of the most similar candidate pairs (near-duplicates first), with their distances."
+    """The pairs the audit looked at hardest, a column each: HAM10000 above, the corpus image below. The adjudicated pairs
+    (flagged by hashes and pixel correlation) first, each with its decision; else the most similar hash candidates."""
     import matplotlib.pyplot as plt
-    pairs = report["candidates"].head(n)
+    adj = report.get("adjudication")
+    pairs = (adj.sort_values("aligned_score", ascending=False, kind="stable").head(n) if adj is not None and len(adj)
+             else report["candidates"].head(n))
     if pairs.empty: return None
-    fig, axes = plt.subplots(len(pairs), 2, figsize=(4, 2 * len(pairs)), squeeze=False)
-    for row, r in zip(axes, pairs.itertuples()):
-        for ax, p in zip(row, (r.path_a, r.path_b)):
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.9 * len(pairs) + 0.6, 4.4), squeeze=False)
+    for k, r in enumerate(pairs.itertuples()):
+        for row, p in enumerate((r.path_a, r.path_b)):
+            ax = axes[row][k]
             with Image.open(p) as im: ax.imshow(im.convert("RGB").resize((size, round(size * im.height / im.width))))
-            ax.set_xticks([]); ax.set_yticks([]); ax.set_title(Path(p).name, fontsize=7)
-        row[0].set_ylabel(" ".join(f"{h[0]}{getattr(r, h)}" for h in HASHES) + f"\nsim {r.similarity:.3f}", fontsize=7)
-    fig.tight_layout()
+            ax.set_xticks([]); ax.set_yticks([]); ax.set_xlabel(Path(p).name, fontsize=8.5, labelpad=2)
+        head = (f"adjudicated: {r.decision}\naligned corr. {r.aligned_score:.3f}" if hasattr(r, "decision") else
+                f"candidate\nsimilarity {r.similarity:.3f}")
+        axes[0][k].set_title(head, fontsize=9)
+    axes[0][0].set_ylabel("HAM10000", fontsize=10); axes[1][0].set_ylabel("pretraining corpus\n(not HAM10000)", fontsize=10)
+    fig.tight_layout(h_pad=0.6, w_pad=0.4)
     return fig
 
 
@@ -597,10 +604,10 @@ def run_overlap_audit(ham_dir, corpus_dir, out_dir, n_pos: int = 1000, n_neg: in
     out, stem = Path(out_dir), f"ham10000_vs_{Path(corpus_dir).name}"
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(rec, indent=1) + "\n").encode())
     fig = audit_figure(rep)
-    if fig is not None:
-        buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-        atomic_write_bytes(out / f"{stem}.png", buf.getvalue())
-    return {**rec, "report": rep}
+    if fig is not None:                     # vector PDF for the paper (EXP-009's section includes it), PNG for the site
+        from derma_jepa.report import fig_files
+        for ext, b in fig_files(fig).items(): atomic_write_bytes(out / f"{stem}.{ext}", b)
+    return {**rec, "report": rep, "figure": f"{stem}.pdf" if fig is not None else None}
 
 
 # %% [markdown]

@@ -117,8 +117,9 @@ def exp009_page(paper: Path) -> str:
     body = "# EXP-009: pretraining on dermoscopy that never saw HAM10000\n\nRendered by `make exp009` (`nbs/exp009.ipynb`).\n\n"
     body += (_section("Comparison", d / "exp009_table.md") + _section("The EXP-004 recipe by encoder", d / "recipe_table.md")
              + _section("Diagnosis probes", d / "probe_table.md"))
-    body += "".join(f"\n## Figure: {p.stem.replace('_', ' ')}\n\n![{p.stem}](exp009/{p.name})\n" for p in sorted(d.glob("*.png")))
-    body += "".join(f"\n## The overlap audit\n\n![overlap audit](audit/{p.name})\n" for p in sorted((Path(paper) / "audit").glob("*.png")))
+    caps = dict(re.findall(r"^- `([\w./-]+\.png)`: (.+)$", (d / "figures.md").read_text(), re.M)) if (d / "figures.md").exists() else {}
+    body += "".join(f"\n## Figure: {Path(f).stem.replace('_', ' ')}\n\n```{{figure}} {f}\n:width: 100%\n\n{c}\n```\n"
+                    for f, c in caps.items() if (Path(paper) / f).exists())
     if (d / "runs.md").exists(): body += "\n" + re.sub(r"^# ", "## ", (d / "runs.md").read_text(), count=1)
     return body
 
@@ -165,7 +166,11 @@ myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 html_theme = "sphinx_book_theme"
 html_title = "derma-jepa"
-html_theme_options = {"show_toc_level": 2, "use_download_button": False}   # sources are not copied
+# sources are not copied; the page's contents join the site's in the left column, so the article has the rest of the window
+html_theme_options = {"show_toc_level": 2, "use_download_button": False, "secondary_sidebar_items": []}
+html_sidebars = {"**": ["navbar-logo.html", "icon-links.html", "sbt-sidebar-nav.html", "page-toc.html"]}   # one search: the header's
+html_static_path = ["_static"]
+html_css_files = ["derma_jepa.css"]       # the article as wide as the window allows (wide tables, figures)
 html_last_updated_fmt = None
 html_copy_source = False
 html_show_sourcelink = False
@@ -174,16 +179,38 @@ autodoc_typehints = "none"
 suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 exclude_patterns = ["_build"]
 '''
+SITE_CSS = """/* Written by derma_jepa.docs.site_sources: wide tables and figures get the window's width, not a 60em column. */
+.bd-page-width { max-width: 100%; }
+.bd-main .bd-content .bd-article-container { max-width: 100%; }
+"""
+DIRECTIVE = re.compile(r"^#\|\s*(\S+)")
+
+
+def site_notebook(nb):
+    """`nb` as a reader's page: nbdev's directive lines (`#| export`, `#| default_exp ...`) are build instructions, not
+    content, so they are dropped, with the cells that hold nothing else and the cells marked `#| hide`."""
+    nb = nbformat.from_dict(nb)
+    keep = []
+    for c in nb.cells:
+        if c.cell_type == "code":
+            lines = c.source.splitlines()
+            if any((m := DIRECTIVE.match(l)) and m.group(1) == "hide" for l in lines): continue
+            rest = [l for l in lines if not DIRECTIVE.match(l)]
+            if not "".join(rest).strip() and not c.get("outputs"): continue
+            c.source = "\n".join(rest).strip("\n")
+        keep.append(c)
+    nb.cells = keep
+    return nb
 
 
 def site_sources(root: Path = ROOT) -> dict[str, bytes]:
     "Every file of the Sphinx source folder, from the checkout at `root`: relative name -> bytes."
     root = Path(root)
-    files, method, pipelines = {"conf.py": CONF_PY.encode()}, [], []
+    files, method, pipelines = {"conf.py": CONF_PY.encode(), "_static/derma_jepa.css": SITE_CSS.encode()}, [], []
     if (root / "nbs" / "protocol.md").exists():             # the specification, first: the notebooks cite it
         files["nbs/protocol.md"] = (root / "nbs" / "protocol.md").read_bytes(); method.append("nbs/protocol")
     for p in reading_order(root / "nbs"):
-        files[f"nbs/{p.name}"] = p.read_bytes()
+        files[f"nbs/{p.name}"] = nbformat.writes(site_notebook(nbformat.read(p, as_version=4))).encode()
         (pipelines if p.stem in PIPELINES else method).append(f"nbs/{p.stem}")
     paper, paper_toc = root / "paper", []
     if (paper / "README.md").exists():
@@ -224,6 +251,13 @@ _paper = _src["paper/index.md"].decode()
 test_eq(_paper.count("```{figure}"), len(figure_captions((ROOT / "paper" / "README.md").read_text())))
 assert {f"api/{m}.md" for m in ("data", "metrics", "notebooks", "docs")} <= set(_src)
 test_eq(notebook_title(nbformat.read(ROOT / "nbs" / "10_metrics.ipynb", as_version=4)).split(":")[0], "Metrics")
+# nbdev's directives are not content: no `#|` line on a page, and the title is the page's first cell
+_page = nbformat.reads(_src["nbs/00_data.ipynb"].decode(), as_version=4)
+assert not any(DIRECTIVE.match(l) for c in _page.cells for l in c.source.splitlines()) and _page.cells[0].cell_type == "markdown"
+_demo = site_notebook(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("#| default_exp data"), nbformat.v4.new_markdown_cell("# T"),
+                                                      nbformat.v4.new_code_cell("#| export\ndef f(): pass"),
+                                                      nbformat.v4.new_code_cell("#| hide\nsecret = 1")]))
+test_eq([c.source for c in _demo.cells], ["# T", "def f(): pass"])
 test_eq(notebook_title(retitled(nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# One run\n\ntext")]), "EXP-004")), "EXP-004")
 sorted(_src)[:8], len(_src)
 

@@ -48,8 +48,7 @@ import time
 import traceback
 from pathlib import Path
 
-from derma_jepa.data import atomic_write_bytes
-from derma_jepa.safety import ConfigError
+from derma_jepa.data import ConfigError, atomic_write_bytes
 
 # %%
 import tempfile

@@ -52,9 +52,9 @@ import pandas as pd
 import yaml
 
 from derma_jepa.backbones import OFFLINE_BACKBONES, WeightsNotFound, backbone_spec, resolve_weights
-from derma_jepa.data import DataError, atomic_write_bytes
+from derma_jepa.data import ConfigError, DataError, atomic_write_bytes, experiments_dir, repo_root
 from derma_jepa.executors import EXECUTORS, LocalExecutor, WorkItem, check_resources, make_executor, summary
-from derma_jepa.experiment import Config, ConfigError, resolve_data, run_id
+from derma_jepa.experiment import Config, resolve_data, run_id
 from derma_jepa.safety import check_destination, load_yaml
 from derma_jepa.pairs import ABLATIONS, lofo_folds
 
@@ -63,25 +63,12 @@ SIDES_PER_JOB = 2048         # sides one embedding job takes (an arc file's `sid
 # %%
 from fastcore.test import test_eq, test_fail
 
-
 # %% [markdown]
 # ## Where things are
 #
 # The arc files and `run.ipynb` live in the repository, found by walking up from the working
-# directory to `settings.ini` (so notebooks, tests and `make` agree).
-
-# %%
-#| export
-def repo_root(start=None) -> Path:
-    "The folder holding settings.ini, searched upwards from `start` (default: the working directory)."
-    p = Path(start or Path.cwd()).resolve()
-    for q in [p, *p.parents]:
-        if (q / "settings.ini").exists() and (q / "nbs").is_dir(): return q
-    raise DataError(f"no derma-jepa checkout (settings.ini + nbs/) above {p}")
-
-
-def experiments_dir() -> Path: return repo_root() / "nbs" / "experiments"
-
+# directory to `settings.ini` (so notebooks, tests and `make` agree): 00_data's `repo_root` and
+# `experiments_dir`, which the paper's text (23_text) reads too without importing this module.
 
 # %%
 assert (experiments_dir() / "arc.yaml").exists()

@@ -50,7 +50,7 @@ import pandas as pd
 from derma_jepa.data import atomic_write_bytes, load_records
 from derma_jepa.experiment import resolve_data
 from derma_jepa.pairs import render_side
-from derma_jepa.report import (_fig_bytes, ablation_table, anchor_table, arc_ran, backbone_label, collect, in_arc, interval_table, lofo_table, not_run, optimiser_table, rephoto_delta_table,
+from derma_jepa.report import (fig_files, ablation_table, anchor_table, arc_ran, backbone_label, collect, in_arc, interval_table, lofo_table, not_run, optimiser_table, rephoto_delta_table,
                                rephoto_table, scorer_label, sweep_delta_table, sweep_table, tex_symbols, tex_text, to_latex,
                                to_markdown)
 from derma_jepa.safety import write_marked_dir
@@ -76,7 +76,7 @@ def arc_runs(long: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 
 def _rows_axis(ax, labels):
-    ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis()
+    ax.set_yticks(range(len(labels)), labels, fontsize=9); ax.invert_yaxis()
 
 
 def _ci_points(ax, g, labels, x, lo, hi, offset, color=None, **kw):
@@ -134,36 +134,46 @@ def fig_leak(long: pd.DataFrame):
             _ci_points(ax, t[t.protocol.eq(prot) & t.scorer.eq(sc)], labels, "auroc", "auroc_lo", "auroc_hi",
                        (k - 0.5) * 0.25, color=colour, label=sc.replace("_", " "))
         ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_xlim(0, 1.02)
-        ax.set_title(prot, fontsize=9); ax.set_xlabel("single-side probe, test AUROC (95% CI)", fontsize=8)
-    _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=7, loc="lower left")
+        ax.set_title(prot, fontsize=10); ax.set_xlabel("single-side probe, test AUROC (95% CI)", fontsize=9)
+    _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=8.5, loc="lower left")
     fig.tight_layout()
     return fig
 
 
 def fig_delta_forest(long: pd.DataFrame):
-    """Δ test AUROC with 95% intervals, per experiment and protocol, in two panels: the predictor − the raw cosine (the
-    same comparator under both protocols) and the predictor − the strongest baseline (each point names the baseline its
-    protocol's rule chose), so a change of comparator is not read as a change of the predictor."""
+    """Per experiment and protocol, with 95% intervals: the predictor's test AUROC beside its comparator's (the strongest
+    baseline, as each protocol's rule chose it), then Δ = predictor − raw cosine (one comparator for both protocols) and
+    Δ = predictor − strongest baseline (named), so a change of Δ between protocols can be read as a change of the
+    predictor, of the comparator, or of which comparator was chosen."""
     import matplotlib.pyplot as plt
-    t = arc_runs(long)
-    t = t[t.scorer.eq("predictor")]
+    runs = arc_runs(long)
+    t = runs[runs.scorer.eq("predictor")]
+    comp = runs.set_index(["run_dir", "scorer"])[["auroc", "auroc_lo", "auroc_hi"]]
+    t = t.assign(**{f"comp_{c}": [comp[c].get((d, b), np.nan) for d, b in zip(t.run_dir, t.strongest_baseline)]
+                    for c in ("auroc", "auroc_lo", "auroc_hi")})
     labels, prots = list(dict.fromkeys(t.label)), list(dict.fromkeys(t.protocol))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.9 + 0.42 * len(labels)), sharey=True)
-    panels = [("delta_identity", "predictor − raw cosine\n(one comparator for both protocols)"),
-              ("delta", "predictor − strongest baseline\n(as each protocol chose it; named)")]
-    for ax, (col, title) in zip(axes, panels):
-        for k, prot in enumerate(prots):
-            off = (k - (len(prots) - 1) / 2) * 0.25
-            g = t[t.protocol.eq(prot)]
-            _ci_points(ax, g, labels, col, f"{col}_lo", f"{col}_hi", off, color=PROTOCOL_COLOURS.get(prot), label=prot)
-            if col == "delta":
-                for r in g.itertuples():
-                    ax.annotate(scorer_label(r.strongest_baseline), (r.delta_hi, labels.index(r.label) + off),
-                                xytext=(3, 0), textcoords="offset points", va="center", fontsize=6)
-        ax.axvline(0, color="k", ls=":", lw=0.8)
-        ax.set_xlabel("Δ test AUROC (95% CI)"); ax.set_title(title, fontsize=9)
-    _rows_axis(axes[0], labels); axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    height = 1.9 + 0.62 * len(labels)                       # the rows, the titles and axis labels, and the legend below
+    fig, axes = plt.subplots(1, 3, figsize=(12, height), sharey=True, gridspec_kw={"width_ratios": [1.1, 1, 1.25]})
+    for k, prot in enumerate(prots):
+        off, c = (k - (len(prots) - 1) / 2) * 0.3, PROTOCOL_COLOURS.get(prot)
+        g = t[t.protocol.eq(prot)]
+        _ci_points(axes[0], g, labels, "auroc", "auroc_lo", "auroc_hi", off - 0.06, color=c, label=f"{prot}: predictor")
+        _ci_points(axes[0], g, labels, "comp_auroc", "comp_auroc_lo", "comp_auroc_hi", off + 0.06, color=c, mfc="white",
+                   label=f"{prot}: strongest baseline")
+        for ax, col in zip(axes[1:], ("delta_identity", "delta")):
+            _ci_points(ax, g, labels, col, f"{col}_lo", f"{col}_hi", off, color=c, label=prot)
+        for r in g.itertuples():
+            axes[2].annotate(scorer_label(r.strongest_baseline), (r.delta_hi, labels.index(r.label) + off),
+                             xytext=(3, 0), textcoords="offset points", va="center", fontsize=9.5)
+    titles = ["test AUROC: predictor (filled)\nand strongest baseline (open)", "Δ: predictor − raw cosine\n(one comparator for both protocols)",
+              "Δ: predictor − strongest baseline\n(as each protocol chose it; named)"]
+    for ax, title in zip(axes, titles):
+        ax.axvline(0.5 if ax is axes[0] else 0, color="k", ls=":", lw=0.8); ax.set_title(title, fontsize=10)
+        ax.set_xlabel("test AUROC (95% CI)" if ax is axes[0] else "Δ test AUROC (95% CI)", fontsize=9)
+    axes[2].margins(x=0.35)                                  # room for the baselines' names right of their intervals
+    axes[0].set_yticks(range(len(labels)), [l.replace(" · ", "\n") for l in labels], fontsize=9.5); axes[0].invert_yaxis()
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=9.5, frameon=False)
+    fig.tight_layout(rect=(0, 0.62 / height, 1, 1))
     return fig
 
 
@@ -183,8 +193,8 @@ def fig_auroc_by_backbone(long: pd.DataFrame, experiments=("EXP-004", "EXP-006b"
         for k, sc in enumerate(scorers):
             _ci_points(ax, t[t.protocol.eq(prot) & t.scorer.eq(sc)], labels, "auroc", "auroc_lo", "auroc_hi",
                        (k - (len(scorers) - 1) / 2) * 0.22, color=colours[sc], label=scorer_label(sc))
-        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(prot, fontsize=9); ax.set_xlabel("test AUROC (95% CI)", fontsize=8)
-    _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=8, loc="best")
+        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(prot, fontsize=10); ax.set_xlabel("test AUROC (95% CI)", fontsize=9)
+    _rows_axis(axes[0][0], labels); axes[0][0].legend(fontsize=8.5, loc="best")
     fig.tight_layout()
     return fig
 
@@ -242,9 +252,11 @@ def fig_roc(plan: pd.DataFrame, experiment: str = "EXP-004"):
             if g.empty: continue
             fpr, tpr, _ = roc_curve(g.label, g.score)
             ax.plot(fpr, tpr, lw=2 if sc == "predictor" else 1, label=f"{scorer_label(g.scorer.iloc[0])} ({roc_auc_score(g.label, g.score):.3f})")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set_xlabel("FPR"); ax.set_ylabel("TPR")
-        ax.set_title(f"{experiment} · {backbone_label(r.backbone, r.stand_in)} · {r.protocol}", fontsize=8)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_xlabel("false positive rate (share of stable pairs called changing)", fontsize=9)
+        ax.set_ylabel("true positive rate (share of changing pairs)", fontsize=9)
+        ax.set_title(f"{experiment} · {backbone_label(r.backbone, r.stand_in)} · {r.protocol}", fontsize=10)
+        ax.legend(fontsize=8.5, loc="lower right", title="scorer (test AUROC)", title_fontsize=8.5)
     fig.tight_layout()
     return fig
 
@@ -259,7 +271,8 @@ def fig_score_histograms(plan: pd.DataFrame, experiment: str = "EXP-004"):
     g = sns.displot(data=pd.concat(parts, ignore_index=True), x="score", hue="kind", row="backbone", col="protocol",
                     kind="hist", stat="density", common_norm=False, common_bins=True, element="step", height=2.4, aspect=1.5,
                     facet_kws={"sharex": False, "sharey": False})
-    g.set_titles("{row_name} · {col_name}"); g.set_xlabels(f"{experiment} predictor score (test)")
+    g.set_titles("{row_name} · {col_name}"); g.set_xlabels(f"{experiment} predictor score, test pairs (higher: more change)")
+    g.set_ylabels("density (each class sums to 1)")
     return g.figure
 
 
@@ -275,12 +288,14 @@ GALLERY_ROWS = (("train", "stable"), ("train", "changing"), ("test", "stable"), 
 
 
 def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int = 120):
-    "Real pairs of one experiment, stable / changing / re-photographed, training and held-out families, protocols side by side."
+    """Real pairs of one experiment: a column per pair kind (stable / changing / re-photographed, training and held-out
+    families), a row per protocol and side; each image titled with its diagnosis and the nuisance family drawn on it."""
     import matplotlib.pyplot as plt
     rows = experiment_runs(plan, experiment).drop_duplicates("protocol")
     if rows.empty: return None
     records = {}
-    fig, axes = plt.subplots(len(GALLERY_ROWS), 2 * len(rows), figsize=(2.1 * 2 * len(rows), 2 * len(GALLERY_ROWS)), squeeze=False)
+    fig, axes = plt.subplots(2 * len(rows), len(GALLERY_ROWS), figsize=(1.75 * len(GALLERY_ROWS), 1.55 * 2 * len(rows)),
+                             squeeze=False)
     for j, r in enumerate(rows.itertuples()):
         cfg = r.config
         key = (cfg.data, cfg.resolved_missing_lesion, cfg.dx_conflict)
@@ -290,18 +305,57 @@ def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int 
         for i, (split, kind) in enumerate(GALLERY_ROWS):
             pair = m[m.split.eq(split) & m.kind.eq(kind)].head(1)
             for k, side in enumerate(("context", "target")):
-                ax = axes[i][2 * j + k]; ax.set_xticks([]); ax.set_yticks([])
+                ax = axes[2 * j + k][i]; ax.set_xticks([]); ax.set_yticks([])
+                if i == 0: ax.set_ylabel(f"{r.protocol}\n{side}", fontsize=10)
+                if j == 0 and k == 0: ax.set_title(f"{split} {kind if kind != 'rephoto' else 're-photo'}\n", fontsize=10,
+                                                   fontweight="bold")
                 if pair.empty:
-                    ax.text(0.5, 0.5, "none under\n" + r.protocol, ha="center", va="center", fontsize=7); continue
+                    ax.text(0.5, 0.5, "none under\n" + r.protocol, ha="center", va="center", fontsize=9); continue
                 p = pair.iloc[0]
                 recipe = p[f"{side}_recipe"]
                 im = render_side(records[key], p[f"{side}_image_id"], recipe)
                 ax.imshow(im.resize((size, round(size * im.height / im.width))))
-                ax.set_title(f"{r.protocol} {side} ({p.dx}): {json.loads(recipe)['family']}", fontsize=6)
-    for i, (split, kind) in enumerate(GALLERY_ROWS):
-        axes[i][0].set_ylabel(f"{split} {kind}" + ("\n(real re-photograph)" if kind == "rephoto" else ""), fontsize=7)
-    fig.tight_layout()
+                fam = json.loads(recipe)["family"]
+                ax.set_xlabel(f"{p.dx} · {'original' if fam == 'none' else fam.replace('_', ' ')}", fontsize=9, labelpad=2)
+    fig.tight_layout(h_pad=0.4, w_pad=0.3)
     return fig
+
+
+# %% [markdown]
+# ## Print size
+#
+# `main.tex` includes each figure at the text width, at most 0.8 of the text height (the rest is
+# the caption), on a landscape A4 page with 1.5 cm margins. `print_scale` is the factor the page
+# applies to a figure as it is saved (its tight bounding box); `small_text` lists the text that
+# would print below the 8 pt floor, which every paper figure is checked against.
+
+# %%
+#| export
+PAGE_CM, MARGIN_CM, FIG_MAX_HEIGHT = (29.7, 21.0), 1.5, 0.8      # landscape A4 (main.tex's geometry) and the figures' height cap
+PRINT_FLOOR_PT = 8
+
+
+def _drawn(fig):
+    "`fig` drawn (tick labels get their text only when drawn) on a canvas with a renderer; the renderer."
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = fig.canvas if hasattr(fig.canvas, "get_renderer") else FigureCanvasAgg(fig)    # a closed inline figure has none
+    canvas.draw()
+    return canvas.get_renderer()
+
+
+def print_scale(fig) -> float:
+    "The factor by which main.tex scales `fig` (as saved, its tight bounding box) to fit the text width and height cap."
+    bb = fig.get_tightbbox(_drawn(fig))
+    w_in, h_in = ((c - 2 * MARGIN_CM) / 2.54 for c in PAGE_CM)
+    return min(w_in / bb.width, FIG_MAX_HEIGHT * h_in / bb.height)
+
+
+def small_text(fig, floor: float = PRINT_FLOOR_PT) -> list[str]:
+    "The visible texts of `fig` that print below `floor` pt in the paper, each with its printed size."
+    from matplotlib.text import Text
+    s = print_scale(fig)
+    return sorted({f"{t.get_text()[:30]!r}: {t.get_fontsize() * s:.1f} pt" for t in fig.findobj(Text)
+                   if t.get_visible() and t.get_text().strip() and t.get_fontsize() * s < floor})
 
 
 # %% [markdown]
@@ -320,13 +374,15 @@ FIGURES = {
                      "train split (training families) and from the test split (held-out family), and under the symmetric "
                      "protocol a real re-photographed lesion; reference on the left, symmetric on the right. Under reference "
                      "only stable targets are processed.", fig_pair_gallery),
-    "delta_forest": ("Δ = test AUROC of the predictor minus a comparator, with its 95% paired bootstrap interval "
-                     "(lesion-level under symmetric, the release's pair-level under reference), per experiment and "
-                     "protocol. Left: minus the raw embedding cosine, the same comparator under both protocols. Right: "
-                     "minus the strongest baseline, which each protocol's rule chooses differently (on test under "
-                     "reference, on val under symmetric), named beside each point: a move between protocols on the "
-                     "right can be a change of comparator, not of the predictor. Left of the dotted line the predictor "
-                     "is worse than a comparator that needs no training.",
+    "delta_forest": ("What Δ is made of, per experiment and protocol, with 95% intervals. Left: the predictor's test AUROC "
+                     "(filled) beside that of its comparator, the strongest baseline (open), which each protocol's rule "
+                     "chooses differently (on test under reference, on val under symmetric). Middle: Δ = predictor minus "
+                     "the raw embedding cosine, the same comparator under both protocols. Right: Δ = predictor minus the "
+                     "strongest baseline, named beside each point (paired bootstrap intervals: lesion-level under "
+                     "symmetric, the release's pair-level under reference). A move between protocols on the right can be "
+                     "the predictor's change, the comparator's, or a change of comparator: the left panel says which. "
+                     "Left of the dotted line in the middle and right the predictor is worse than a comparator that needs "
+                     "no training.",
                      fig_delta_forest),
     "roc_exp004": ("EXP-004 test ROC curves per backbone and protocol: the predictor, pixel L2, SSIM, the raw embedding "
                    "cosine and the target-only probe (AUROC in the legend).", fig_roc),
@@ -365,7 +421,8 @@ def make_paper_figures(plan: pd.DataFrame, long: pd.DataFrame) -> dict:
 #| export
 MAIN_TEX = r"""\documentclass[11pt]{article}
 \usepackage[margin=1.5cm,landscape]{geometry}
-\usepackage{booktabs,multirow,graphicx,caption}
+\usepackage{booktabs,multirow,graphicx,caption,tabulary}
+\setlength{\tymin}{4em}    %% no table column narrower than a short word
 \title{DermaJEPA, re-run: the experiment arc under the reference and symmetric protocols}
 \author{derma-jepa}
 \date{}
@@ -490,6 +547,9 @@ of pairs; the re-photo endpoint resamples lesions, each with its two pairs, unde
 
 ## Figures
 
+Each figure is a vector PDF (`figures/*.pdf`, which `main.tex` includes) and a PNG (`figures/*.png`, for the site),
+drawn from the colour-blind-safe Okabe-Ito palette, with no text below 8 pt on the page.
+
 {figures}
 
 Thumbnails of HAM10000 images in `figures/pair_gallery.png` and `audit/`: HAM10000 is CC BY-NC-SA 4.0
@@ -524,15 +584,15 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
         files[f"tables/{name}.md"] = to_markdown(df).encode()
         files[f"tables/{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
     figs = make_paper_figures(plan, long)
-    files.update({f"figures/{k}.png": _fig_bytes(f) for k, f in figs.items()})
+    for k, f in figs.items(): files.update({f"figures/{k}.{ext}": b for ext, b in fig_files(f).items()})
     # where a run executed (job id, state, log) is the plan's business, not the paper's: the same runs give the same paper
     runs = (plan.drop(columns=["config", "job_id", "job_state", "job_log"], errors="ignore")
             .drop_duplicates(["experiment", "protocol", "seed", "backbone"]))
     runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
     runs = runs.drop(columns="run_dir")
     files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
-    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height=0.8\\textheight,"
-                        f"keepaspectratio]{{figures/{k}.png}}\\caption{{{tex_symbols(tex_text(FIGURES[k][0]))}}}\\label{{fig:{k}}}"
+    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height={FIG_MAX_HEIGHT}\\textheight,"
+                        f"keepaspectratio]{{figures/{k}.pdf}}\\caption{{{tex_symbols(tex_text(FIGURES[k][0]))}}}\\label{{fig:{k}}}"
                         f"\\end{{figure}}" for k in figs)
     label = {"hub": "the paper's hub backbones only",
              "offline": "the paper's hub backbones and the offline stand-ins random_vitb16 and color_texture"}
@@ -564,7 +624,8 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
 # %%
 import dataclasses
 from derma_jepa.experiment import run
-from derma_jepa.plan import plan_arc, experiments_dir
+from derma_jepa.data import experiments_dir
+from derma_jepa.plan import plan_arc
 
 _tmp = Path(tempfile.mkdtemp())
 (_tmp / "arc.yaml").write_text("experiments: [exp004, exp006b]\nprotocols: [reference, symmetric]\n")
@@ -575,14 +636,20 @@ for _cfg in _plan[_plan.status.eq("run")].drop_duplicates("run_dir").config: run
 test_eq(_plan[_plan.status.eq("run")].run_dir.nunique(), 2)
 _paper = render_paper(_plan, _tmp / "paper", "color_texture")
 test_eq(sorted(_paper["figures"]), sorted(set(FIGURES) - {"auroc_by_backbone"}))     # one backbone: that figure waits for several
-_ax = _paper["figures"]["delta_forest"].axes          # raw cosine left; right, each point names its protocol's baseline
-test_eq(len(_ax), 2)
-assert _ax[1].texts and {x.get_text() for x in _ax[1].texts} <= set(_paper["long"].strongest_baseline.dropna().map(scorer_label))
+_ax = _paper["figures"]["delta_forest"].axes          # AUROCs; Δ vs raw cosine; Δ vs the strongest baseline, each named
+test_eq(len(_ax), 3)
+assert _ax[2].texts and {x.get_text() for x in _ax[2].texts} <= set(_paper["long"].strongest_baseline.dropna().map(scorer_label))
+_pr = arc_runs(_paper["long"]).query("scorer == 'predictor'")     # the open points are the comparators: predictor − Δ
+_open = sorted(x for l in _ax[0].lines if l.get_markerfacecolor() == "white" for x in l.get_xdata() if np.isfinite(x))
+np.testing.assert_allclose(_open, sorted(_pr.auroc - _pr.delta), atol=1e-9)
 test_eq(list(_paper["tables"]["arc"].index.get_level_values(0)).count("EXP-004 = EXP-006b"), 1)
 _before = {f: f.read_bytes() for f in (_tmp / "paper").rglob("*") if f.is_file()}
 render_paper(_plan, _tmp / "paper", "color_texture")
 test_eq({f: f.read_bytes() for f in (_tmp / "paper").rglob("*") if f.is_file()}, _before)
 assert all(f"figures/{k}.png" in (_tmp / "paper" / "README.md").read_text() for k in _paper["figures"])
+for _k in _paper["figures"]:                          # vector PDF for LaTeX (which includes it), PNG for the site
+    assert (_tmp / "paper" / "figures" / f"{_k}.pdf").read_bytes().startswith(b"%PDF") and (_tmp / "paper" / "figures" / f"{_k}.png").exists()
+    assert f"{{figures/{_k}.pdf}}" in (_tmp / "paper" / "main.tex").read_text()
 _paper["tables"]["arc"]
 
 # %% [markdown]
@@ -606,14 +673,18 @@ test_eq((_tmp / "paper" / "runs" / "EXP-004-reference-color_texture.ipynb").read
 (_rd / "run.ipynb").unlink()
 
 # %% [markdown]
-# Every figure's colours come from `PALETTE` (Okabe & Ito) or are greys: checked on the figures just
-# rendered, and shown to fail on a figure drawn with matplotlib's default cycle.
+# Every figure's colours come from `PALETTE` (Okabe & Ito) or are greys, and none of its text prints
+# below 8 pt on the paper's page: checked on the figures just rendered, and shown to fail on a
+# figure drawn with matplotlib's default cycle and on one with 4 pt tick labels.
 
 # %%
 import matplotlib.pyplot as plt
-for _k, _f in _paper["figures"].items(): test_eq((_k, palette_problems(_f)), (_k, []))
+for _k, _f in _paper["figures"].items(): test_eq((_k, palette_problems(_f), small_text(_f)), (_k, [], []))
 _fd, _ax = plt.subplots(); _ax.plot([0, 1], [0, 1]); _ax.plot([0, 1], [1, 0])
-test_eq(palette_problems(_fd), ["#1f77b4", "#ff7f0e"]); plt.close(_fd)
+test_eq(palette_problems(_fd), ["#1f77b4", "#ff7f0e"])
+_ax.tick_params(labelsize=4); _ax.set_xlabel("false positive rate", fontsize=10)   # ×1.6 on the page: 6.6 pt and 16 pt
+assert small_text(_fd) and all("pt" in t for t in small_text(_fd)) and not any("false positive" in t for t in small_text(_fd))
+plt.close(_fd)
 
 # %%
 from IPython.display import display

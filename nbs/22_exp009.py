@@ -24,7 +24,7 @@
 #    near, is *left out* of pretraining, whatever the adjudication says about it. What the audit
 #    can claim is what it measured (a recall on synthetic copies, a false-positive rate on
 #    held-out negatives), not that the corpus is free of HAM10000.
-# 2. **pretrain** (15_pretrain): each objective (MAE, VAE, SimCLR, I-JEPA) trains the same
+# 2. **pretrain** (15_pretrain): each objective (MAE, VAE, SimCLR, I-JEPA, GraVIS) trains the same
 #    ViT-Tiny/16 at 112 px from the same initial weights, on the audited corpus, for the **same
 #    number of images seen** (steps × batch; the objectives differ up to 4× in images per second,
 #    so equal wall-clock budgets are not what a CPU delivers, and equal images seen is the budget
@@ -54,14 +54,14 @@ import numpy as np
 import pandas as pd
 
 from derma_jepa.backbones import backbone_spec
-from derma_jepa.data import DataError, atomic_write_bytes
+from derma_jepa.data import ConfigError, DataError, atomic_write_bytes, experiments_dir
 from derma_jepa.executors import check_resources
-from derma_jepa.experiment import Config, ConfigError, run_id
+from derma_jepa.experiment import Config, run_id
 from derma_jepa.split import PROTOCOLS
 from derma_jepa.pretrain import OBJECTIVES, PretrainConfig, random_encoder
 from derma_jepa.safety import load_checkpoint, load_yaml, write_marked_dir
-from derma_jepa.plan import experiments_dir, parse_backbones
-from derma_jepa.render import PALETTE, paper_style
+from derma_jepa.plan import parse_backbones
+from derma_jepa.render import FIG_MAX_HEIGHT, PALETTE, paper_style
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -119,8 +119,8 @@ def load_exp009(path=None, **overrides) -> dict:
 # %%
 os.environ.setdefault("ISIC_NONHAM_DIR", "/corpus")            # the shipped file reads $ISIC_NONHAM_DIR
 _s = load_exp009()
-test_eq(_s["objectives"], ["mae", "vae", "simclr", "ijepa"])
-test_eq({o: c.steps for o, c in _s["pretrain"].items()}, dict.fromkeys(["mae", "vae", "simclr", "ijepa"], 320))   # equal images seen
+assert {"mae", "vae", "simclr", "ijepa"} <= set(_s["objectives"]) <= set(OBJECTIVES)      # the shipped file: every objective known
+test_eq({o: c.steps for o, c in _s["pretrain"].items()}, dict.fromkeys(_s["objectives"], 320))   # equal images seen
 test_eq(len({dataclasses.replace(c, objective="mae", steps=1) for c in _s["pretrain"].values()}), 1)   # one shared recipe
 _tmp = Path(tempfile.mkdtemp())
 for _bad, _msg in [({"objectives": ["mae", "byol"]}, "unknown objective 'byol'"), ({"protocols": ["leaky"]}, "unknown protocol 'leaky'"),
@@ -475,42 +475,48 @@ def fig_pretraining(encoders: pd.DataFrame):
         tensors, meta = load_checkpoint(r.path)
         h = pd.DataFrame(meta["history"])
         dim = tensors["head.weight"].shape[0] // 2 if "head.weight" in tensors else tensors["encoder.pos_embed"].shape[-1]  # the monitored feature
-        axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=9)
+        axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=10)
+        axes[0][k].set_ylabel("training loss (the objective's own scale)" if k == 0 else "", fontsize=9)
         axes[1][k].plot(h.step, h.feature_std, color=PALETTE[1])
         axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
         axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
-        axes[1][k].legend(fontsize=7, loc="lower right")
-        axes[1][k].set_title("feature std (collapse monitor)", fontsize=9); axes[1][k].set_xlabel("step")
+        axes[1][k].legend(fontsize=8.5, loc="lower right")
+        axes[1][k].set_title(f"{r.objective}: collapse monitor", fontsize=10); axes[1][k].set_xlabel("optimiser step", fontsize=9)
+        axes[1][k].set_ylabel("batch std of normalised features" if k == 0 else "", fontsize=9)
     fig.tight_layout()
     return fig
 
 
 def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, scorers=("predictor", "identity", "pixel_l2")):
+    "Per encoder (rows): the diagnosis probe by label fraction, then the EXP-004 recipe's test AUROC per protocol."
     import matplotlib.pyplot as plt
-    import seaborn as sns
     from derma_jepa.report import scorer_label
     labels = list(dict.fromkeys(plan.label))
     prots = list(dict.fromkeys(plan.protocol))
-    fig, axes = plt.subplots(1, 1 + len(prots), figsize=(4.2 * (1 + len(prots)), 0.8 + 0.5 * len(labels)), squeeze=False)
+    height = 2.2 + 0.42 * len(labels)                    # the rows, then titles, axis labels and the legends below
+    fig, axes = plt.subplots(1, 1 + len(prots), figsize=(11, height), squeeze=False, sharey=True)
     ax = axes[0][0]
     q = probes[probes.classifier.eq("logistic")] if len(probes) else probes
     for k, (f, g) in enumerate(q.groupby("fraction")):
         g = g.set_index("label").reindex(labels)
         ax.errorbar(g.balanced_accuracy, np.arange(len(labels)) + (k - 1) * 0.2, xerr=[g.balanced_accuracy - g.ba_ci_low,
-                    g.ba_ci_high - g.balanced_accuracy], fmt="o", capsize=2, label=f"{f:.0%} labels")
-    ax.axvline(1 / 7, color="k", ls=":", lw=0.8); ax.set_title("diagnosis probe (logistic): balanced acc.", fontsize=9)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8); ax.invert_yaxis()
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+                    g.ba_ci_high - g.balanced_accuracy], fmt="o", ms=4, capsize=2, label=f"{f:.0%}")
+    ax.axvline(1 / 7, color="k", ls=":", lw=0.8); ax.set_title("diagnosis probe\n(logistic regression)", fontsize=10.5)
+    ax.set_xlabel("test balanced accuracy (95% CI)\nchance 1/7 dotted", fontsize=9.5)
+    ax.set_yticks(range(len(labels)), labels, fontsize=9.5); ax.invert_yaxis()
+    ax.legend(fontsize=9.5, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, title="training labels used", title_fontsize=9.5,
+              frameon=False)
     t = long[long.split.eq("test") & long.scorer.isin(scorers)].assign(label=lambda d: d.backbone.map(dict(zip(plan.backbone, plan.label))))
     colours = dict(zip(scorers, PALETTE))
     for ax, prot in zip(axes[0][1:], prots):
         for k, sc in enumerate(scorers):
             s = t[t.protocol.eq(prot) & t.scorer.eq(sc)].set_index("label").reindex(labels)
             ax.errorbar(s.auroc, np.arange(len(labels)) + (k - 1) * 0.2, xerr=[s.auroc - s.auroc_lo, s.auroc_hi - s.auroc],
-                        fmt="o", capsize=2, color=colours[sc], label=scorer_label(sc))
-        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(f"EXP-009 {prot}: test AUROC", fontsize=9)
-        ax.set_yticks(range(len(labels)), [] if ax is not axes[0][1] else labels, fontsize=8); ax.invert_yaxis()
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
+                        fmt="o", ms=4, capsize=2, color=colours[sc], label=scorer_label(sc))
+        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(f"the EXP-004 recipe,\n{prot} protocol", fontsize=10.5)
+        ax.set_xlabel("test AUROC, stable vs changing\n(95% CI); chance 0.5 dotted", fontsize=9.5)
+        ax.set_xlim(0.2, 1.0); ax.set_xticks([0.25, 0.5, 0.75, 1.0])
+    axes[0][1].legend(fontsize=9.5, loc="upper center", bbox_to_anchor=(1.05, -0.32), ncol=3, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -539,15 +545,29 @@ The EXP-004 recipe trains the predictor on two nuisance families and tests it on
 \input{exp009/exp009_table.tex}
 \input{exp009/recipe_table.tex}
 \input{exp009/probe_table.tex}
-\begin{figure}[htbp]\centering\includegraphics[width=\linewidth]{exp009/by_encoder.png}\caption{EXP-009 by encoder.}\end{figure}
-%(pretraining_fig)s
+%(figures)s
 """
+EXP009_FIGURES = {
+    "by_encoder": "EXP-009 by encoder (rows; random init is the untrained control). Left: the diagnosis probe's test balanced "
+                  "accuracy (95% CI over test lesions) at each fraction of training labels, chance 1/7 dotted; an encoder "
+                  "that learned something about lesions lies right of random init. Right: the EXP-004 recipe on each "
+                  "encoder, test AUROC (95% CI) of the predictor beside the raw cosine and pixel L2, per protocol; chance "
+                  "0.5 dotted.",
+    "pretraining": "Pretraining, per objective: the training loss (top, in the objective's own scale) and the collapse "
+                   "monitor (bottom: batch standard deviation of the L2-normalised features against optimiser steps; near "
+                   "1/sqrt(d), dotted, when the features spread, near 0 when they collapse to a point).",
+    "audit": "The overlap audit's hardest pairs, a column each: a HAM10000 image (top) and the pretraining-corpus image "
+             "matched to it (bottom). The pairs flagged by perceptual hashes and pixel correlation come first, each with the "
+             "adjudication's decision and its aligned fine-structure correlation (duplicate: above every held-out hard "
+             "negative; undecided: between the hard negatives and the synthetic copies). Every flagged corpus image is left "
+             "out of pretraining.",
+}
 
 
 def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
                   n_corpus: int, paper_dir="paper") -> dict:
     "Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`."
-    from derma_jepa.report import _fig_bytes, collect, tex_text, to_latex, to_markdown
+    from derma_jepa.report import collect, fig_files, tex_symbols, tex_text, to_latex, to_markdown
     long = collect(plan)
     tables = {"exp009_table": (exp009_table(probes, plan, encoders), "EXP-009: pretraining and the diagnosis probe (linear, 100\\% labels) against the random-init control; intervals over test lesions, $\\Delta$ paired."),
               "recipe_table": (exp009_recipe_table(long, plan), "EXP-009: the EXP-004 recipe by encoder and protocol: synthetic test AUROC [95\\% CI], single-side probes, and the re-photograph endpoint."),
@@ -559,7 +579,9 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     with paper_style():                   # the paper's palette (21_render), not matplotlib's default cycle
         figs = {"by_encoder": fig_by_encoder(long, probes, plan), "pretraining": fig_pretraining(encoders)}
     figs = {k: v for k, v in figs.items() if v is not None}
-    files.update({f"{k}.png": _fig_bytes(f) for k, f in figs.items()})
+    for k, f in figs.items(): files.update({f"{k}.{ext}": b for ext, b in fig_files(f).items()})
+    shown = [*((k, f"exp009/{k}") for k in figs), *((("audit", f"audit/{Path(audit['figure']).stem}"),) if audit.get("figure") else ())]
+    files["figures.md"] = "".join(f"- `{path}.png`: {EXP009_FIGURES[k]}\n" for k, path in shown).encode()   # the site's captions
     cfg0 = plan_config0(encoders)
     files["exp009.tex"] = (EXP009_TEX % {
         "n_corpus": n_corpus, "excluded": len(excluded), "verdict": tex_text(audit["verdict"]),
@@ -567,8 +589,10 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
         "budget": tex_text(budget_text(encoders)),
         "compare": "".join(f"\n\\texttt{{{tex_text(b)}}}: {tex_text(backbone_spec(b).note)}." for b in
                            dict.fromkeys(plan.backbone) if not b.startswith("ssl:")),
-        "pretraining_fig": "\\begin{figure}[htbp]\\centering\\includegraphics[width=\\linewidth]{exp009/pretraining.png}"
-                           "\\caption{Pretraining: loss and collapse monitor.}\\end{figure}" if "pretraining" in figs else ""}).encode()
+        "figures": "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height={FIG_MAX_HEIGHT}\\textheight,"
+                             f"keepaspectratio]{{{path}}}\\caption{{{tex_symbols(tex_text(EXP009_FIGURES[k]))}}}"
+                             f"\\label{{fig:exp009-{k}}}\\end{{figure}}"
+                             for k, path in ((k, f"{path}.pdf") for k, path in shown))}).encode()
     runs = plan[["label", "protocol", "backbone", "status", "run_dir"]].assign(
         notebook=lambda d: [f"{x}/run.ipynb" for x in d.run_dir])
     files["runs.md"] = ("# EXP-009: runs and encoders behind the tables\n\n" + runs.to_markdown(index=False) + "\n\n"
@@ -602,12 +626,13 @@ def plan_config0(encoders: pd.DataFrame) -> PretrainConfig:
 _paper = _tmp / "paper"
 _audit = {"verdict": "no exact or near-duplicate image shared"}
 _r1 = render_exp009(_plan, _probes, _enc, _audit, _ex, len(_corpus), _paper)
-from derma_jepa.render import palette_problems
-for _k, _f in _r1["figures"].items(): test_eq((_k, palette_problems(_f)), (_k, []))      # the paper's palette only
+from derma_jepa.render import palette_problems, small_text
+for _k, _f in _r1["figures"].items(): test_eq((_k, palette_problems(_f), small_text(_f)), (_k, [], []))   # palette; no text < 8 pt
 _bytes = {f: (_paper / "exp009" / f).read_bytes() for f in _r1["files"]}
 render_exp009(_plan, _probes, _enc, _audit, _ex, len(_corpus), _paper)
 test_eq({f: (_paper / "exp009" / f).read_bytes() for f in _r1["files"]}, _bytes)
-test_eq(sorted(_r1["files"]), ["by_encoder.png", "exp009.tex", "exp009_table.md", "exp009_table.tex", "pretraining.png",
+assert all(f"{{exp009/{k}.pdf}}" in _bytes["exp009.tex"].decode() for k in _r1["figures"])   # LaTeX takes the vector PDF
+test_eq(sorted(_r1["files"]), ["by_encoder.pdf", "by_encoder.png", "exp009.tex", "exp009_table.md", "exp009_table.tex", "figures.md", "pretraining.pdf", "pretraining.png",
                                "probe_table.md", "probe_table.tex", "recipe_table.md", "recipe_table.tex", "runs.md"])
 assert "not run: no metrics.json" in _bytes["recipe_table.md"].decode()
 assert "\\texttt{color\\_texture}: HSV colour histograms" in _bytes["exp009.tex"].decode()   # comparisons described

@@ -116,6 +116,15 @@ def test_pages_in_chromium(site, served, browser, tmp_path_factory):
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, f"{page}: console errors: {errors}"
         assert browser.find_elements("css selector", "h1"), f"{page}: no heading"
+        width, window = browser.execute_script("return [document.querySelector('.bd-article-container').getBoundingClientRect().width,"
+                                               " window.innerWidth]")
+        assert width >= 0.7 * window, f"{page}: the article is {width:.0f} px of a {window} px window"
+        search = browser.execute_script("return Array.from(document.querySelectorAll('.search-button-field, .search-button, "
+                                        "form.bd-search, input[type=search]')).filter(e => e.offsetParent !== null).length")
+        assert search == 1 or page == "search.html", f"{page}: {search} search boxes"   # the results page has its own form
+        if page in nb_pages:                                           # nbdev's directives are build instructions, not content
+            code = browser.execute_script("return Array.from(document.querySelectorAll('.cell_input')).map(e => e.innerText)")
+            assert code and not any(l.lstrip().startswith("#|") for c in code for l in c.splitlines()), f"{page}: an nbdev directive is shown"
         if page in IMAGE_PAGES:
             widths = browser.execute_script("return Array.from(document.images).map(i => [i.src, i.naturalWidth]);")
             assert widths, f"{page}: no images"

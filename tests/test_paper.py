@@ -47,10 +47,10 @@ def test_paper_rendered_from_executed_runs(rendered):
         assert f"\\input{{tables/{name}.tex}}" in (paper / "main.tex").read_text()
     # one backbone ran: the by-backbone figure waits for several (21_render)
     figures = {"leak", "pair_gallery", "delta_forest", "roc_exp004", "score_histograms", "train_vs_test"}
-    assert {f.name for f in (paper / "figures").iterdir()} == {".derma_jepa.json", *(f"{k}.png" for k in figures)}
+    assert {f.name for f in (paper / "figures").iterdir()} == {".derma_jepa.json", *(f"{k}.{e}" for k in figures for e in ("png", "pdf"))}
     main, readme = (paper / "main.tex").read_text(), (paper / "README.md").read_text()
     for k in figures:                              # every figure with a caption that says what it shows
-        assert f"figures/{k}.png}}\\caption{{" in main and f"`figures/{k}.png`: " in readme, k
+        assert f"figures/{k}.pdf}}\\caption{{" in main and f"`figures/{k}.png`: " in readme, k   # LaTeX takes the vector PDF
     arc = (paper / "tables" / "arc.md").read_text()
     for column in ("Δ [95% CI]", "target-only probe", "context-only probe", "re-photo AUROC [95% CI]", "(release rule)",
                    "re-photo Δ [95% CI] vs val-chosen baseline: verdict"):
@@ -82,7 +82,7 @@ def test_paper_rendered_from_executed_runs(rendered):
     deltas = (paper / "tables" / "sweep_deltas.md").read_text()      # paired within seeds, both protocols
     for comparison in ("predictor − raw cosine", "predictor − val-chosen baseline", "target-only probe"):
         assert comparison in deltas, comparison
-    assert "reference − symmetric" in deltas and "1,20260422" in deltas
+    assert "reference − symmetric" in deltas and "1, 20260422" in deltas
     plan = json.loads((tmp / "runs" / "plan-color_texture.json").read_text())
     ran = {r["run_dir"] for r in plan if r["status"] == "run"}
     assert len(ran) == 10               # 2 experiments x 2 protocols + seed 1 of the sweep x 2 + 2 more LOFO folds x 2
