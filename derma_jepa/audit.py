@@ -392,7 +392,11 @@ def run_overlap_audit(ham_dir, corpus_dir, out_dir, n_pos: int = 1000, n_neg: in
     out, stem = Path(out_dir), f"ham10000_vs_{Path(corpus_dir).name}"
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(rec, indent=1) + "\n").encode())
     fig = audit_figure(rep)
-    if fig is not None:                     # vector PDF for the paper (EXP-009's section includes it), PNG for the site
-        from derma_jepa.report import fig_files
-        for ext, b in fig_files(fig).items(): atomic_write_bytes(out / f"{stem}.{ext}", b)
+    if fig is not None:     # vector PDF (TrueType text) for the paper, PNG for the site, neither dated: as 13_report's
+        import matplotlib.pyplot as plt     # fig_files does, which this module does not import (it stays below report)
+        with plt.rc_context({"pdf.fonttype": 42}):
+            for ext, meta in (("pdf", {"CreationDate": None, "ModDate": None}), ("png", {"Software": None})):
+                buf = io.BytesIO(); fig.savefig(buf, format=ext, dpi=120, bbox_inches="tight", metadata=meta)
+                atomic_write_bytes(out / f"{stem}.{ext}", buf.getvalue())
+        plt.close(fig)
     return {**rec, "report": rep, "figure": f"{stem}.pdf" if fig is not None else None}

@@ -246,19 +246,20 @@ def fig_pretraining(encoders: pd.DataFrame):
     import matplotlib.pyplot as plt
     trained = encoders[encoders.objective.ne("none")]
     if trained.empty: return None
-    fig, axes = plt.subplots(2, len(trained), figsize=(3.2 * len(trained), 5), squeeze=False)
+    fig, axes = plt.subplots(2, len(trained), figsize=(min(11.5, 1.0 + 2.6 * len(trained)), 5.2), squeeze=False)   # fits the page
     for k, r in enumerate(trained.itertuples()):
         tensors, meta = load_checkpoint(r.path)
         h = pd.DataFrame(meta["history"])
         dim = tensors["head.weight"].shape[0] // 2 if "head.weight" in tensors else tensors["encoder.pos_embed"].shape[-1]  # the monitored feature
         axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=10)
-        axes[0][k].set_ylabel("training loss (the objective's own scale)" if k == 0 else "", fontsize=9)
+        axes[0][k].set_ylabel("training loss (the objective's own scale)" if k == 0 else "", fontsize=9.5)
         axes[1][k].plot(h.step, h.feature_std, color=PALETTE[1])
         axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
         axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
-        axes[1][k].legend(fontsize=8.5, loc="lower right")
-        axes[1][k].set_title(f"{r.objective}: collapse monitor", fontsize=10); axes[1][k].set_xlabel("optimiser step", fontsize=9)
-        axes[1][k].set_ylabel("batch std of normalised features" if k == 0 else "", fontsize=9)
+        axes[1][k].legend(fontsize=9.5, loc="lower right")
+        axes[1][k].set_title(f"{r.objective}: collapse monitor", fontsize=10); axes[1][k].set_xlabel("optimiser step", fontsize=9.5)
+        axes[1][k].set_ylabel("batch std of normalised features" if k == 0 else "", fontsize=9.5)
+        for ax in (axes[0][k], axes[1][k]): ax.tick_params(labelsize=9.5)
     fig.tight_layout()
     return fig
 

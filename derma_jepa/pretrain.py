@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -17,15 +18,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .data import DataError, open_rgb
+from .data import DataError, atomic_write_bytes, open_rgb
 from .embed import autocast, resolve_precision
 from .registry import OBJECTIVES, register_family, register_objective
 from .safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint, tensors_under
 
 # %% auto #0
 __all__ = ['MEAN', 'STD', 'PretrainConfig', 'load_images', 'augment', 'make_vit', 'pooled', 'MAE', 'VAE', 'SimCLR', 'IJEPA',
-           'save_state', 'load_state', 'collapse_std', 'pretrain', 'export_encoder', 'encoder_digest', 'random_encoder',
-           'SSLFeature', 'load_ssl']
+           'hardness_weights', 'grouping_loss', 'GraVIS', 'save_state', 'load_state', 'collapse_std', 'step_cost',
+           'pretrain', 'export_encoder', 'encoder_digest', 'random_encoder', 'SSLFeature', 'load_ssl']
 
 # %% ../nbs/15_pretrain.ipynb #cf2ddeb7
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -67,13 +68,14 @@ def load_images(paths, size: int, workers: int = 4) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 # %% ../nbs/15_pretrain.ipynb #6ee0f63f
-def augment(x: torch.Tensor, g: torch.Generator, strong: bool) -> torch.Tensor:
+def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool = False) -> torch.Tensor:
     "A batch of uint8 images → augmented, normalised float images of the same size."
     import torchvision.transforms.v2.functional as TF
     n, _, h, w = x.shape
     out = torch.empty(n, 3, h, w)
     lo = 0.35 if strong else 0.6
     u = torch.rand(n, 9, generator=g)
+    v = torch.rand(n, 3, generator=g) if dermoscopy else None
     for k in range(n):
         s, r = lo + (1 - lo) * u[k, 0].item(), math.exp(math.log(3 / 4) + math.log(16 / 9) * u[k, 1].item())
         ch, cw = min(h, round(h * math.sqrt(s / r))), min(w, round(w * math.sqrt(s * r)))
@@ -85,6 +87,9 @@ def augment(x: torch.Tensor, g: torch.Generator, strong: bool) -> torch.Tensor:
             im = TF.adjust_brightness(im, 0.6 + 0.8 * u[k, 6].item())
             im = TF.adjust_saturation(TF.adjust_contrast(im, 0.6 + 0.8 * u[k, 7].item()), 0.6 + 0.8 * u[k, 8].item())
             if u[k, 8] < 0.2: im = TF.rgb_to_grayscale(im, 3)
+        if dermoscopy:
+            if h == w: im = torch.rot90(im, int(v[k, 0] * 4), dims=(-2, -1))
+            if v[k, 1] < 0.5: im = TF.gaussian_blur(im, [5, 5], [0.1 + 1.9 * v[k, 2].item()] * 2)
         out[k] = im.clamp(0, 1)
     return TF.normalize(out, MEAN, STD)
 
@@ -114,10 +119,10 @@ class MAE(nn.Module):
 
     def loss(self, x, g):
         from lightly.models import utils
-        idx_keep, idx_mask = utils.random_token_mask((len(x), self.n), self.ratio, mask_class_token=True)
+        idx_keep, idx_mask = utils.random_token_mask((len(x), self.n), self.ratio, mask_class_token=True, device=x.device)
         z = self.encoder.encode(x, idx_keep=idx_keep)
         e = self.dec_embed(z)                          # bf16 under autocast, while the encoder's norm gives fp32
-        full = utils.set_at_index(torch.zeros(len(x), self.n, 128, dtype=e.dtype), idx_keep, e)
+        full = utils.set_at_index(torch.zeros(len(x), self.n, 128, dtype=e.dtype, device=e.device), idx_keep, e)
         out = self.pred(utils.get_at_index(self.decoder(full, idx_mask=idx_mask), idx_mask))
         target = utils.get_at_index(utils.patchify(x, self.patch), idx_mask)
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
@@ -161,7 +166,7 @@ class SimCLR(nn.Module):
         d = self.encoder.vit.embed_dim
         self.proj = nn.Sequential(nn.Linear(d, 512), nn.GELU(), nn.Linear(512, 128))
         self.criterion = NTXentLoss(temperature=temperature)
-        self.two_views = True
+        self.views = 2                     # the loop hands `loss` this many strong views of each image
 
     def loss(self, views, g):
         a, b = views
@@ -189,6 +194,7 @@ class IJEPA(nn.Module):
         from lightly.models import utils
         with self.masks._itr_counter.get_lock(): self.masks._itr_counter.value = int(torch.randint(0, 2**30, (1,), generator=g))
         _, m_enc, m_pred = self.masks([torch.zeros(1)] * len(x))
+        m_enc, m_pred = [m.to(x.device) for m in m_enc], [m.to(x.device) for m in m_pred]     # the collator builds them on the CPU
         with torch.no_grad():
             h = F.layer_norm(self.target.encode(x), (self.target.vit.embed_dim,))
             h = utils.repeat_interleave_batch(utils.apply_masks(h, m_pred), len(x), repeat=len(m_enc))
@@ -199,6 +205,42 @@ class IJEPA(nn.Module):
         from lightly.models import utils
         m = 1 - (1 - self.m0) * (math.cos(math.pi * step / self.steps) + 1) / 2      # 0.996 → 1
         utils.update_momentum(self.encoder, self.target, m)
+
+    def features(self, x): return pooled(self.encoder, x)
+
+# %% ../nbs/15_pretrain.ipynb #aae1b3fb
+def hardness_weights(sim: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    "Attention over an anchor's group mates (last dim): the more similar a mate, the larger its weight (GraVIS)."
+    return torch.softmax(sim / tau, dim=-1)
+
+
+def grouping_loss(z: torch.Tensor, tau: float = 0.2, tau_w: float = 0.1) -> torch.Tensor:
+    "GraVIS-style grouping loss of projections z (B images × K views × d)."
+    b, k, _ = z.shape
+    z = F.normalize(z.float(), dim=-1).reshape(b * k, -1)
+    cos = z @ z.T
+    img = torch.arange(b, device=z.device).repeat_interleave(k)
+    same, eye = img[:, None] == img[None, :], torch.eye(b * k, dtype=torch.bool, device=z.device)
+    mates = cos[same & ~eye].view(b * k, k - 1)                              # each anchor's K − 1 group mates
+    w = hardness_weights(mates.detach(), tau_w)
+    neg = torch.logsumexp((cos / tau).masked_fill(same, float("-inf")), dim=-1, keepdim=True)   # the other images' views
+    pos = mates / tau
+    return -(w * (pos - torch.logaddexp(pos, neg))).sum(-1).mean()
+
+
+@register_objective("gravis")
+class GraVIS(nn.Module):
+    def __init__(self, cfg: PretrainConfig, views: int = 4, temperature: float = 0.2, tau_w: float = 0.1):
+        from lightly.models.modules import MaskedVisionTransformerTIMM
+        super().__init__()
+        self.encoder = MaskedVisionTransformerTIMM(make_vit(cfg))
+        d = self.encoder.vit.embed_dim
+        self.proj = nn.Sequential(nn.Linear(d, 512), nn.GELU(), nn.Linear(512, 128))
+        self.views, self.dermoscopy, self.tau, self.tau_w = views, True, temperature, tau_w
+
+    def loss(self, views, g):
+        z = torch.stack([self.proj(pooled(self.encoder, v)) for v in views], 1)
+        return grouping_loss(z, self.tau, self.tau_w)
 
     def features(self, x): return pooled(self.encoder, x)
 
@@ -218,11 +260,11 @@ def _batch_index(cfg, n, step):
 def save_state(path, cfg: PretrainConfig, model: nn.Module, opt, step: int, history: list) -> None:
     "The whole training state as one safetensors file: model and optimiser tensors, the rest as JSON."
     sd = opt.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
     scalars = {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            if isinstance(v, torch.Tensor): tensors[f"opt.{pid}.{k}"] = v
+            if isinstance(v, torch.Tensor): tensors[f"opt.{pid}.{k}"] = v.detach().cpu()
             else: scalars[f"{pid}.{k}"] = v
     save_checkpoint(path, tensors, {"config": asdict(cfg), "step": step, "history": history,
                                     "opt_param_groups": sd["param_groups"], "opt_scalars": scalars})
@@ -246,14 +288,54 @@ def collapse_std(f: torch.Tensor) -> float:
     return float(F.normalize(f.float(), dim=-1).std(0).mean())
 
 
-def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool = False, stop_at: int | None = None) -> dict:
-    "Train `cfg.objective` on `images` (uint8 n×3×s×s); checkpoints in `out_dir`; returns the history."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+def _batch(model, x, g):
+    "What an objective trains on: k strong views of each image (the contrastive ones: `views`), else one weak view."
+    k = getattr(model, "views", 1)
+    return tuple(augment(x, g, True, dermoscopy=getattr(model, "dermoscopy", False)) for _ in range(k)) if k > 1 else augment(x, g, False)
+
+
+def step_cost(cfg: PretrainConfig, images: torch.Tensor) -> dict:
+    """What one training step of `cfg` costs, counted rather than timed: the FLOPs of its forward and backward passes
+    (torch.utils.flop_counter: matrix products and convolutions), the images it draws and the views it encodes."""
+    from torch.utils.flop_counter import FlopCounterMode
     torch.manual_seed(cfg.seed)
-    model = OBJECTIVES[cfg.objective](cfg)
+    model = OBJECTIVES[cfg.objective](cfg).train()
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = images[:cfg.batch_size]
+    batch = _batch(model, x, g)
+    with FlopCounterMode(display=False) as fc: model.loss(batch, g).backward()
+    return {"objective": cfg.objective, "images per step": len(x), "views per step": len(x) * getattr(model, "views", 1),
+            "GFLOPs per step": round(fc.get_total_flops() / 1e9, 1)}
+
+
+def _train_seconds(out_dir: Path) -> float:
+    f = out_dir / "train_seconds.json"
+    return json.loads(f.read_text())["train_seconds"] if f.exists() else 0.0
+
+
+def _snapshot(model, cfg: PretrainConfig, out_dir: Path, history, step: int, seconds: float) -> None:
+    "The encoder at `step`, as `ssl:` loads it, and beside it how much training it had: images, views, seconds."
+    snap = out_dir / "snapshots" / f"step{step:06d}.safetensors"
+    export_encoder(model, cfg, snap, history, step)
+    k = getattr(model, "views", 1)
+    atomic_write_bytes(snap.with_suffix(".json"), (json.dumps({"step": step, "images_seen": step * cfg.batch_size,
+                       "views_seen": step * cfg.batch_size * k, "train_seconds": round(seconds, 1)}, indent=1) + "\n").encode())
+
+
+def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool = False, stop_at: int | None = None,
+             snapshot_every: int | None = None, device: str | None = None) -> dict:
+    """Train `cfg.objective` on `images` (uint8 n×3×s×s); checkpoints in `out_dir`; returns the history. With
+    `snapshot_every`, the encoder is also exported every that many steps to `out_dir/snapshots/` (a budget curve from
+    one run); the training seconds so far, kept across resumes in `train_seconds.json`, go beside each snapshot.
+    `device`: CUDA when one is present, else the CPU (where every draw and every result is what it was before GPUs were
+    supported: augmentations stay on the CPU, drawn from the step's generator, and only then move)."""
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    model = OBJECTIVES[cfg.objective](cfg).to(dev)
     ident = f"pretrain-{cfg.arch}-{cfg.image_size}-{cfg.patch_size}-{cfg.batch_size}"
-    precision = resolve_precision(cfg.dtype, model.encoder.vit, "cpu", ident,
-                                  lambda: augment(images[:cfg.batch_size], torch.Generator().manual_seed(cfg.seed), False),
+    precision = resolve_precision(cfg.dtype, model.encoder.vit, str(dev), ident,     # 08_embed's measured rule
+                                  lambda: augment(images[:cfg.batch_size], torch.Generator().manual_seed(cfg.seed), False).to(dev),
                                   candidates=("fp32", "bf16"))
     dtype = precision["dtype"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -262,35 +344,40 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
     if last.exists(): step, history = load_state(last, cfg, model, opt)
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.objective, disable=not progress)
-    t0, n0 = time.perf_counter(), step
+    t0, n0, s0 = time.perf_counter(), step, _train_seconds(out_dir)
     while step < (stop_at or cfg.steps):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         x = images[_batch_index(cfg, len(images), step)]
-        two = getattr(model, "two_views", False)
-        batch = (augment(x, g, True), augment(x, g, True)) if two else augment(x, g, False)
+        batch = _batch(model, x, g)
+        batch = tuple(v.to(dev) for v in batch) if isinstance(batch, tuple) else batch.to(dev)
         for pg in opt.param_groups: pg["lr"] = _lr(cfg, step)
         model.train()
-        with autocast("cpu", dtype):
+        with autocast(dev.type, dtype):
             loss = model.loss(batch, g)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         if hasattr(model, "after_step"): model.after_step(step)
         step += 1; bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            with torch.no_grad(), autocast("cpu", dtype):
-                model.eval(); f = model.features(batch[0] if two else batch)
+            with torch.no_grad(), autocast(dev.type, dtype):
+                model.eval(); f = model.features(batch[0] if isinstance(batch, tuple) else batch)
             history.append({"step": step, "loss": float(loss.detach()), "feature_std": collapse_std(f), "lr": _lr(cfg, step - 1)})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps: save_state(last, cfg, model, opt, step, history)
+        if snapshot_every and step % snapshot_every == 0:
+            _snapshot(model, cfg, out_dir, history, step, s0 + time.perf_counter() - t0)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_state(last, cfg, model, opt, step, history)
+            atomic_write_bytes(out_dir / "train_seconds.json",      # wall time stays out of the state: that is seeded bytes
+                               (json.dumps({"step": step, "train_seconds": round(s0 + time.perf_counter() - t0, 1)}) + "\n").encode())
     bar.close()
     if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.safetensors", history, step)
-    return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * (2 if getattr(model, "two_views", False) else 1)
+    return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * getattr(model, "views", 1)
             / max(1e-9, time.perf_counter() - t0), "dtype": dtype, "precision": precision}
 
 
 def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, steps_trained: int | None = None):
     "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it, as safetensors + JSON."
-    tensors = {f"encoder.{k}": v for k, v in model.encoder.vit.state_dict().items()}
-    if cfg.objective == "vae": tensors.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    tensors = {f"encoder.{k}": v.detach().cpu() for k, v in model.encoder.vit.state_dict().items()}
+    if cfg.objective == "vae": tensors.update({f"head.{k}": v.detach().cpu() for k, v in model.head.state_dict().items()})
     save_checkpoint(path, tensors, {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
                                     "mean": list(MEAN), "std": list(STD), "history": history or []})
 

@@ -348,9 +348,11 @@ def experiments_table() -> pd.DataFrame:
     "EXP-001 ... EXP-009 as their YAML files define them."
     rows = []
     for f in sorted(experiments_dir().glob("exp0*.yaml")):
-        if f.stem == "exp009_pretrain": continue
+        if f.stem.startswith("exp009_pretrain"): continue        # EXP-009's pretraining settings (CPU and GPU), not a run
         c = yaml.safe_load(f.read_text())
-        rows.append({"experiment": c.get("experiment", f.stem.upper()), "train families": c.get("train_families", ""),
+        fams = c.get("train_families", "")
+        rows.append({"experiment": c.get("experiment", f.stem.upper()),
+                     "train families": ", ".join(fams) if isinstance(fams, list) else str(fams).replace(",", ", "),
                      "test family": c.get("eval_family", ""), "changing partner": c.get("changing_policy", "strict"),
                      "backbone": backbone_label(c["backbone"], False) if c.get("backbone") else
                                  "ViTs self-pretrained on non-HAM10000 dermoscopy (exp009_pretrain.yaml)", "predictor / optimiser": f"{c.get('predictor', 'linear')} / {c.get('optimizer', 'sgd')}"})

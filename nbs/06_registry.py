@@ -59,7 +59,7 @@ import subprocess, sys
 # %% [markdown]
 # A family registered under a name is what `family` returns; an unknown one is refused with the
 # names that are registered. `ssl` is provided by `derma_jepa.pretrain`: in a fresh process,
-# asking for it imports that module, which registers it and its four objectives on import.
+# asking for it imports that module, which registers it and its objectives on import.
 
 # %%
 @register_family("toy")
@@ -68,8 +68,9 @@ test_eq(family("toy"), _toy)
 test_fail(lambda: family("tensorflow"), contains="no backbone family 'tensorflow' is registered")
 _probe = ("import sys; from derma_jepa.registry import OBJECTIVES, family; print('derma_jepa.pretrain' in sys.modules, end=' '); "
           "f = family('ssl'); print('derma_jepa.pretrain' in sys.modules, f.__module__, ','.join(OBJECTIVES))")
-test_eq(subprocess.run([sys.executable, "-c", _probe], capture_output=True, text=True, check=True).stdout.split(),
-        ["False", "True", "derma_jepa.pretrain", "mae,vae,simclr,ijepa"])
+_out = subprocess.run([sys.executable, "-c", _probe], capture_output=True, text=True, check=True).stdout.split()
+test_eq(_out[:3], ["False", "True", "derma_jepa.pretrain"])
+assert {"mae", "simclr"} <= set(_out[3].split(",")), _out      # pretrain's objectives, registered by that import (15_pretrain lists them)
 
 # %% [markdown]
 # What registers itself, once the modules that provide it are imported (in a fresh process, so this

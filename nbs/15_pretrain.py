@@ -19,7 +19,7 @@
 # CPU that is a ViT-Tiny (timm `vit_tiny_patch16_224`, 5.5 M parameters, width 192) at 112 px
 # (7 × 7 = 49 patches, no class token, features = the mean of the normed patch tokens), trained
 # for minutes on the ~4,300 images of `isic-nonham`. The question the seed studies ask is whether
-# the *pretext* matters, so the same encoder is trained four ways:
+# the *pretext* matters, so the same encoder is trained five ways:
 #
 # | objective | family | what is learned | building blocks |
 # |---|---|---|---|
@@ -27,15 +27,21 @@
 # | `vae` | reconstruction (generative) | encode to a Gaussian (μ, log σ²), decode the image; feature = μ | the ViT encoder, a small transposed-conv decoder, MSE + β·KL |
 # | `simclr` | joint embedding (contrastive) | two augmented views of an image agree, others disagree | lightly `NTXentLoss` |
 # | `ijepa` | joint-embedding predictive | predict the EMA target encoder's representation of 4 masked blocks from a context block | lightly `IJEPAMaskCollator`, `IJEPAPredictorTIMM`, `update_momentum` |
+# | `gravis` | joint embedding (grouping) | 4 dermoscopy views of an image form a group pulled together against the other images' views, group mates weighted by similarity | `grouping_loss`, `hardness_weights` (below) |
 #
 # Every random draw (data order, augmentation, masks) derives from `(seed, step)`, so a run
 # interrupted after a checkpoint and resumed gives the same weights as one that was not.
-# Pretraining runs on the **CPU**: `pretrain` places the model and every batch there (there is no
-# device parameter; a GPU is not used even where one exists: the objectives build their masks on
-# the CPU and have not been run on one). bf16 autocast is available there (`dtype="bf16"`);
-# `auto` takes 08_embed's measured decision for this encoder on this machine
-# (`resolve_precision`: model-only rate of fp32 and bf16 on a batch of the training images, bf16
-# only if it is faster and its features agree with fp32's). The *collapse monitor* logs the standard deviation, across the batch,
+# Pretraining runs on **CUDA when one is present**, else on the CPU (`pretrain(..., device=)`
+# overrides): the model, every batch and every tensor an objective builds (MAE's masks and
+# canvas, I-JEPA's blocks, GraVIS's group masks) live on that device, while the augmentations and
+# the masks' random draws stay on the CPU, drawn from the step's generator, so a CPU run draws and
+# computes exactly what it did before the GPU path existed. Checkpoints are written from CPU
+# copies. bf16 autocast is available (`dtype="bf16"`); `auto` takes 08_embed's measured decision
+# for this encoder on this device (`resolve_precision`: model-only rate of fp32 and bf16 on a
+# batch of the training images, bf16 only if it is faster and its features agree with fp32's).
+# fp16 is not a candidate for training: without a loss scaler its gradients underflow, and bf16,
+# which needs none, is what current GPUs run fast. The CUDA path has not run on a GPU here (none
+# was lent to this work); on the CPU it is tested below. The *collapse monitor* logs the standard deviation, across the batch,
 # of the L2-normalised features (averaged over dimensions): about 1/√192 ≈ 0.072 for spread-out
 # features, towards 0 when every image maps to the same point.
 
@@ -44,6 +50,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, replace
@@ -55,7 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from derma_jepa.data import DataError, open_rgb
+from derma_jepa.data import DataError, atomic_write_bytes, open_rgb
 from derma_jepa.embed import autocast, resolve_precision
 from derma_jepa.registry import OBJECTIVES, register_family, register_objective
 from derma_jepa.safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint, tensors_under
@@ -114,17 +121,21 @@ def load_images(paths, size: int, workers: int = 4) -> torch.Tensor:
 # %% [markdown]
 # Augmentation: a random resized crop (scale 0.35–1 for the contrastive views, 0.6–1 otherwise),
 # a horizontal and vertical flip (dermoscopy has no up), and for the contrastive views colour
-# jitter and grey-scale, as SimCLR needs them. Everything is drawn from the step's generator.
+# jitter and grey-scale, as SimCLR needs them. `dermoscopy=True` adds what GraVIS's views have
+# besides: a rotation by a multiple of 90° and, half the time, a Gaussian blur; its draws come
+# after the others', so the views of the other objectives are the same bytes with or without it.
+# Everything is drawn from the step's generator.
 
 # %%
 #| export
-def augment(x: torch.Tensor, g: torch.Generator, strong: bool) -> torch.Tensor:
+def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool = False) -> torch.Tensor:
     "A batch of uint8 images → augmented, normalised float images of the same size."
     import torchvision.transforms.v2.functional as TF
     n, _, h, w = x.shape
     out = torch.empty(n, 3, h, w)
     lo = 0.35 if strong else 0.6
     u = torch.rand(n, 9, generator=g)
+    v = torch.rand(n, 3, generator=g) if dermoscopy else None
     for k in range(n):
         s, r = lo + (1 - lo) * u[k, 0].item(), math.exp(math.log(3 / 4) + math.log(16 / 9) * u[k, 1].item())
         ch, cw = min(h, round(h * math.sqrt(s / r))), min(w, round(w * math.sqrt(s * r)))
@@ -136,6 +147,9 @@ def augment(x: torch.Tensor, g: torch.Generator, strong: bool) -> torch.Tensor:
             im = TF.adjust_brightness(im, 0.6 + 0.8 * u[k, 6].item())
             im = TF.adjust_saturation(TF.adjust_contrast(im, 0.6 + 0.8 * u[k, 7].item()), 0.6 + 0.8 * u[k, 8].item())
             if u[k, 8] < 0.2: im = TF.rgb_to_grayscale(im, 3)
+        if dermoscopy:
+            if h == w: im = torch.rot90(im, int(v[k, 0] * 4), dims=(-2, -1))
+            if v[k, 1] < 0.5: im = TF.gaussian_blur(im, [5, 5], [0.1 + 1.9 * v[k, 2].item()] * 2)
         out[k] = im.clamp(0, 1)
     return TF.normalize(out, MEAN, STD)
 
@@ -144,10 +158,12 @@ def augment(x: torch.Tensor, g: torch.Generator, strong: bool) -> torch.Tensor:
 _x = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
 test_eq(augment(_x, torch.Generator().manual_seed(1), True).shape, (4, 3, 32, 32))
 test_eq(augment(_x, torch.Generator().manual_seed(1), True), augment(_x, torch.Generator().manual_seed(1), True))
+_g1, _g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+assert not torch.equal(augment(_x, _g1, True, dermoscopy=True), augment(_x, _g2, True))    # rotated / blurred
 
 
 # %% [markdown]
-# ## The encoder and the four objectives
+# ## The encoder and the five objectives
 #
 # One timm ViT, wrapped by lightly's `MaskedVisionTransformerTIMM` so that masked objectives can
 # encode only the patches they keep. Each objective is a module with `loss(images, g)` and
@@ -180,10 +196,10 @@ class MAE(nn.Module):
 
     def loss(self, x, g):
         from lightly.models import utils
-        idx_keep, idx_mask = utils.random_token_mask((len(x), self.n), self.ratio, mask_class_token=True)
+        idx_keep, idx_mask = utils.random_token_mask((len(x), self.n), self.ratio, mask_class_token=True, device=x.device)
         z = self.encoder.encode(x, idx_keep=idx_keep)
         e = self.dec_embed(z)                          # bf16 under autocast, while the encoder's norm gives fp32
-        full = utils.set_at_index(torch.zeros(len(x), self.n, 128, dtype=e.dtype), idx_keep, e)
+        full = utils.set_at_index(torch.zeros(len(x), self.n, 128, dtype=e.dtype, device=e.device), idx_keep, e)
         out = self.pred(utils.get_at_index(self.decoder(full, idx_mask=idx_mask), idx_mask))
         target = utils.get_at_index(utils.patchify(x, self.patch), idx_mask)
         target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
@@ -227,7 +243,7 @@ class SimCLR(nn.Module):
         d = self.encoder.vit.embed_dim
         self.proj = nn.Sequential(nn.Linear(d, 512), nn.GELU(), nn.Linear(512, 128))
         self.criterion = NTXentLoss(temperature=temperature)
-        self.two_views = True
+        self.views = 2                     # the loop hands `loss` this many strong views of each image
 
     def loss(self, views, g):
         a, b = views
@@ -255,6 +271,7 @@ class IJEPA(nn.Module):
         from lightly.models import utils
         with self.masks._itr_counter.get_lock(): self.masks._itr_counter.value = int(torch.randint(0, 2**30, (1,), generator=g))
         _, m_enc, m_pred = self.masks([torch.zeros(1)] * len(x))
+        m_enc, m_pred = [m.to(x.device) for m in m_enc], [m.to(x.device) for m in m_pred]     # the collator builds them on the CPU
         with torch.no_grad():
             h = F.layer_norm(self.target.encode(x), (self.target.vit.embed_dim,))
             h = utils.repeat_interleave_batch(utils.apply_masks(h, m_pred), len(x), repeat=len(m_enc))
@@ -267,6 +284,76 @@ class IJEPA(nn.Module):
         utils.update_momentum(self.encoder, self.target, m)
 
     def features(self, x): return pooled(self.encoder, x)
+
+
+# %% [markdown]
+# ### GraVIS: grouping K views of one image
+#
+# GraVIS (Zhou, Lu, Wang & Yu, *GraVIS: Grouping Augmented Views from Independent Sources for
+# Dermatology Analysis*, IEEE TMI 2023) argues that one positive pair per image, as in SimCLR, is
+# too little for dermatology: K > 2 views of one image form a homogeneous group, pulled together
+# against every view of the other images. Its hardness-aware attention weights the homogeneous
+# views, and the paper's abstract says in which direction: it stresses "homogeneous image views
+# with similar appearance instead of those dissimilar homogeneous ones". So the weights here rise
+# with similarity: for an anchor view, its K − 1 group mates get `softmax(similarity / τ_w)`
+# (treated as constants, as attention weights in a loss are), which is the opposite of hard-
+# positive mining; a row made by hand below shows the order. The loss is then, per anchor, the
+# attention-weighted mean over its group mates of the contrastive term −log(e^{s⁺} / (e^{s⁺} +
+# Σ e^{s⁻})) against the views of the other images (s = cosine / τ). The exact equations of the
+# paper were not available offline; this is our reading of its grouping loss, with the attention
+# direction it states. Views: K = 4 strong views with the dermoscopy additions (rotation by
+# multiples of 90°, blur).
+
+# %%
+#| export
+def hardness_weights(sim: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
+    "Attention over an anchor's group mates (last dim): the more similar a mate, the larger its weight (GraVIS)."
+    return torch.softmax(sim / tau, dim=-1)
+
+
+def grouping_loss(z: torch.Tensor, tau: float = 0.2, tau_w: float = 0.1) -> torch.Tensor:
+    "GraVIS-style grouping loss of projections z (B images × K views × d)."
+    b, k, _ = z.shape
+    z = F.normalize(z.float(), dim=-1).reshape(b * k, -1)
+    cos = z @ z.T
+    img = torch.arange(b, device=z.device).repeat_interleave(k)
+    same, eye = img[:, None] == img[None, :], torch.eye(b * k, dtype=torch.bool, device=z.device)
+    mates = cos[same & ~eye].view(b * k, k - 1)                              # each anchor's K − 1 group mates
+    w = hardness_weights(mates.detach(), tau_w)
+    neg = torch.logsumexp((cos / tau).masked_fill(same, float("-inf")), dim=-1, keepdim=True)   # the other images' views
+    pos = mates / tau
+    return -(w * (pos - torch.logaddexp(pos, neg))).sum(-1).mean()
+
+
+@register_objective("gravis")
+class GraVIS(nn.Module):
+    def __init__(self, cfg: PretrainConfig, views: int = 4, temperature: float = 0.2, tau_w: float = 0.1):
+        from lightly.models.modules import MaskedVisionTransformerTIMM
+        super().__init__()
+        self.encoder = MaskedVisionTransformerTIMM(make_vit(cfg))
+        d = self.encoder.vit.embed_dim
+        self.proj = nn.Sequential(nn.Linear(d, 512), nn.GELU(), nn.Linear(512, 128))
+        self.views, self.dermoscopy, self.tau, self.tau_w = views, True, temperature, tau_w
+
+    def loss(self, views, g):
+        z = torch.stack([self.proj(pooled(self.encoder, v)) for v in views], 1)
+        return grouping_loss(z, self.tau, self.tau_w)
+
+    def features(self, x): return pooled(self.encoder, x)
+
+
+# %% [markdown]
+# On a hand-made row, an anchor whose three group mates sit at cosine 0.9, 0.1 and 0.5: the most
+# similar mate weighs most, the least similar least. And the loss is what it should be at its
+# extremes: views of one image on one point and the images far apart give a loss near 0; every
+# view on one point (collapse) gives log(1 + (B − 1)K) per anchor, as for any contrastive loss.
+
+# %%
+_w = hardness_weights(torch.tensor([0.9, 0.1, 0.5]))
+assert _w[0] > _w[2] > _w[1] and abs(float(_w.sum()) - 1) < 1e-6
+_apart = torch.eye(4)[:, None, :].repeat(1, 4, 1)                        # 4 images, their 4 views on one axis each
+assert float(grouping_loss(_apart, tau=0.05)) < 1e-3
+test_close(float(grouping_loss(torch.ones(4, 4, 8))), math.log(1 + 3 * 4), eps=1e-4)
 
 
 # %% [markdown]
@@ -301,11 +388,11 @@ def _batch_index(cfg, n, step):
 def save_state(path, cfg: PretrainConfig, model: nn.Module, opt, step: int, history: list) -> None:
     "The whole training state as one safetensors file: model and optimiser tensors, the rest as JSON."
     sd = opt.state_dict()
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}
     scalars = {}
     for pid, st in sd["state"].items():
         for k, v in st.items():
-            if isinstance(v, torch.Tensor): tensors[f"opt.{pid}.{k}"] = v
+            if isinstance(v, torch.Tensor): tensors[f"opt.{pid}.{k}"] = v.detach().cpu()
             else: scalars[f"{pid}.{k}"] = v
     save_checkpoint(path, tensors, {"config": asdict(cfg), "step": step, "history": history,
                                     "opt_param_groups": sd["param_groups"], "opt_scalars": scalars})
@@ -329,14 +416,54 @@ def collapse_std(f: torch.Tensor) -> float:
     return float(F.normalize(f.float(), dim=-1).std(0).mean())
 
 
-def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool = False, stop_at: int | None = None) -> dict:
-    "Train `cfg.objective` on `images` (uint8 n×3×s×s); checkpoints in `out_dir`; returns the history."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+def _batch(model, x, g):
+    "What an objective trains on: k strong views of each image (the contrastive ones: `views`), else one weak view."
+    k = getattr(model, "views", 1)
+    return tuple(augment(x, g, True, dermoscopy=getattr(model, "dermoscopy", False)) for _ in range(k)) if k > 1 else augment(x, g, False)
+
+
+def step_cost(cfg: PretrainConfig, images: torch.Tensor) -> dict:
+    """What one training step of `cfg` costs, counted rather than timed: the FLOPs of its forward and backward passes
+    (torch.utils.flop_counter: matrix products and convolutions), the images it draws and the views it encodes."""
+    from torch.utils.flop_counter import FlopCounterMode
     torch.manual_seed(cfg.seed)
-    model = OBJECTIVES[cfg.objective](cfg)
+    model = OBJECTIVES[cfg.objective](cfg).train()
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = images[:cfg.batch_size]
+    batch = _batch(model, x, g)
+    with FlopCounterMode(display=False) as fc: model.loss(batch, g).backward()
+    return {"objective": cfg.objective, "images per step": len(x), "views per step": len(x) * getattr(model, "views", 1),
+            "GFLOPs per step": round(fc.get_total_flops() / 1e9, 1)}
+
+
+def _train_seconds(out_dir: Path) -> float:
+    f = out_dir / "train_seconds.json"
+    return json.loads(f.read_text())["train_seconds"] if f.exists() else 0.0
+
+
+def _snapshot(model, cfg: PretrainConfig, out_dir: Path, history, step: int, seconds: float) -> None:
+    "The encoder at `step`, as `ssl:` loads it, and beside it how much training it had: images, views, seconds."
+    snap = out_dir / "snapshots" / f"step{step:06d}.safetensors"
+    export_encoder(model, cfg, snap, history, step)
+    k = getattr(model, "views", 1)
+    atomic_write_bytes(snap.with_suffix(".json"), (json.dumps({"step": step, "images_seen": step * cfg.batch_size,
+                       "views_seen": step * cfg.batch_size * k, "train_seconds": round(seconds, 1)}, indent=1) + "\n").encode())
+
+
+def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool = False, stop_at: int | None = None,
+             snapshot_every: int | None = None, device: str | None = None) -> dict:
+    """Train `cfg.objective` on `images` (uint8 n×3×s×s); checkpoints in `out_dir`; returns the history. With
+    `snapshot_every`, the encoder is also exported every that many steps to `out_dir/snapshots/` (a budget curve from
+    one run); the training seconds so far, kept across resumes in `train_seconds.json`, go beside each snapshot.
+    `device`: CUDA when one is present, else the CPU (where every draw and every result is what it was before GPUs were
+    supported: augmentations stay on the CPU, drawn from the step's generator, and only then move)."""
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(cfg.seed)
+    model = OBJECTIVES[cfg.objective](cfg).to(dev)
     ident = f"pretrain-{cfg.arch}-{cfg.image_size}-{cfg.patch_size}-{cfg.batch_size}"
-    precision = resolve_precision(cfg.dtype, model.encoder.vit, "cpu", ident,
-                                  lambda: augment(images[:cfg.batch_size], torch.Generator().manual_seed(cfg.seed), False),
+    precision = resolve_precision(cfg.dtype, model.encoder.vit, str(dev), ident,     # 08_embed's measured rule
+                                  lambda: augment(images[:cfg.batch_size], torch.Generator().manual_seed(cfg.seed), False).to(dev),
                                   candidates=("fp32", "bf16"))
     dtype = precision["dtype"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -345,35 +472,40 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
     if last.exists(): step, history = load_state(last, cfg, model, opt)
     from tqdm import tqdm
     bar = tqdm(total=cfg.steps, initial=step, desc=cfg.objective, disable=not progress)
-    t0, n0 = time.perf_counter(), step
+    t0, n0, s0 = time.perf_counter(), step, _train_seconds(out_dir)
     while step < (stop_at or cfg.steps):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         x = images[_batch_index(cfg, len(images), step)]
-        two = getattr(model, "two_views", False)
-        batch = (augment(x, g, True), augment(x, g, True)) if two else augment(x, g, False)
+        batch = _batch(model, x, g)
+        batch = tuple(v.to(dev) for v in batch) if isinstance(batch, tuple) else batch.to(dev)
         for pg in opt.param_groups: pg["lr"] = _lr(cfg, step)
         model.train()
-        with autocast("cpu", dtype):
+        with autocast(dev.type, dtype):
             loss = model.loss(batch, g)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         if hasattr(model, "after_step"): model.after_step(step)
         step += 1; bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            with torch.no_grad(), autocast("cpu", dtype):
-                model.eval(); f = model.features(batch[0] if two else batch)
+            with torch.no_grad(), autocast(dev.type, dtype):
+                model.eval(); f = model.features(batch[0] if isinstance(batch, tuple) else batch)
             history.append({"step": step, "loss": float(loss.detach()), "feature_std": collapse_std(f), "lr": _lr(cfg, step - 1)})
-        if step % cfg.ckpt_every == 0 or step == cfg.steps: save_state(last, cfg, model, opt, step, history)
+        if snapshot_every and step % snapshot_every == 0:
+            _snapshot(model, cfg, out_dir, history, step, s0 + time.perf_counter() - t0)
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            save_state(last, cfg, model, opt, step, history)
+            atomic_write_bytes(out_dir / "train_seconds.json",      # wall time stays out of the state: that is seeded bytes
+                               (json.dumps({"step": step, "train_seconds": round(s0 + time.perf_counter() - t0, 1)}) + "\n").encode())
     bar.close()
     if step >= cfg.steps: export_encoder(model, cfg, out_dir / "encoder.safetensors", history, step)
-    return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * (2 if getattr(model, "two_views", False) else 1)
+    return {"history": history, "step": step, "images_per_s": (step - n0) * cfg.batch_size * getattr(model, "views", 1)
             / max(1e-9, time.perf_counter() - t0), "dtype": dtype, "precision": precision}
 
 
 def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, steps_trained: int | None = None):
     "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it, as safetensors + JSON."
-    tensors = {f"encoder.{k}": v for k, v in model.encoder.vit.state_dict().items()}
-    if cfg.objective == "vae": tensors.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+    tensors = {f"encoder.{k}": v.detach().cpu() for k, v in model.encoder.vit.state_dict().items()}
+    if cfg.objective == "vae": tensors.update({f"head.{k}": v.detach().cpu() for k, v in model.head.state_dict().items()})
     save_checkpoint(path, tensors, {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
                                     "mean": list(MEAN), "std": list(STD), "history": history or []})
 
@@ -395,6 +527,46 @@ for _obj in OBJECTIVES:
     _runs[_obj] = pretrain(_cfg, _imgs, tempfile.mkdtemp())
     assert all(np.isfinite(h["loss"]) and h["feature_std"] > 0 for h in _runs[_obj]["history"]), _runs[_obj]
 {k: {m: round(x, 4) for m, x in v["history"][-1].items()} for k, v in _runs.items()}
+
+# %% [markdown]
+# Snapshots: with `snapshot_every=1`, a 2-step run leaves the encoder after each step, each with
+# the images it had seen; the last snapshot is the exported encoder, and a second run writes the
+# same snapshot bytes (the seconds beside them are wall time, kept apart).
+
+# %%
+_sd = Path(tempfile.mkdtemp())
+pretrain(PretrainConfig(objective="mae", steps=2, **_tiny), _imgs, _sd, snapshot_every=1)
+test_eq(sorted(p.name for p in (_sd / "snapshots").iterdir()),
+        ["step000001.json", "step000001.safetensors", "step000002.json", "step000002.safetensors"])
+test_eq(json.loads((_sd / "snapshots" / "step000002.json").read_text())["images_seen"], 2 * _tiny["batch_size"])
+_snap, _enc = load_checkpoint(_sd / "snapshots" / "step000002.safetensors")[0], load_checkpoint(_sd / "encoder.safetensors")[0]
+assert _snap.keys() == _enc.keys() and all(torch.equal(_snap[k], _enc[k]) for k in _enc)
+_sd2 = Path(tempfile.mkdtemp())
+pretrain(PretrainConfig(objective="mae", steps=2, **_tiny), _imgs, _sd2, snapshot_every=1)
+test_eq((_sd2 / "snapshots" / "step000001.safetensors").read_bytes(), (_sd / "snapshots" / "step000001.safetensors").read_bytes())
+
+# %% [markdown]
+# GraVIS learns on fixture images: over 40 steps (16 images, batches of 8, 4 views each), the mean
+# loss of the last ten steps is below that of the first ten.
+
+# %%
+_gh = pretrain(PretrainConfig(objective="gravis", steps=40, lr=3e-4, **{**_tiny, "ckpt_every": 40}), _imgs[:16], tempfile.mkdtemp())["history"]
+_gl = [h["loss"] for h in _gh]
+assert np.mean(_gl[-10:]) < np.mean(_gl[:10]), _gl
+round(float(np.mean(_gl[:10])), 3), round(float(np.mean(_gl[-10:])), 3)
+
+# %% [markdown]
+# What a step costs, per objective, at EXP-009's configuration (ViT-Ti/16 at 112 px, batches of
+# 64): counted FLOPs of one forward and backward pass, so budgets compare without a clock. The
+# contrastive objectives encode every view whole; MAE encodes a quarter of the patches; I-JEPA
+# adds a target encoder's forward pass without gradient. (A `slow` cell: `make notebooks` runs it,
+# `make test` does not; the stamp keeps its output current.)
+
+# %%
+#| slow
+import pandas as pd
+_big = load_images(load_records(fixture_dir(n_lesions=300, seed=0)).path.head(64), 112)
+pd.DataFrame([step_cost(PretrainConfig(objective=_o, image_size=112, patch_size=16, batch_size=64), _big) for _o in OBJECTIVES])
 
 # %% [markdown]
 # ## What each pretext is shown, on real images

@@ -122,6 +122,9 @@ _s = load_exp009()
 assert {"mae", "vae", "simclr", "ijepa"} <= set(_s["objectives"]) <= set(OBJECTIVES)      # the shipped file: every objective known
 test_eq({o: c.steps for o, c in _s["pretrain"].items()}, dict.fromkeys(_s["objectives"], 320))   # equal images seen
 test_eq(len({dataclasses.replace(c, objective="mae", steps=1) for c in _s["pretrain"].values()}), 1)   # one shared recipe
+_gpu = load_exp009(experiments_dir() / "exp009_pretrain_vits16.yaml")       # the GPU configuration (issue 29) reads as well
+test_eq({(c.arch, c.image_size, c.steps * c.batch_size) for c in _gpu["pretrain"].values()}, {("vit_small_patch16_224", 224, 512_000)})
+test_eq(_gpu["resources"]["pretrain"]["gpus"], 1)
 _tmp = Path(tempfile.mkdtemp())
 for _bad, _msg in [({"objectives": ["mae", "byol"]}, "unknown objective 'byol'"), ({"protocols": ["leaky"]}, "unknown protocol 'leaky'"),
                    ({"compare": ["clip_vitb16"]}, "'clip_vitb16' is a hub backbone"), ({"objective": ["mae"]}, "'objective' is not an EXP-009 setting"),
@@ -470,19 +473,20 @@ def fig_pretraining(encoders: pd.DataFrame):
     import matplotlib.pyplot as plt
     trained = encoders[encoders.objective.ne("none")]
     if trained.empty: return None
-    fig, axes = plt.subplots(2, len(trained), figsize=(3.2 * len(trained), 5), squeeze=False)
+    fig, axes = plt.subplots(2, len(trained), figsize=(min(11.5, 1.0 + 2.6 * len(trained)), 5.2), squeeze=False)   # fits the page
     for k, r in enumerate(trained.itertuples()):
         tensors, meta = load_checkpoint(r.path)
         h = pd.DataFrame(meta["history"])
         dim = tensors["head.weight"].shape[0] // 2 if "head.weight" in tensors else tensors["encoder.pos_embed"].shape[-1]  # the monitored feature
         axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=10)
-        axes[0][k].set_ylabel("training loss (the objective's own scale)" if k == 0 else "", fontsize=9)
+        axes[0][k].set_ylabel("training loss (the objective's own scale)" if k == 0 else "", fontsize=9.5)
         axes[1][k].plot(h.step, h.feature_std, color=PALETTE[1])
         axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
         axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
-        axes[1][k].legend(fontsize=8.5, loc="lower right")
-        axes[1][k].set_title(f"{r.objective}: collapse monitor", fontsize=10); axes[1][k].set_xlabel("optimiser step", fontsize=9)
-        axes[1][k].set_ylabel("batch std of normalised features" if k == 0 else "", fontsize=9)
+        axes[1][k].legend(fontsize=9.5, loc="lower right")
+        axes[1][k].set_title(f"{r.objective}: collapse monitor", fontsize=10); axes[1][k].set_xlabel("optimiser step", fontsize=9.5)
+        axes[1][k].set_ylabel("batch std of normalised features" if k == 0 else "", fontsize=9.5)
+        for ax in (axes[0][k], axes[1][k]): ax.tick_params(labelsize=9.5)
     fig.tight_layout()
     return fig
 

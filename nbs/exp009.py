@@ -43,6 +43,7 @@ from derma_jepa.exp009 import (audited_corpus, fig_pretraining, load_exp009, pla
 from derma_jepa.experiment import Config, resolve_data
 from derma_jepa.executors import make_executor
 from derma_jepa.plan import run_plan
+from derma_jepa.render import palette_problems, small_text
 
 exit_with_parent()          # a killed papermill takes this kernel with it (03_safety)
 
@@ -136,6 +137,8 @@ plan[["label", "protocol", "status"]]
 
 # %%
 paper = render_exp009(plan, probes, encoders, audit, excluded, len(kept), paper_dir)
+for _k, _f in paper["figures"].items():          # the real figures, as printed: the paper's palette, no text under 8 pt
+    assert not palette_problems(_f) and not small_text(_f), (_k, palette_problems(_f), small_text(_f))
 print("\n".join(f"{paper_dir}/exp009/{f}" for f in paper["files"]))
 paper["tables"]["exp009_table"]
 
