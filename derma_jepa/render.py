@@ -23,8 +23,8 @@ from .safety import write_marked_dir
 __all__ = ['PALETTE', 'PROTOCOL_COLOURS', 'ROC_SCORERS', 'GALLERY_ROWS', 'PAGE_CM', 'MARGIN_CM', 'FIG_MAX_HEIGHT',
            'PRINT_FLOOR_PT', 'FIGURES', 'PLAN_FIGURES', 'MAIN_TEX', 'README', 'arc_runs', 'paper_style',
            'palette_problems', 'fig_leak', 'fig_delta_forest', 'fig_auroc_by_backbone', 'fig_train_vs_test',
-           'experiment_runs', 'fig_roc', 'fig_score_histograms', 'fig_pair_gallery', 'print_scale', 'small_text',
-           'make_paper_figures', 'run_notebooks', 'render_paper']
+           'experiment_runs', 'fig_roc', 'fig_score_histograms', 'fig_pair_gallery', 'figure_tex', 'print_scale',
+           'small_text', 'make_paper_figures', 'run_notebooks', 'render_paper']
 
 # %% ../nbs/21_render.ipynb #2103d9de
 def arc_runs(long: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -263,6 +263,12 @@ PAGE_CM, MARGIN_CM, FIG_MAX_HEIGHT = (29.7, 21.0), 1.5, 0.8      # landscape A4 
 PRINT_FLOOR_PT = 8
 
 
+def figure_tex(path: str, caption: str, label: str) -> str:
+    "A LaTeX figure float: `path` at the text width, at most FIG_MAX_HEIGHT of the text height, with its caption (plain text)."
+    return (f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height={FIG_MAX_HEIGHT}\\textheight,"
+            f"keepaspectratio]{{{path}}}\\caption{{{tex_symbols(tex_text(caption))}}}\\label{{{label}}}\\end{{figure}}")
+
+
 def _drawn(fig):
     "`fig` drawn (tick labels get their text only when drawn) on a canvas with a renderer; the renderer."
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -497,9 +503,7 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
     runs = runs.drop(columns="run_dir")
     files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
-    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height={FIG_MAX_HEIGHT}\\textheight,"
-                        f"keepaspectratio]{{figures/{k}.pdf}}\\caption{{{tex_symbols(tex_text(FIGURES[k][0]))}}}\\label{{fig:{k}}}"
-                        f"\\end{{figure}}" for k in figs)
+    fig_tex = "\n".join(figure_tex(f"figures/{k}.pdf", FIGURES[k][0], f"fig:{k}") for k in figs)
     label = {"hub": "the paper's hub backbones only",
              "offline": "the paper's hub backbones and the offline stand-ins random_vitb16 and color_texture"}
     bb = label.get(backbones, "the paper's hub backbones and the offline stand-ins " + backbones)

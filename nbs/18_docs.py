@@ -80,8 +80,8 @@ def retitled(nb, title: str):
 
 
 def figure_captions(readme: str) -> dict[str, str]:
-    "`figures/x.png` -> caption, from the figure list of paper/README.md."
-    return dict(re.findall(r"^- `(figures/[\w.-]+\.png)`: (.+)$", readme, re.M))
+    "`figures/x.png` -> caption, from a figure list (paper/README.md, paper/exp009/figures.md): lines ``- `x.png`: caption``."
+    return dict(re.findall(r"^- `([\w./-]+\.png)`: (.+)$", readme, re.M))
 
 
 # %% [markdown]
@@ -94,6 +94,12 @@ def _section(title: str, path: Path) -> str:
     return f"## {title}\n\n{path.read_text()}\n" if path.exists() else ""
 
 
+def _figures(caps: dict[str, str], paper: Path) -> str:
+    "Each figure of `caps` (paths under `paper`) that exists, as a MyST figure with its caption."
+    return "".join(f"\n## Figure: {Path(f).stem.replace('_', ' ')}\n\n```{{figure}} {f}\n:width: 100%\n\n{c}\n```\n"
+                   for f, c in caps.items() if (Path(paper) / f).exists())
+
+
 def paper_page(paper: Path) -> str:
     "The paper's page: README, tables, figures with captions, runs."
     paper = Path(paper)
@@ -102,9 +108,7 @@ def paper_page(paper: Path) -> str:
     body += "\n" + "".join(_section(t, paper / "tables" / f"{n}.md")
                            for t, n in [("Table: the arc", "arc"), ("Table: predictor and optimiser", "optimisers"),
                                         ("Table: the seed sweep", "sweep")])
-    caps = figure_captions(readme)
-    body += "".join(f"\n## Figure: {Path(f).stem.replace('_', ' ')}\n\n```{{figure}} {f}\n:width: 100%\n\n{c}\n```\n"
-                    for f, c in caps.items() if (paper / f).exists())
+    body += _figures(figure_captions(readme), paper)
     runs = sorted((paper / "runs").glob("*.ipynb"))
     if runs:
         body += "\n## The EXP-004 runs\n\n" + "".join(f"- [{p.stem}](runs/{p.stem})\n" for p in runs)
@@ -117,9 +121,7 @@ def exp009_page(paper: Path) -> str:
     body = "# EXP-009: pretraining on dermoscopy that never saw HAM10000\n\nRendered by `make exp009` (`nbs/exp009.ipynb`).\n\n"
     body += (_section("Comparison", d / "exp009_table.md") + _section("The EXP-004 recipe by encoder", d / "recipe_table.md")
              + _section("Diagnosis probes", d / "probe_table.md"))
-    caps = dict(re.findall(r"^- `([\w./-]+\.png)`: (.+)$", (d / "figures.md").read_text(), re.M)) if (d / "figures.md").exists() else {}
-    body += "".join(f"\n## Figure: {Path(f).stem.replace('_', ' ')}\n\n```{{figure}} {f}\n:width: 100%\n\n{c}\n```\n"
-                    for f, c in caps.items() if (Path(paper) / f).exists())
+    if (d / "figures.md").exists(): body += _figures(figure_captions((d / "figures.md").read_text()), paper)
     if (d / "runs.md").exists(): body += "\n" + re.sub(r"^# ", "## ", (d / "runs.md").read_text(), count=1)
     return body
 

@@ -335,6 +335,12 @@ PAGE_CM, MARGIN_CM, FIG_MAX_HEIGHT = (29.7, 21.0), 1.5, 0.8      # landscape A4 
 PRINT_FLOOR_PT = 8
 
 
+def figure_tex(path: str, caption: str, label: str) -> str:
+    "A LaTeX figure float: `path` at the text width, at most FIG_MAX_HEIGHT of the text height, with its caption (plain text)."
+    return (f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height={FIG_MAX_HEIGHT}\\textheight,"
+            f"keepaspectratio]{{{path}}}\\caption{{{tex_symbols(tex_text(caption))}}}\\label{{{label}}}\\end{{figure}}")
+
+
 def _drawn(fig):
     "`fig` drawn (tick labels get their text only when drawn) on a canvas with a renderer; the renderer."
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -408,7 +414,7 @@ def make_paper_figures(plan: pd.DataFrame, long: pd.DataFrame) -> dict:
 # %% [markdown]
 # ## `paper/`
 #
-# `render_paper` writes `tables/*.{tex,md}`, `figures/*.png`, `runs.md` (every row of the plan
+# `render_paper` writes `tables/*.{tex,md}`, `figures/*.{pdf,png}` (the PDF for `main.tex`, the PNG for the site), `runs.md` (every row of the plan
 # with its run directory, so each number can be traced to its executed notebook), `main.tex`,
 # which inputs the tables and includes the figures with their captions, and `README.md`, which
 # lists the same. `runs/` holds the executed EXP-004 notebook of each protocol (the first backbone
@@ -591,9 +597,7 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     runs["executed notebook"] = [f"{d}/run.ipynb" if st == "run" else "" for d, st in zip(runs.run_dir, runs.status)]
     runs = runs.drop(columns="run_dir")
     files["runs.md"] = ("# Runs behind the tables\n\n" + runs.to_markdown(index=False) + "\n").encode()
-    fig_tex = "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height={FIG_MAX_HEIGHT}\\textheight,"
-                        f"keepaspectratio]{{figures/{k}.pdf}}\\caption{{{tex_symbols(tex_text(FIGURES[k][0]))}}}\\label{{fig:{k}}}"
-                        f"\\end{{figure}}" for k in figs)
+    fig_tex = "\n".join(figure_tex(f"figures/{k}.pdf", FIGURES[k][0], f"fig:{k}") for k in figs)
     label = {"hub": "the paper's hub backbones only",
              "offline": "the paper's hub backbones and the offline stand-ins random_vitb16 and color_texture"}
     bb = label.get(backbones, "the paper's hub backbones and the offline stand-ins " + backbones)

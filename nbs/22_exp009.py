@@ -61,7 +61,7 @@ from derma_jepa.split import PROTOCOLS
 from derma_jepa.pretrain import OBJECTIVES, PretrainConfig, random_encoder
 from derma_jepa.safety import load_checkpoint, load_yaml, write_marked_dir
 from derma_jepa.plan import parse_backbones
-from derma_jepa.render import FIG_MAX_HEIGHT, PALETTE, paper_style
+from derma_jepa.render import PALETTE, figure_tex, paper_style
 
 # %%
 from fastcore.test import test_eq, test_fail
@@ -571,7 +571,7 @@ EXP009_FIGURES = {
 def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
                   n_corpus: int, paper_dir="paper") -> dict:
     "Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`."
-    from derma_jepa.report import collect, fig_files, tex_symbols, tex_text, to_latex, to_markdown
+    from derma_jepa.report import collect, fig_files, tex_text, to_latex, to_markdown
     long = collect(plan)
     tables = {"exp009_table": (exp009_table(probes, plan, encoders), "EXP-009: pretraining and the diagnosis probe (linear, 100\\% labels) against the random-init control; intervals over test lesions, $\\Delta$ paired."),
               "recipe_table": (exp009_recipe_table(long, plan), "EXP-009: the EXP-004 recipe by encoder and protocol: synthetic test AUROC [95\\% CI], single-side probes, and the re-photograph endpoint."),
@@ -593,10 +593,7 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
         "budget": tex_text(budget_text(encoders)),
         "compare": "".join(f"\n\\texttt{{{tex_text(b)}}}: {tex_text(backbone_spec(b).note)}." for b in
                            dict.fromkeys(plan.backbone) if not b.startswith("ssl:")),
-        "figures": "\n".join(f"\\begin{{figure}}[htbp]\\centering\\includegraphics[width=\\linewidth,height={FIG_MAX_HEIGHT}\\textheight,"
-                             f"keepaspectratio]{{{path}}}\\caption{{{tex_symbols(tex_text(EXP009_FIGURES[k]))}}}"
-                             f"\\label{{fig:exp009-{k}}}\\end{{figure}}"
-                             for k, path in ((k, f"{path}.pdf") for k, path in shown))}).encode()
+        "figures": "\n".join(figure_tex(f"{path}.pdf", EXP009_FIGURES[k], f"fig:exp009-{k}") for k, path in shown)}).encode()
     runs = plan[["label", "protocol", "backbone", "status", "run_dir"]].assign(
         notebook=lambda d: [f"{x}/run.ipynb" for x in d.run_dir])
     files["runs.md"] = ("# EXP-009: runs and encoders behind the tables\n\n" + runs.to_markdown(index=False) + "\n\n"
