@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import atomic_write_bytes, load_records
-from .experiment import resolve_data
-from .pairs import render_side
+from .data import DataError, Dataset, atomic_write_bytes, index_images, repo_root
+from .nuisance import load_rgb, render as render_recipe
 from .report import (fig_files, ablation_table, anchor_table, arc_ran, backbone_label, collect, in_arc, interval_table, lofo_table, not_run, optimiser_table, rephoto_delta_table,
                                rephoto_table, scorer_label, sweep_delta_table, sweep_table, tex_symbols, tex_text, to_latex,
                                to_markdown)
@@ -21,10 +20,10 @@ from .safety import write_marked_dir
 
 # %% auto #0
 __all__ = ['PALETTE', 'PROTOCOL_COLOURS', 'ROC_SCORERS', 'GALLERY_ROWS', 'PAGE_CM', 'MARGIN_CM', 'FIG_MAX_HEIGHT',
-           'PRINT_FLOOR_PT', 'FIGURES', 'PLAN_FIGURES', 'MAIN_TEX', 'README', 'arc_runs', 'paper_style',
-           'palette_problems', 'fig_leak', 'fig_delta_forest', 'fig_auroc_by_backbone', 'fig_train_vs_test',
-           'experiment_runs', 'fig_roc', 'fig_score_histograms', 'fig_pair_gallery', 'figure_tex', 'print_scale',
-           'small_text', 'make_paper_figures', 'run_notebooks', 'render_paper']
+           'PRINT_FLOOR_PT', 'FIGURES', 'PLAN_FIGURES', 'TEMPLATES', 'arc_runs', 'paper_style', 'palette_problems',
+           'fig_leak', 'fig_delta_forest', 'fig_auroc_by_backbone', 'fig_train_vs_test', 'experiment_runs', 'fig_roc',
+           'fig_score_histograms', 'run_images', 'fig_pair_gallery', 'figure_tex', 'print_scale', 'small_text',
+           'make_paper_figures', 'template', 'run_notebooks', 'plan_rows', 'run_n_boot', 'render_paper']
 
 # %% ../nbs/21_render.ipynb #2103d9de
 def arc_runs(long: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -225,21 +224,24 @@ def fig_score_histograms(plan: pd.DataFrame, experiment: str = "EXP-004"):
 GALLERY_ROWS = (("train", "stable"), ("train", "changing"), ("test", "stable"), ("test", "changing"), ("test", "rephoto"))
 
 
+def run_images(run_dir) -> dict:
+    "Image id -> file in the data folder a run read (the metadata file its `audit.json` names)."
+    csv = Path(json.loads((Path(run_dir) / "audit.json").read_text())["metadata_csv"])
+    if not csv.is_file():
+        raise DataError(f"{Path(run_dir) / 'audit.json'}: the run read {csv}, which is not on this machine (re-run it here)")
+    return index_images(Dataset.from_dir(csv.parent).image_roots)
+
+
 def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int = 120):
     """Real pairs of one experiment: a column per pair kind (stable / changing / re-photographed, training and held-out
     families), a row per protocol and side; each image titled with its diagnosis and the nuisance family drawn on it."""
     import matplotlib.pyplot as plt
     rows = experiment_runs(plan, experiment).drop_duplicates("protocol")
     if rows.empty: return None
-    records = {}
     fig, axes = plt.subplots(2 * len(rows), len(GALLERY_ROWS), figsize=(1.75 * len(GALLERY_ROWS), 1.55 * 2 * len(rows)),
                              squeeze=False)
     for j, r in enumerate(rows.itertuples()):
-        cfg = r.config
-        key = (cfg.data, cfg.resolved_missing_lesion, cfg.dx_conflict)
-        if key not in records:
-            records[key] = load_records(resolve_data(cfg), missing_lesion=cfg.resolved_missing_lesion, dx_conflict=cfg.dx_conflict)
-        m = pd.read_parquet(Path(r.run_dir) / "manifest.parquet")
+        files, m = run_images(r.run_dir), pd.read_parquet(Path(r.run_dir) / "manifest.parquet")
         for i, (split, kind) in enumerate(GALLERY_ROWS):
             pair = m[m.split.eq(split) & m.kind.eq(kind)].head(1)
             for k, side in enumerate(("context", "target")):
@@ -251,7 +253,7 @@ def fig_pair_gallery(plan: pd.DataFrame, experiment: str = "EXP-004", size: int 
                     ax.text(0.5, 0.5, "none under\n" + r.protocol, ha="center", va="center", fontsize=9); continue
                 p = pair.iloc[0]
                 recipe = p[f"{side}_recipe"]
-                im = render_side(records[key], p[f"{side}_image_id"], recipe)
+                im = render_recipe(load_rgb(files[p[f"{side}_image_id"]]), recipe)
                 ax.imshow(im.resize((size, round(size * im.height / im.width))))
                 fam = json.loads(recipe)["family"]
                 ax.set_xlabel(f"{p.dx} · {'original' if fam == 'none' else fam.replace('_', ' ')}", fontsize=9, labelpad=2)
@@ -331,63 +333,13 @@ def make_paper_figures(plan: pd.DataFrame, long: pd.DataFrame) -> dict:
     return {k: v for k, v in figs.items() if v is not None}
 
 # %% ../nbs/21_render.ipynb #2c733b45
-MAIN_TEX = r"""\documentclass[11pt]{article}
-\usepackage[margin=1.5cm,landscape]{geometry}
-\usepackage{booktabs,multirow,graphicx,caption,tabulary}
-\setlength{\tymin}{4em}    %% no table column narrower than a short word
-\title{DermaJEPA, re-run: the experiment arc under the reference and symmetric protocols}
-\author{derma-jepa}
-\date{}
-\begin{document}
-\maketitle
-\IfFileExists{numbers.tex}{\input{numbers.tex}}{}
-\IfFileExists{prose.tex}{\input{prose.tex}\section{The tables in full}}{}
-\noindent Backbones: %(backbones)s. Every number below is read from a run directory (\texttt{runs.md} lists them), each holding the executed \texttt{run.ipynb} that produced it. Cells show test AUROC with 95\%% percentile bootstrap intervals from %(n_boot)s resamples: under the symmetric protocol, resamples of context lesions within each pair kind, shared by every scorer, so $\Delta$ has its own paired interval; under the reference protocol, the release's independent resamples of pairs per scorer, which ignore that lesions recur across pairs (Table~\ref{tab:intervals} measures by how much). The arc table holds the rows that ran; what the arc asked for and could not run here is listed after it, with why.
+TEMPLATES = "nbs/templates"       # main.tex and README.md of paper/, as files (the repository's, like nbs/experiments)
 
-\section{Anchors to the published numbers}
-Where a like-for-like number exists (EXP-004, test AUROC): the release's published value beside this re-run under each protocol. Pixel L2 needs no weights and is the same computation; for the published DINOv2 and CLIP predictors the nearest like-for-like here is a random-init ViT-B/16, with its target-only probe (the leak's measure); DermLIP's weights are not on this machine.
-\input{tables/anchors.tex}
 
-\section{The arc}
-Per protocol: the predictor, the strongest baseline, $\Delta$ = predictor $-$ strongest baseline with its interval, the verdict (the release's fixed-threshold rule under reference, labelled so; under symmetric, improved or worse when $\Delta$'s interval excludes 0, else matched), the two single-side probes (the leak detectors: 0.5 when one side alone carries no label), the predictor's AUROC on the real re-photograph endpoint, and that endpoint's $\Delta$ against the baseline its own validation split chose, with the verdict read off $\Delta$'s interval (the same rule under both protocols). A run that several experiments share (an offline stand-in for experiments that differ only in the hub backbone) is one row naming them all.
-\input{tables/arc.tex}
-%(not_run)s
+def template(name: str) -> str:
+    "A template of paper/ (`nbs/templates/<name>`), read from the checkout."
+    return (repo_root() / TEMPLATES / name).read_text(encoding="utf-8")
 
-\section{The re-photo endpoint}
-Under the symmetric protocol a synthetic stable pair is two draws of nuisance on the same photograph, which a pixel metric separates from a different lesion almost by construction. The real re-photographs are the realistic stable pairs: per lesion photographed more than once, two of its photographs against a changing pair that keeps the same context photograph and takes another lesion of the same diagnosis and site (so the two kinds have one diagnosis and site mix), on validation and test. They are the same pairs under both protocols (drawn from the lesions both split rules place alike), beside each protocol's own pairs, so the protocols differ there only in what was trained. Intervals resample lesions, each with its two pairs, shared by every scorer. Here every scorer's test AUROC on both endpoints, per protocol.
-\input{tables/rephoto.tex}
-
-The predictor's re-photo $\Delta$ with its paired interval, against the baseline the endpoint's validation split chose, the raw cosine and the bias-only control.
-\input{tables/rephoto_deltas.tex}
-
-\section{Each leak closed in turn}
-EXP-004 from the reference protocol to the symmetric one, one difference of the release closed at a time and cumulatively: processing (both sides of both labels processed), per-pair random streams, dx-matched selection, a random partner, the checksum split rule, the paper's preset, the autograd trainer; then the symmetric protocol itself (which differs from the last step only in how it evaluates: baseline rule, bootstrap, missing-lesion rule). Each number is test AUROC with its change from the step before: the target-only probe (the leak's measure), the predictor, the bias-only control, the strongest baseline on test, and the predictor on the re-photo endpoint.
-\input{tables/ablation.tex}
-
-\section{Every held-out family}
-EXP-004 in each leave-one-family-out fold: one family held out for validation and test, the other two rotated in training. Every scorer on both endpoints, per protocol; the fold holding out \texttt{strong\_held\_out\_2} is EXP-004 itself.
-\input{tables/lofo.tex}
-
-\section{Resampling units}
-The width of each interval depends on what is resampled: pairs (the release), context lesions (this re-run), or context and target lesions both (two-way, pigeonhole: drawn independently, a pair weighted by the product of its two multiplicities). The ratios to the pair-level width say how far the release's intervals understate the uncertainty on these runs.
-\input{tables/intervals.tex}
-
-\section{Predictor and optimiser}
-\input{tables/optimisers.tex}
-
-\section{Seed sweep}
-Mean $\pm$ SD over seeds and the Student-$t$ 95\%% interval of the mean (mean $\pm$ $t_{0.975,n-1}$ SD$/\sqrt{n}$), for the predictor and for every baseline and control at each seed; the release's normal-approximation interval (1.96 in place of $t$, too narrow for a handful of seeds) is in its own column.
-\input{tables/sweep.tex}
-
-Paired within each seed (the same split and pairs for every scorer), then summarised over the seeds, on both endpoints: predictor $-$ raw cosine, predictor $-$ bias-only control, predictor $-$ the baseline with the highest validation AUROC (one rule for both protocols; the table names the choices), reference $-$ symmetric for the predictor on the same seed, and the target-only probe.
-\input{tables/sweep_deltas.tex}
-
-\IfFileExists{exp009/exp009.tex}{\input{exp009/exp009.tex}}{}
-
-\section{Figures}
-%(figures)s
-\end{document}
-"""
 
 def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, bytes]:
     """The executed run.ipynb of `experiment` per protocol (first backbone that ran, arc rows only), cleaned of timestamps,
@@ -413,60 +365,16 @@ def run_notebooks(plan: pd.DataFrame, experiment: str = "EXP-004") -> dict[str, 
     return out
 
 
-README = """# paper/
+def plan_rows(path) -> pd.DataFrame:
+    "A plan file's rows as `run_plan` wrote them, each config a plain dict: the paper reads run directories, not configs."
+    return pd.DataFrame(json.loads(Path(path).read_text()))
 
-Rendered from run directories by `make paper` (through `nbs/paper.ipynb`, code in `nbs/21_render`);
-nothing here is written by hand and every file is rewritten identically when the runs have not changed.
-Backbones: {backbones}.
 
-- `main.tex`: the prose (`prose.tex`, with every number a macro of `numbers.tex`: 23_text), then the tables and
-  the figures with their captions (`make paper-pdf` builds `main.pdf`);
-- `tables/arc.*`: the arc, both protocols side by side: predictor test AUROC [95% CI], the strongest
-  baseline, Δ [95% CI], verdict, target-only and context-only probes, the re-photo endpoint's AUROC and its
-  Δ against the baseline its val chose, with that verdict; a run several experiments share is one row naming
-  them all; only rows that ran (main.tex lists, after the table, what the arc asked for and could not run here,
-  and why);
-- `tables/rephoto.*`: every scorer's test AUROC [95% CI] on the synthetic endpoint beside the real
-  re-photographs (re-photo pairs against matched changing pairs, the same pairs under both protocols),
-  per protocol (arc runs);
-- `tables/rephoto_deltas.*`: the predictor's re-photo Δ [95% CI] against the val-chosen baseline, the raw
-  cosine and the bias-only control, per protocol (arc runs);
-- `tables/lofo.*`: EXP-004 in each leave-one-family-out fold, every scorer on both endpoints, per protocol;
-- `tables/anchors.*`: the release's published EXP-004 numbers (pixel L2 0.580, DINOv2/CLIP 0.25–0.29, DermLIP
-  0.944) beside this re-run under each protocol, with a random-init ViT-B/16 as the like-for-like ViT;
-- `tables/ablation.*`: EXP-004 from `reference` to `symmetric`, one release difference closed at a time: the
-  target-only probe, predictor, bias-only control, strongest baseline and re-photo AUROC, each with its change
-  from the step before;
-- `tables/intervals.*`: 95% CI widths of test AUROC when pairs, context lesions, or context and target lesions
-  (two-way) are resampled, and their ratios to the pair width (symmetric arc runs);
-- `tables/optimisers.*`: predictor × optimiser on the EXP-004 data (linear/SGD, MLP/SGD, MLP/Adam);
-- `tables/sweep.*`: the seed sweep, mean ± SD [Student-t 95% CI of the mean] per scorer, and the release's
-  1.96 interval in its own column;
-- `tables/sweep_deltas.*`: the sweep paired within each seed, on both endpoints: predictor − raw cosine, − bias-only control,
-  − the val-chosen baseline (one rule for both protocols), reference − symmetric, and the target-only
-  probe, each mean ± SD [Student-t 95% CI] with its seeds;
-- `runs.md`: every row of the plan and the executed `run.ipynb` behind it (run directories live under
-  `runs/`, which is not committed);
-- `runs/`: the executed EXP-004 notebooks of the first backbone that ran, one per protocol, as the
-  arc ran them (cleaned of papermill's timestamps), so the paper's central run can be read without `runs/`;
-- `audit/`: the overlap audit of HAM10000 against the EXP-009 pretraining corpus (`make audit`, or step 1
-  of `make exp009`);
-- `exp009/`: EXP-009, rendered by `make exp009` (`nbs/exp009.ipynb`).
-
-Intervals: 95% percentile bootstrap, {n_boot} resamples; symmetric runs resample context lesions within
-each pair kind, shared by every scorer (paired); reference runs keep the release's per-scorer resamples
-of pairs; the re-photo endpoint resamples lesions, each with its two pairs, under both protocols.
-
-## Figures
-
-Each figure is a vector PDF (`figures/*.pdf`, which `main.tex` includes) and a PNG (`figures/*.png`, for the site),
-drawn from the colour-blind-safe Okabe-Ito palette, with no text below 8 pt on the page.
-
-{figures}
-
-Thumbnails of HAM10000 images in `figures/pair_gallery.png` and `audit/`: HAM10000 is CC BY-NC-SA 4.0
-(Tschandl et al., Sci. Data 5:180161, 2018); shown here for non-commercial research.
-"""
+def run_n_boot(plan: pd.DataFrame) -> list[int]:
+    "The bootstrap resamples of the runs that ran (each run's own `config.yaml`)."
+    import yaml
+    ran = [Path(d) / "config.yaml" for d in plan[plan.status.eq("run")].run_dir.unique()] if len(plan) else []
+    return sorted({yaml.safe_load(f.read_text())["n_boot"] for f in ran if f.exists()})
 
 
 def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") -> dict:
@@ -507,14 +415,14 @@ def render_paper(plan: pd.DataFrame, paper_dir="paper", backbones: str = "hub") 
     label = {"hub": "the paper's hub backbones only",
              "offline": "the paper's hub backbones and the offline stand-ins random_vitb16 and color_texture"}
     bb = label.get(backbones, "the paper's hub backbones and the offline stand-ins " + backbones)
-    n_boot = ", ".join(map(str, sorted({c.n_boot for c in plan.config}))) if len(plan) else "–"
+    n_boot = ", ".join(map(str, run_n_boot(plan))) or "–"
     nr = not_run(long)                    # the arc table holds the rows that ran; what did not, and why, is one paragraph
     nr_tex = ("\\begin{sloppypar}\\noindent\\textbf{Not run on this machine.} " + "; ".join(
         f"{tex_text(r.backbone)} ({tex_text(r.experiments)}): {tex_text(r.reason)}" for r in nr.itertuples())
         + ".\\end{sloppypar}") if len(nr) else ""           # sloppy: the hub ids are long unbreakable words
-    files["main.tex"] = (MAIN_TEX % {"backbones": tex_text(bb), "figures": fig_tex, "n_boot": n_boot, "not_run": nr_tex}).encode()
+    files["main.tex"] = (template("paper_main.tex") % {"backbones": tex_text(bb), "figures": fig_tex, "n_boot": n_boot, "not_run": nr_tex}).encode()
     fig_md = "\n".join(f"- `figures/{k}.png`: {FIGURES[k][0]}" for k in figs) or "(none: nothing ran)"
-    files["README.md"] = README.format(backbones=bb, n_boot=n_boot, figures=fig_md).encode()
+    files["README.md"] = template("paper_README.md").format(backbones=bb, n_boot=n_boot, figures=fig_md).encode()
     out = Path(paper_dir); out.mkdir(parents=True, exist_ok=True)
     files.update({f"runs/{k}": v for k, v in run_notebooks(plan).items()})
     for sub in ("tables", "figures", "runs"):

@@ -245,7 +245,7 @@ test_eq((_aud["n_lesions"], _aud["missing"], _aud["unreadable"], _aud["image_siz
 assert _aud["lesions_multi_image"] >= 4
 # byte-identical on regeneration
 _fx2 = make_fixture(Path(tempfile.mkdtemp()) / "fx", n_lesions=40, seed=3)
-test_eq([f.read_bytes() for f in sorted((_fx / "images").iterdir())], [f.read_bytes() for f in sorted((_fx2 / "images").iterdir())])
+assert [f.read_bytes() for f in sorted((_fx / "images").iterdir())] == [f.read_bytes() for f in sorted((_fx2 / "images").iterdir())]
 # making the same fixture again where it already exists keeps it; a different one is refused
 test_eq(make_fixture(_fx, n_lesions=40, seed=3), _fx)
 test_fail(lambda: make_fixture(_fx, n_lesions=41, seed=3), contains="is not this fixture")

@@ -793,22 +793,16 @@ test_eq([n for n, _ in table_parts(pd.DataFrame({("a", "x"): [1], ("b", "x"): [2
 
 # %%
 #| export
-def _fig_bytes(fig) -> bytes:
-    import io
-    import matplotlib.pyplot as plt
-    buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def fig_files(fig) -> dict[str, bytes]:
     "A figure as vector PDF (for LaTeX) and PNG (for the site), neither with a date in it; the figure is closed."
     import io
     import matplotlib.pyplot as plt
-    buf = io.BytesIO()
+    pdf, png = io.BytesIO(), io.BytesIO()
     with plt.rc_context({"pdf.fonttype": 42}):            # TrueType text: selectable and searchable, as journals ask
-        fig.savefig(buf, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
-    return {"pdf": buf.getvalue(), "png": _fig_bytes(fig)}
+        fig.savefig(pdf, format="pdf", bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None})
+    fig.savefig(png, format="png", dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return {"pdf": pdf.getvalue(), "png": png.getvalue()}
 
 
 # %%

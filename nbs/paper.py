@@ -26,8 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from derma_jepa.render import FIGURES, render_paper
-from derma_jepa.plan import read_plan
+from derma_jepa.render import FIGURES, plan_rows, render_paper
 from derma_jepa.report import sweep_summary
 from derma_jepa.safety import exit_with_parent
 
@@ -50,7 +49,7 @@ backbones = "color_texture"
 # Every row the arc asked for, including those that could not run here and why.
 
 # %%
-plan = read_plan(plan_file)
+plan = plan_rows(plan_file)
 plan[["experiment", "protocol", "seed", "sweep", "backbone", "stand_in", "status"]].drop_duplicates()
 
 # %%

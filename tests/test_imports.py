@@ -98,3 +98,17 @@ def test_reading_order_is_import_order(tmp_path):
     for m, nb in owner.items():
         bad += [f"module {m} ({nb}) imports {x} ({owner[x]})" for x in module_imports(PACKAGE / f"{m}.py") if owner.get(x, "") > nb]
     assert not bad, "\n".join(bad)
+
+
+def test_every_module_stays_under_500_lines():
+    long = {p.name: n for p in PACKAGE.glob("*.py") if not p.stem.startswith("_")
+            and (n := len(p.read_text().splitlines())) >= 500}
+    assert not long, f"modules of 500 lines or more (split them by concept): {long}"
+
+
+def test_the_paper_notebook_reads_runs_not_the_pipeline(tmp_path):
+    "nbs/paper.ipynb renders run directories: it imports none of the modules that make runs (so their edits leave it current)."
+    pipeline = {"experiment", "plan", "executors", "backbones", "embed", "pairs", "split", "baselines", "predictors"}
+    assert not notebook_imports(ROOT / "nbs" / "paper.ipynb", tmp_path) & pipeline
+    render = module_imports(PACKAGE / "render.py") | module_imports(PACKAGE / "report.py") | module_imports(PACKAGE / "text.py")
+    assert not render & pipeline, render & pipeline
