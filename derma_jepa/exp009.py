@@ -26,13 +26,13 @@ from .plan import parse_backbones
 from .render import PALETTE, figure_tex, paper_style
 
 # %% auto #0
-__all__ = ['KEYS', 'ARCH_LABEL', 'CONTROL', 'EXP009_TEX', 'EXP009_FIGURES', 'load_exp009', 'audited_corpus', 'corpus_digest',
-           'pretrain_dir', 'pretrain_job', 'pretrain_all', 'encoder_label', 'plan_exp009', 'probe_all', 'probe_gate',
-           'exp009_table', 'exp009_recipe_table', 'probe_table', 'fig_pretraining', 'fig_by_encoder', 'render_exp009',
-           'budget_text', 'plan_config0']
+__all__ = ['KEYS', 'HELD_OUT', 'ARCH_LABEL', 'CONTROL', 'EXP009_TEX', 'MAPS_TEX', 'EXP009_FIGURES', 'load_exp009',
+           'audited_corpus', 'corpus_digest', 'pretrain_dir', 'pretrain_job', 'pretrain_all', 'encoder_label',
+           'plan_exp009', 'probe_all', 'probe_gate', 'exp009_table', 'exp009_recipe_table', 'probe_table',
+           'fig_pretraining', 'fig_by_encoder', 'render_exp009', 'budget_text', 'plan_config0']
 
 # %% ../nbs/22_exp009.ipynb #0472518e
-KEYS = ("recipe", "corpus", "objectives", "pretrain", "steps", "protocols", "compare", "probe", "audit", "resources")
+KEYS = ("recipe", "corpus", "holdout", "objectives", "pretrain", "steps", "protocols", "compare", "probe", "audit", "resources")
 
 
 def _expand(value: str, what: str, path) -> str:
@@ -61,9 +61,12 @@ def load_exp009(path=None, **overrides) -> dict:
         try: cfgs[o] = PretrainConfig(objective=o, **{**dict(s.get("pretrain") or {}), **({"steps": steps[o]} if o in steps else {})})
         except TypeError as e: raise ConfigError(f"{path}: pretrain: {e}".replace("PretrainConfig.__init__() ", "")) from None
         except DataError as e: raise ConfigError(f"{path}: {e}") from None
+    holdout = [str(h) for h in (s.get("holdout") or [])]
+    for h in holdout:
+        if Path(h).is_absolute() or ".." in Path(h).parts: raise ConfigError(f"{path}: holdout {h!r}: give a folder inside the corpus")
     recipe = Path(path).parent / f"{s.get('recipe', 'exp009')}.yaml"
     if not recipe.exists(): raise ConfigError(f"{path}: recipe {recipe} not found")
-    return {"file": str(path), "recipe": recipe, "corpus": _expand(s.get("corpus", ""), "corpus", path), "objectives": objs,
+    return {"file": str(path), "recipe": recipe, "corpus": _expand(s.get("corpus", ""), "corpus", path), "holdout": holdout, "objectives": objs,
             "pretrain": cfgs, "protocols": list(s.get("protocols") or ["symmetric"]),
             "compare": parse_backbones(",".join(s.get("compare") or [])) if s.get("compare") else [],
             "probe": {"fractions": (0.01, 0.1, 1.0), "n_boot": 200, **dict(s.get("probe") or {})},
@@ -71,11 +74,19 @@ def load_exp009(path=None, **overrides) -> dict:
             "resources": check_resources(s.get("resources"), f"{path}: resources")}
 
 # %% ../nbs/22_exp009.ipynb #ba13e54e
-def audited_corpus(paths, report: dict) -> tuple[list[str], pd.DataFrame]:
-    "(kept paths, excluded rows with the reason) given `overlap_audit`'s report against HAM10000."
+HELD_OUT = "held out of pretraining: transfer test images"
+
+
+def audited_corpus(paths, report: dict, holdout=(), corpus=None) -> tuple[list[str], pd.DataFrame]:
+    """(kept paths, excluded rows with the reason) given `overlap_audit`'s report against HAM10000; the images under each
+    `holdout` folder of `corpus` go too (the transfer probe's test images, 16_probe), each row saying so."""
     ex = [{"path": r["path_b"], "reason": "exact copy of " + Path(r["path_a"]).name} for r in report["exact_pairs"]]
     ex += [{"path": r.path_b, "reason": f"near-duplicate of {Path(r.path_a).name} (similarity {r.similarity:.3f})"}
            for r in report["near_pairs"].itertuples()]
+    for h in holdout:
+        under = [str(p) for p in paths if Path(p).is_relative_to(Path(corpus) / h)]
+        if not under: raise DataError(f"holdout {h!r}: no corpus image under {Path(corpus) / h}")
+        ex += [{"path": p, "reason": f"{HELD_OUT} ({h})"} for p in under]
     excluded = pd.DataFrame(ex, columns=["path", "reason"]).drop_duplicates("path", ignore_index=True)
     drop = set(excluded.path)
     return [str(p) for p in paths if str(p) not in drop], excluded
@@ -299,16 +310,28 @@ def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame,
 
 # %% ../nbs/22_exp009.ipynb #4856cb46
 EXP009_TEX = r"""\section{EXP-009: self-supervised dermoscopy pretraining without HAM10000}
-\noindent Corpus: %(n_corpus)d dermoscopy images not in HAM10000 (%(excluded)d left out by the overlap audit). Audit: %(verdict)s
+\noindent Corpus: %(n_corpus)d dermoscopy images not in HAM10000 (%(excluded)d left out by the overlap audit%(held)s). Audit: %(verdict)s
 Each objective trains the same %(arch)s from the same initial weights for the same number of images seen (%(budget)s); the minutes each took on this machine are in the table; ``random init'' is that initial encoder, untrained.
 The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$); its intervals resample test lesions, each with all its images. It is the gate: $\Delta$ balanced accuracy against the random-init control is computed on the same lesion resamples for both (a paired percentile interval); ``passed'' means the whole interval lies above 0, ``below random init'' the whole interval below 0, and ``did not beat random init'' an interval that holds 0: on this probe, at this pretraining budget, the encoder is not shown to differ from its untrained self, which is not evidence that it learned nothing.
 The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third (second table: one row per encoder and protocol). An AUROC whose whole interval lies below 0.5 is marked ``below chance'': under the reference protocol that is the leak working against the encoder (its processed stable targets look further from their contexts than unprocessed changing pairs), not an encoder that merely failed to beat a baseline. Beside it, both single-side probes (a target-only probe far above 0.5 is the leak, per encoder) and the real re-photograph endpoint, the same pairs under both protocols, with $\Delta$ against the baseline chosen on its validation split.%(compare)s
 \input{exp009/exp009_table.tex}
 \input{exp009/recipe_table.tex}
 \input{exp009/probe_table.tex}
+%(maps)s
 %(figures)s
 """
+MAPS_TEX = r"""Where each encoder looks, and whether what it learned carries to another collection (24\_featuremaps): the last block's attention over the patches of %(n)d HAM10000 test images with segmentation masks, as the share that falls on the lesion against the lesion's share of the image (the lift: 1 when attention ignores where the lesion is), with 95\%% percentile intervals over images; and a logistic probe for melanoma against the six other diagnoses, fitted on the HAM10000 train split and scored on the ISIC 2017 validation images by AUROC (95\%% percentile interval over those images, which carry no lesion ids). The last column counts the transfer images the encoder's pretraining corpus held, unlabelled.
+\input{exp009/featuremaps_table.tex}"""
 EXP009_FIGURES = {
+    "attention": "Where the encoders look: the last block's attention over the patches (bright: more), a row per HAM10000 test "
+                 "image (one per diagnosis, lesion outlined in the first column), a column per encoder, each over its own view "
+                 "of the image; below each map its lesion-attention lift (1: attention ignores the lesion). Encoders without a "
+                 "class token show the attention each patch receives, averaged over all patch queries.",
+    "pca": "What the encoders group together: the first three principal components of the patch features (fitted on all "
+           "shown images together, per encoder) as colour; patches alike to the encoder share a colour. A lesion that "
+           "stands out in its own colour is a lesion the encoder tells from skin.",
+    "anchors": "Patch similarity (cosine of patch features, bright: alike) from three anchors chosen from the mask of one "
+               "melanoma (white dot): the lesion's centre, its border and skin, a row per encoder.",
     "by_encoder": "EXP-009 by encoder (rows; random init is the untrained control). Left: the diagnosis probe's test balanced "
                   "accuracy (95% CI over test lesions) at each fraction of training labels, chance 1/7 dotted; an encoder "
                   "that learned something about lesions lies right of random init. Right: the EXP-004 recipe on each "
@@ -326,28 +349,31 @@ EXP009_FIGURES = {
 
 
 def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
-                  n_corpus: int, paper_dir="paper") -> dict:
-    "Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`."
+                  n_corpus: int, paper_dir="paper", maps: dict | None = None) -> dict:
+    """Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`; `maps` (24_featuremaps'
+    `encoder_maps`, drawn): {"table", "figures": {name: Figure}, "n": images behind the lift}."""
     from derma_jepa.report import collect, fig_files, tex_text, to_latex, to_markdown
     long = collect(plan)
     tables = {"exp009_table": (exp009_table(probes, plan, encoders), "EXP-009: pretraining and the diagnosis probe (linear, 100\\% labels) against the random-init control; intervals over test lesions, $\\Delta$ paired."),
               "recipe_table": (exp009_recipe_table(long, plan), "EXP-009: the EXP-004 recipe by encoder and protocol: synthetic test AUROC [95\\% CI], single-side probes, and the re-photograph endpoint."),
               "probe_table": (probe_table(probes), "Diagnosis probe by label fraction: balanced accuracy and macro AUROC [95\\% CI].")}
+    if maps: tables["featuremaps_table"] = (maps["table"], "EXP-009: lesion-attention lift and ISIC 2017 melanoma transfer per encoder [95\\% CI].")
     files = {}
     for name, (df, cap) in tables.items():
         files[f"{name}.md"] = to_markdown(df).encode()
         files[f"{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
     with paper_style():                   # the paper's palette (21_render), not matplotlib's default cycle
         figs = {"by_encoder": fig_by_encoder(long, probes, plan), "pretraining": fig_pretraining(encoders)}
-    figs = {k: v for k, v in figs.items() if v is not None}
+    figs = {k: v for k, v in {**figs, **(maps or {}).get("figures", {})}.items() if v is not None}
     for k, f in figs.items(): files.update({f"{k}.{ext}": b for ext, b in fig_files(f).items()})
     shown = [*((k, f"exp009/{k}") for k in figs), *((("audit", f"audit/{Path(audit['figure']).stem}"),) if audit.get("figure") else ())]
     files["figures.md"] = "".join(f"- `{path}.png`: {EXP009_FIGURES[k]}\n" for k, path in shown).encode()   # the site's captions
-    cfg0 = plan_config0(encoders)
+    cfg0, held = plan_config0(encoders), excluded.reason.str.startswith(HELD_OUT)
     files["exp009.tex"] = (EXP009_TEX % {
-        "n_corpus": n_corpus, "excluded": len(excluded), "verdict": tex_text(audit["verdict"]),
+        "n_corpus": n_corpus, "excluded": int((~held).sum()), "verdict": tex_text(audit["verdict"]),
+        "held": f"; {int(held.sum())} held out of pretraining as the transfer probe's test images" if held.any() else "",
         "arch": f"{ARCH_LABEL.get(cfg0.arch, cfg0.arch)} at {cfg0.image_size} px",
-        "budget": tex_text(budget_text(encoders)),
+        "budget": tex_text(budget_text(encoders)), "maps": MAPS_TEX % {"n": maps["n"]} if maps else "",
         "compare": "".join(f"\n\\texttt{{{tex_text(b)}}}: {tex_text(backbone_spec(b).note)}." for b in
                            dict.fromkeys(plan.backbone) if not b.startswith("ssl:")),
         "figures": "\n".join(figure_tex(f"{path}.pdf", EXP009_FIGURES[k], f"fig:exp009-{k}") for k, path in shown)}).encode()

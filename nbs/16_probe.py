@@ -241,10 +241,13 @@ _vs.round(3)
 
 # %%
 #| export
-def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS,
-                   progress: bool = False) -> pd.DataFrame:
-    """The diagnosis probe's predictions (`probe_predictions`, grouped by lesion) of a registry backbone on a
-    HAM10000-style `folder` (metadata CSV + images), with each test image's `image_id`; `probe_summary` scores them."""
+def _sides(rows: pd.DataFrame) -> pd.DataFrame:
+    "Un-processed images as embedding sides (08_embed)."
+    return pd.DataFrame({"path": rows.path, "sha256": rows.sha256, "recipe": recipe_json(NONE_RECIPE)})
+
+
+def _embedded_split(backbone: str, folder, seed: int, weights=None, progress: bool = False):
+    "(records with the lesion-aware split, their embeddings, the backbone) of a HAM10000-style `folder`."
     from derma_jepa.backbones import get_backbone
     from derma_jepa.data import load_records, require_readable
     from derma_jepa.embed import embed_sides
@@ -253,8 +256,14 @@ def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fr
     require_readable(records)
     split = split_records(records, seed, (0.70, 0.15, 0.15), "symmetric")
     bb = get_backbone(backbone, weights)
-    sides = pd.DataFrame({"path": split.path, "sha256": split.sha256, "recipe": recipe_json(NONE_RECIPE)})
-    z, _ = embed_sides(bb, sides, progress=progress)
+    return split, embed_sides(bb, _sides(split), progress=progress)[0], bb
+
+
+def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS,
+                   progress: bool = False) -> pd.DataFrame:
+    """The diagnosis probe's predictions (`probe_predictions`, grouped by lesion) of a registry backbone on a
+    HAM10000-style `folder` (metadata CSV + images), with each test image's `image_id`; `probe_summary` scores them."""
+    split, z, bb = _embedded_split(backbone, folder, seed, weights, progress)
     tr, te = split.split.eq("train").to_numpy(), split.split.eq("test").to_numpy()
     dx, test = split.dx.to_numpy(), split[te].reset_index(drop=True)
     out = probe_predictions(z[tr], dx[tr], z[te], dx[te], test.lesion_id.to_numpy(), fractions, seed)
@@ -270,3 +279,92 @@ test_eq(_fxp.groupby("image_id").group.nunique().max(), 1)
 test_eq(set(_fx.classifier), {"logistic", "knn"}); test_eq(sorted(set(_fx.fraction)), [0.01, 0.1, 1.0])
 test_eq(_fx.balanced_accuracy.between(0, 1).all(), True)
 _fx.round(3)
+
+# %% [markdown]
+# ## Across datasets: melanoma on ISIC 2017
+#
+# A feature that learned something about lesions should carry to another collection. The MedMNIST
+# self-supervised benchmark's cross-dataset protocol, for melanoma: a logistic probe (as above)
+# for melanoma against the six other diagnoses, fitted on the HAM10000 train split's embeddings
+# (the same split and cache as the diagnosis probe), scored on the 150 ISIC 2017 validation images
+# (another challenge, another label file, 256×256) by AUROC with a percentile bootstrap over those
+# images: ISIC 2017 gives no lesion ids, so an image is the resampling unit, which is stated beside
+# the interval. EXP-009's pretraining corpus leaves these 150 images out (22_exp009), so an
+# EXP-009 encoder meets them here for the first time.
+
+# %%
+#| export
+ISIC2017_SPLITS = {"train": ("train", "ISIC-2017_Training_Classes.csv"), "val": ("val", "ISIC-2017_Validation_Classes.csv")}
+TRANSFER_BOOTSTRAP = "percentile, 95%: ISIC 2017 images drawn with replacement (no lesion ids are given)"
+
+
+def isic2017_records(root, split: str = "val") -> pd.DataFrame:
+    "The ISIC 2017 images of one split (`root/<split>/<image_id>.jpg`) with their melanoma label (0/1) and SHA-256."
+    from pathlib import Path
+    from derma_jepa.data import DataError, audit_files
+    if split not in ISIC2017_SPLITS: raise ValueError(f"ISIC 2017 split {split!r}: choose one of {', '.join(ISIC2017_SPLITS)}")
+    folder, classes = ISIC2017_SPLITS[split]
+    csv = Path(root) / classes
+    if not csv.is_file(): raise DataError(f"{csv}: the ISIC 2017 {split} classes file is not there")
+    df = pd.read_csv(csv, dtype={"image_id": str})
+    if not {"image_id", "melanoma"} <= set(df.columns):
+        raise DataError(f"{csv}: needs the columns image_id and melanoma, has {', '.join(map(str, df.columns))}")
+    bad = np.flatnonzero(~df.melanoma.isin([0, 1]).to_numpy())
+    if len(bad): raise DataError(f"{csv} row {bad[0] + 2}: melanoma is {df.melanoma.astype(str).iloc[bad[0]]}, not 0 or 1")
+    paths = [Path(root) / folder / f"{i}.jpg" for i in df.image_id]
+    audit = audit_files(paths)
+    bad = np.flatnonzero(audit.status.ne("found").to_numpy())
+    if len(bad): raise DataError(f"{paths[bad[0]]} ({csv.name} row {bad[0] + 2}) is {audit.status.iloc[bad[0]]}; "
+                                 f"{len(bad)} bad image(s) in all")
+    return pd.DataFrame({"image_id": df.image_id, "path": list(map(str, paths)), "sha256": audit.sha256.to_numpy(),
+                         "melanoma": df.melanoma.astype(int).to_numpy()})
+
+
+def transfer_predictions(backbone: str, folder, isic_root, split: str = "val", seed: int = 20260422, weights=None,
+                         progress: bool = False) -> pd.DataFrame:
+    "Melanoma scores of ISIC 2017 `split` images from a logistic probe fitted on the HAM10000 train split (melanoma vs rest)."
+    from derma_jepa.embed import embed_sides
+    isic = isic2017_records(isic_root, split)
+    ham, z, bb = _embedded_split(backbone, folder, seed, weights, progress)
+    tr = ham.split.eq("train").to_numpy()
+    clf = _classifiers(int(tr.sum()), seed)["logistic"].fit(z[tr], ham.dx.to_numpy()[tr] == "mel")
+    zi, _ = embed_sides(bb, _sides(isic), progress=progress)
+    return isic[["image_id", "melanoma"]].assign(score=clf.predict_proba(zi)[:, 1], backbone=bb.name, fingerprint=bb.fingerprint)
+
+
+def transfer_summary(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 20260422) -> dict:
+    "Melanoma AUROC on the transfer images with its bootstrap CI (images resampled), and the counts behind it."
+    from derma_jepa.metrics import bootstrap_metrics
+    m = bootstrap_metrics(predictions.melanoma.to_numpy(), predictions.score.to_numpy(), n_boot, seed)["auroc"]
+    return {"n_images": len(predictions), "n_melanoma": int(predictions.melanoma.sum()), "auroc": m["value"],
+            "auroc_ci_low": m["ci_low"], "auroc_ci_high": m["ci_high"], "bootstrap": f"{TRANSFER_BOOTSTRAP}, {n_boot} resamples"}
+
+
+# %% [markdown]
+# On a hand-made "ISIC 2017" folder: fixture images of other lesions than the probe's (a second
+# fixture, another seed), labelled melanoma where their diagnosis is `mel`. A bad label, a missing
+# file and a missing classes file each end in one line naming where.
+
+# %%
+import shutil, tempfile
+from pathlib import Path
+from derma_jepa.data import load_records
+_isic = Path(tempfile.mkdtemp()) / "isic2017"; (_isic / "val").mkdir(parents=True)
+_other = load_records(fixture_dir(n_lesions=200, seed=5)).drop_duplicates("lesion_id").head(60)
+for _r in _other.itertuples(): shutil.copy(_r.path, _isic / "val" / f"{_r.image_id}.jpg")
+pd.DataFrame({"image_id": _other.image_id, "melanoma": _other.dx.eq("mel").astype(float)}).to_csv(
+    _isic / "ISIC-2017_Validation_Classes.csv", index=False)
+_tp = transfer_predictions("color_texture", fixture_dir(n_lesions=600, seed=0), _isic)
+_ts = transfer_summary(_tp, 200)
+test_eq((_ts["n_images"], _ts["n_melanoma"]), (60, int(_other.dx.eq("mel").sum())))
+assert 0.5 < _ts["auroc"] and _ts["auroc_ci_low"] <= _ts["auroc"] <= _ts["auroc_ci_high"] <= 1, _ts   # the fixture's mel is visible
+test_eq(transfer_summary(_tp, 200), _ts)                                          # seeded
+test_fail(lambda: isic2017_records(_isic, "test"), contains="ISIC 2017 split 'test'")
+test_fail(lambda: isic2017_records(_isic, "train"), contains="ISIC-2017_Training_Classes.csv: the ISIC 2017 train classes file is not there")
+_bad = _isic.parent / "bad"; shutil.copytree(_isic, _bad)
+(_bad / "ISIC-2017_Validation_Classes.csv").write_text("image_id,melanoma\n" + f"{_other.image_id.iloc[0]},0.0\n{_other.image_id.iloc[1]},0.5\n")
+test_fail(lambda: isic2017_records(_bad), contains="ISIC-2017_Validation_Classes.csv row 3: melanoma is 0.5, not 0 or 1")
+(_bad / "val" / f"{_other.image_id.iloc[0]}.jpg").unlink()
+(_bad / "ISIC-2017_Validation_Classes.csv").write_text("image_id,melanoma\n" + f"{_other.image_id.iloc[0]},0.0\n")
+test_fail(lambda: isic2017_records(_bad), contains=f"{_other.image_id.iloc[0]}.jpg (ISIC-2017_Validation_Classes.csv row 2) is missing")
+_ts

@@ -98,7 +98,7 @@ audit_figure(audit["report"]);
 
 # %%
 corpus_paths = image_paths(settings["corpus"])
-kept, excluded = audited_corpus(corpus_paths, audit["report"])
+kept, excluded = audited_corpus(corpus_paths, audit["report"], settings["holdout"], settings["corpus"])
 print(f"corpus: {len(corpus_paths)} images, {len(excluded)} left out, {len(kept)} kept for pretraining")
 excluded
 
@@ -133,10 +133,38 @@ plan = run_plan(plan, out / "plan.json", executor=ex)
 plan[["label", "protocol", "status"]]
 
 # %% [markdown]
-# ## 5. The result, rendered into `paper/exp009/`
+# ## 5. Where the encoders look, and transfer to ISIC 2017
+#
+# 24_featuremaps for every ViT of the plan: the lesion-attention lift over 120 HAM10000 test images
+# with masks, and the maps of one image per diagnosis; 16_probe's melanoma transfer to the 150
+# ISIC 2017 validation images for every backbone. The table counts, per encoder, the transfer
+# images its pretraining corpus held (unlabelled); the settings' `holdout` keeps them out of it.
 
 # %%
-paper = render_exp009(plan, probes, encoders, audit, excluded, len(kept), paper_dir)
+from derma_jepa.featuremaps import encoder_maps, fig_anchors, fig_maps
+from derma_jepa.render import paper_style
+isic2017 = Path(settings["corpus"]) / "isic2017"
+_val = {Path(p).resolve() for p in image_paths(isic2017 / "val")}
+_seen = sum(Path(p).resolve() in _val for p in kept)
+_trained = {f"ssl:{p}" for p, st in zip(encoders.path, encoders.steps) if st > 0}
+_labels = dict(zip(plan.label, plan.backbone))
+maps_table, shown = encoder_maps(_labels, ham_dir, isic2017, recipe.seed,
+                                 in_corpus={l: _seen for l, b in _labels.items() if b in _trained})
+print(f"ISIC 2017 validation images in the pretraining corpus: {_seen} of {len(_val)}")
+maps_table
+
+# %%
+with paper_style():
+    _m, _l = list(shown["maps"].values()), list(shown["maps"])
+    map_figs = {"attention": fig_maps(_m, _l, "attention", shown["titles"]), "pca": fig_maps(_m, _l, "pca", shown["titles"]),
+                "anchors": fig_anchors(_m, _l, image=shown["titles"].index("mel"))}     # shown below, as drawn
+
+# %% [markdown]
+# ## 6. The result, rendered into `paper/exp009/`
+
+# %%
+paper = render_exp009(plan, probes, encoders, audit, excluded, len(kept), paper_dir,
+                      maps={"table": maps_table, "figures": map_figs, "n": shown["n"]})
 for _k, _f in paper["figures"].items():          # the real figures, as printed: the paper's palette, no text under 8 pt
     assert not palette_problems(_f) and not small_text(_f), (_k, palette_problems(_f), small_text(_f))
 print("\n".join(f"{paper_dir}/exp009/{f}" for f in paper["files"]))
