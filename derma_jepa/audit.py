@@ -18,11 +18,12 @@ from PIL import Image
 from .data import DataError, atomic_write_bytes, audit_files, cache_dir, open_rgb, read_cached_table
 
 # %% auto #0
-__all__ = ['HASHES', 'SIG', 'SCALES', 'ADJ', 'ADJ_BLUR', 'image_hashes', 'hamming', 'hash_files', 'match', 'min_distances',
-           'signature', 'similarity', 'near_duplicate', 'calibration_sets', 'calibrate', 'passes',
-           'calibrate_verification', 'split_negatives', 'upper_95', 'held_out_fpr', 'aligned_match',
-           'adjudication_reference', 'decide', 'adjudicate', 'overlap_audit', 'audit_figure', 'image_paths',
-           'audit_record', 'audit_verdict', 'run_overlap_audit']
+__all__ = ['HASHES', 'SIG', 'SCALES', 'ADJ', 'ADJ_BLUR', 'AGE_TOLERANCE', 'RECORD_COLUMNS', 'image_hashes', 'hamming',
+           'hash_files', 'match', 'min_distances', 'signature', 'similarity', 'near_duplicate', 'calibration_sets',
+           'calibrate', 'passes', 'calibrate_verification', 'split_negatives', 'upper_95', 'held_out_fpr',
+           'aligned_match', 'adjudication_reference', 'decide', 'with_age_sex', 'corpus_records', 'check_records',
+           'adjudicate', 'overlap_audit', 'audit_figure', 'image_paths', 'audit_record', 'audit_verdict',
+           'run_overlap_audit']
 
 # %% ../nbs/14_audit.ipynb #f2c8e39d
 HASHES = ("phash", "dhash", "whash")
@@ -264,8 +265,69 @@ def decide(score: float, ref: dict) -> str:
     return "undecided"
 
 
-def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict) -> pd.DataFrame:
-    "Each flagged pair: aligned score, the HAM10000 lesion and diagnosis, how many lesions share its corpus image, a decision."
+AGE_TOLERANCE = 5           # years: both archives round ages to 5, and one photograph carries one record
+RECORD_COLUMNS = {"melanoma": "melanoma", "age_approximate": "age", "sex": "sex"}
+
+
+def with_age_sex(records: pd.DataFrame) -> pd.DataFrame:
+    "HAM10000 records with the age and sex of their metadata CSV (`load_records` keeps neither), matched by image id."
+    csv = records.attrs.get("metadata_csv")
+    if not csv: return records
+    meta = pd.read_csv(csv)
+    cols = [c for c in ("age", "sex") if c in meta]
+    if "image_id" not in meta or not cols: return records
+    return records.drop(columns=cols, errors="ignore").merge(meta[["image_id", *cols]].drop_duplicates("image_id"), on="image_id", how="left")
+
+
+def corpus_records(corpus_dir) -> pd.DataFrame:
+    """What the corpus's own files say about its images: every CSV under `corpus_dir` with an `image_id` column (ISIC
+    2017's class and metadata files) merged by image id; columns melanoma (0/1), age, sex; indexed by image id."""
+    found = []
+    for f in sorted(Path(corpus_dir).rglob("*.csv")):
+        t = pd.read_csv(f)
+        if "image_id" not in t: continue
+        cols = [c for c in RECORD_COLUMNS if c in t]
+        if cols: found.append(t.set_index("image_id")[cols].rename(columns=RECORD_COLUMNS))
+    if not found: return pd.DataFrame(columns=list(RECORD_COLUMNS.values()), index=pd.Index([], name="image_id"))
+    return pd.concat(found).groupby(level=0).first().reindex(columns=list(RECORD_COLUMNS.values()))
+
+
+def _record_conflicts(dx, age_a, sex_a, rec) -> list[str]:
+    "How HAM10000's record (dx, age, sex) and the corpus image's (`rec`, may be empty) disagree, in words."
+    if rec is None: return []
+    out, mel, age_b, sex_b = [], rec.get("melanoma"), rec.get("age"), rec.get("sex")
+    if pd.notna(mel) and dx is not None and pd.notna(dx) and (float(mel) == 1) != (dx == "mel"):
+        out.append(f"diagnosis: {dx} vs {'melanoma' if float(mel) == 1 else 'not melanoma'}")
+    if all(pd.notna(x) and str(x) != "unknown" for x in (sex_a, sex_b)) and str(sex_a) != str(sex_b):
+        out.append(f"sex: {sex_a} vs {sex_b}")
+    if pd.notna(age_a) and pd.notna(age_b) and str(age_b) != "unknown" and abs(float(age_a) - float(age_b)) > AGE_TOLERANCE:
+        out.append(f"age: {float(age_a):.0f} vs {float(age_b):.0f}")
+    return out
+
+
+def check_records(adj: pd.DataFrame, records_a: pd.DataFrame, corpus: pd.DataFrame) -> pd.DataFrame:
+    """The adjudicated pairs with their records compared: `records` (consistent / contradicted: how / none in the corpus),
+    `pixel_decision` (the aligned score's) and `decision` (not a duplicate where the records disagree), and for a corpus
+    image matched to lesions of different diagnoses, which (`other_dx`: at most one of them can be its lesion)."""
+    meta = records_a.set_index("path")
+    out = adj.assign(pixel_decision=adj.decision)
+    recs, conflicts = [], []
+    for r in out.itertuples():
+        rid = Path(r.path_b).stem
+        rec = corpus.loc[rid].to_dict() if rid in corpus.index else None
+        age_a, sex_a = (meta[k].get(r.path_a) if k in meta else None for k in ("age", "sex"))
+        conflicts.append(c := _record_conflicts(r.dx, age_a, sex_a, rec))
+        recs.append("none in the corpus" if rec is None else "contradicted: " + "; ".join(c) if c else "consistent")
+    out["records"] = recs
+    out["decision"] = ["not a duplicate" if c else d for c, d in zip(conflicts, out.pixel_decision)]
+    dxs = out.groupby("path_b").dx.agg(lambda d: sorted(set(d.dropna()))) if len(out) else pd.Series(dtype=object)
+    out["other_dx"] = [",".join(x for x in dxs[b] if x != dx) for b, dx in zip(out.path_b, out.dx)] if len(out) else []
+    return out
+
+
+def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict, corpus: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each flagged pair: aligned score, the HAM10000 lesion and diagnosis, how many lesions share its corpus image, a
+    decision; with the corpus's `corpus_records`, the records compared too (`check_records`)."""
     meta = records_a.set_index("path")
     out = near[["path_a", "path_b", "similarity"]].copy()
     out["aligned_score"] = [round(aligned_match(open_rgb(a), open_rgb(b)), 4) for a, b in zip(out.path_a, out.path_b)]
@@ -273,7 +335,7 @@ def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict) -> 
     out["dx"] = meta.dx.reindex(out.path_a).to_numpy() if "dx" in meta else None
     out["lesions_matched_to_b"] = out.groupby("path_b").lesion_id.transform("nunique") if len(out) else []
     out["decision"] = [decide(s, reference) for s in out.aligned_score]
-    return out
+    return out if corpus is None else check_records(out, records_a, corpus)
 
 # %% ../nbs/14_audit.ipynb #26c8b2cb
 def overlap_audit(a_paths, b_paths, calibration: dict, progress: bool = False) -> dict:
@@ -306,23 +368,44 @@ def overlap_audit(a_paths, b_paths, calibration: dict, progress: bool = False) -
             "match_pairs_per_s": round(len(a) * len(b) / t_match, 1)}
 
 
-def audit_figure(report: dict, n: int = 6, size: int = 120):
-    """The pairs the audit looked at hardest, a column each: HAM10000 above, the corpus image below. The adjudicated pairs
-    (flagged by hashes and pixel correlation) first, each with its decision; else the most similar hash candidates."""
+def _record_text(rec: dict | None) -> str:
+    "A corpus image's record in two short lines: melanoma or not, then age and sex."
+    if not rec: return "no record"
+    mel = rec.get("melanoma")
+    first = ("melanoma" if float(mel) == 1 else "not melanoma") if pd.notna(mel) else ""
+    second = ", ".join(str(rec[k]) for k in ("age", "sex") if pd.notna(rec.get(k)) and str(rec[k]) != "unknown")
+    return "\n".join(x for x in (first, second) if x) or "no record"
+
+
+def audit_figure(report: dict, n: int = 10, size: int = 120):
+    """The pairs the audit looked at hardest, a column each: HAM10000 above (with its diagnosis, age, sex), the corpus image
+    below (with its record, where the corpus has one). The adjudicated pairs (flagged by hashes and pixel correlation)
+    first, each with its decision (and the pixels' where the records overruled them); else the most similar candidates."""
     import matplotlib.pyplot as plt
     adj = report.get("adjudication")
     pairs = (adj.sort_values("aligned_score", ascending=False, kind="stable").head(n) if adj is not None and len(adj)
              else report["candidates"].head(n))
     if pairs.empty: return None
-    fig, axes = plt.subplots(2, len(pairs), figsize=(1.9 * len(pairs) + 0.6, 4.4), squeeze=False)
+    ham, corpus = report.get("records_a"), report.get("corpus_records")
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.3 * len(pairs) + 0.8, 5.0), squeeze=False)   # 8 pairs fit the page
     for k, r in enumerate(pairs.itertuples()):
         for row, p in enumerate((r.path_a, r.path_b)):
             ax = axes[row][k]
             with Image.open(p) as im: ax.imshow(im.convert("RGB").resize((size, round(size * im.height / im.width))))
-            ax.set_xticks([]); ax.set_yticks([]); ax.set_xlabel(Path(p).name, fontsize=8.5, labelpad=2)
-        head = (f"adjudicated: {r.decision}\naligned corr. {r.aligned_score:.3f}" if hasattr(r, "decision") else
-                f"candidate\nsimilarity {r.similarity:.3f}")
-        axes[0][k].set_title(head, fontsize=9)
+            ax.set_xticks([]); ax.set_yticks([])
+            if row == 0 and ham is not None and p in ham.index:
+                h = ham.loc[p]
+                rec = f"{h.dx}\n{h.age:.0f}, {h.sex}" if pd.notna(h.get("age")) else str(h.dx)
+            elif row == 1 and corpus is not None:
+                rec = _record_text(corpus.loc[Path(p).stem].to_dict() if Path(p).stem in corpus.index else None)
+            else: rec = ""
+            ax.set_xlabel(f"{Path(p).stem}\n{rec}" if rec else Path(p).name, fontsize=9.5, labelpad=2)
+        if hasattr(r, "decision"):
+            head = f"{r.decision}\n\ncorr. {r.aligned_score:.3f}"
+            if getattr(r, "pixel_decision", r.decision) != r.decision:
+                head = f"{r.decision}\n(records; pixels:\n{r.pixel_decision}, {r.aligned_score:.3f})"
+        else: head = f"candidate\nsimilarity {r.similarity:.3f}"
+        axes[0][k].set_title(head, fontsize=9.5)
     axes[0][0].set_ylabel("HAM10000", fontsize=10); axes[1][0].set_ylabel("pretraining corpus\n(not HAM10000)", fontsize=10)
     fig.tight_layout(h_pad=0.6, w_pad=0.4)
     return fig
@@ -349,6 +432,8 @@ def audit_record(report: dict, root_b=None) -> dict:
             **({"adjudication_reference": report["adjudication_reference"],
                 "adjudication": [{"a": Path(r.path_a).name, "b": name(r.path_b, root_b), "lesion_id": r.lesion_id, "dx": r.dx,
                                   "aligned_score": float(r.aligned_score), "lesions_matched_to_b": int(r.lesions_matched_to_b),
+                                  **({"pixel_decision": r.pixel_decision, "records": r.records, "other_dx": r.other_dx}
+                                     if hasattr(r, "records") else {}),
                                   "decision": r.decision} for r in report["adjudication"].itertuples()]}
                if "adjudication" in report else {}),
             "closest_distance_quantiles_0_0.001_0.01_0.5": {
@@ -356,10 +441,13 @@ def audit_record(report: dict, root_b=None) -> dict:
 
 
 def audit_verdict(rep: dict, cal: dict, adj: pd.DataFrame, ref: dict) -> str:
-    "What the audit measured, in words: recall, held-out FPR, and what adjudication found."
-    n = {k: int(adj.decision.eq(k).sum()) if len(adj) else 0 for k in ("duplicate", "undecided", "not a duplicate")}
-    head = (f"{len(rep['exact_pairs'])} exact copies and {n['duplicate']} adjudicated near-duplicate pair(s) of HAM10000 images "
-            f"found in the corpus" if len(rep["exact_pairs"]) or n["duplicate"] else
+    """What the audit measured, in words: recall, held-out FPR, what adjudication by pixels and by records found, and the
+    bound that puts on the detector's precision."""
+    px = adj.pixel_decision if "pixel_decision" in adj else adj.decision if len(adj) else pd.Series(dtype=str)
+    n = {k: int(px.eq(k).sum()) if len(adj) else 0 for k in ("duplicate", "undecided", "not a duplicate")}
+    dup = int(adj.decision.eq("duplicate").sum()) if len(adj) else 0
+    head = (f"{len(rep['exact_pairs'])} exact copies and {dup} adjudicated near-duplicate pair(s) of HAM10000 images "
+            f"found in the corpus" if len(rep["exact_pairs"]) or dup else
             "no exact copy and no adjudicated near-duplicate of a HAM10000 image found in the corpus")
     tail = ""
     if len(adj):
@@ -367,6 +455,13 @@ def audit_verdict(rep: dict, cal: dict, adj: pd.DataFrame, ref: dict) -> str:
                 f"correlation ({n['duplicate']} duplicate: above every held-out hard negative, max {ref['hard_negative_max']}, and at "
                 f"least the synthetic copies' 1st percentile, {ref['positive_q01']:.3f}; {n['undecided']} undecided; "
                 f"{n['not a duplicate']} not a duplicate: no higher than a hard negative, below every synthetic copy)")
+        if "records" in adj:
+            checked, bad = adj.records.ne("none in the corpus"), adj.records.str.startswith("contradicted")
+            over = int((bad & px.eq("duplicate")).sum())
+            tail += (f"; {int(checked.sum())} of them could be checked against the corpus's own records (diagnosis, age, sex): "
+                     f"{int(bad.sum())} contradicted, so not duplicates ({over} of those the pixels had called duplicate), "
+                     f"{int((checked & ~bad).sum())} consistent, which proves nothing; so at most {len(adj) - int(bad.sum())} of "
+                     f"the {len(adj)} flagged pairs can be true duplicates, a bound on the detector's precision, not a measure of it")
         multi = adj[adj.lesions_matched_to_b > 1]
         if len(multi): tail += (f"; {multi.path_b.nunique()} corpus image(s) matched {int(multi.lesions_matched_to_b.max())} "
                                 "different HAM10000 lesion ids")
@@ -386,8 +481,10 @@ def run_overlap_audit(ham_dir, corpus_dir, out_dir, n_pos: int = 1000, n_neg: in
     cal.update(held_out_fpr(N_held, cal))
     rep = overlap_audit(ham.path, image_paths(corpus_dir), cal)
     ref = adjudication_reference(ham, N_held, cal)
-    adj = adjudicate(rep["near_pairs"], ham, ref)
-    rep.update(adjudication=adj, adjudication_reference=ref, verdict=audit_verdict(rep, cal, adj, ref))
+    corpus, ham = corpus_records(corpus_dir), with_age_sex(ham)
+    adj = adjudicate(rep["near_pairs"], ham, ref, corpus)
+    rep.update(adjudication=adj, adjudication_reference=ref, verdict=audit_verdict(rep, cal, adj, ref),
+               records_a=ham.set_index("path")[[c for c in ("dx", "age", "sex") if c in ham]], corpus_records=corpus)
     rec = audit_record(rep, Path(corpus_dir))
     out, stem = Path(out_dir), f"ham10000_vs_{Path(corpus_dir).name}"
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(rec, indent=1) + "\n").encode())

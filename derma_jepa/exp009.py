@@ -8,8 +8,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +20,18 @@ from .data import ConfigError, DataError, atomic_write_bytes, experiments_dir
 from .executors import check_resources
 from .experiment import Config, run_id
 from .split import PROTOCOLS
-from .pretrain import OBJECTIVES, PretrainConfig, random_encoder
-from .safety import load_checkpoint, load_yaml, write_marked_dir
+from .pretrain import OBJECTIVES, PretrainConfig, config_dict, random_encoder
+from .safety import load_yaml
 from .plan import parse_backbones
-from .render import PALETTE, figure_tex, paper_style
 
 # %% auto #0
-__all__ = ['KEYS', 'HELD_OUT', 'ARCH_LABEL', 'CONTROL', 'EXP009_TEX', 'MAPS_TEX', 'EXP009_FIGURES', 'load_exp009',
-           'audited_corpus', 'corpus_digest', 'pretrain_dir', 'pretrain_job', 'pretrain_all', 'encoder_label',
-           'plan_exp009', 'probe_all', 'probe_gate', 'exp009_table', 'exp009_recipe_table', 'probe_table',
-           'fig_pretraining', 'fig_by_encoder', 'render_exp009', 'budget_text', 'plan_config0']
+__all__ = ['KEYS', 'HELD_OUT', 'OBJECTIVE_NAMES', 'ARCH_LABEL', 'CONTROL', 'budget_steps', 'load_exp009', 'audited_corpus',
+           'corpus_digest', 'pretrain_dir', 'encoder_name', 'pretrain_job', 'encoder_label', 'pretrain_all',
+           'plan_exp009', 'probe_all', 'rephoto_cosine', 'rephoto_all']
 
 # %% ../nbs/22_exp009.ipynb #0472518e
-KEYS = ("recipe", "corpus", "holdout", "objectives", "pretrain", "steps", "protocols", "compare", "probe", "audit", "resources")
+KEYS = ("recipe", "corpus", "holdout", "objectives", "variants", "seeds", "budgets", "pretrain", "steps", "protocols", "compare",
+        "probe", "audit", "resources")
 
 
 def _expand(value: str, what: str, path) -> str:
@@ -41,35 +40,76 @@ def _expand(value: str, what: str, path) -> str:
     return out
 
 
+def budget_steps(cfg: PretrainConfig, budgets) -> list[int]:
+    "The optimiser steps at which each budget (a fraction of `cfg.steps`) is reached; each must be a whole step."
+    out = []
+    for b in budgets:
+        k = b * cfg.steps
+        if abs(k - round(k)) > 1e-9 or round(k) < 1:
+            raise ConfigError(f"budget {b} of {cfg.steps} steps is {k:g} steps: choose fractions that give whole steps")
+        out.append(round(k))
+    return out
+
+
+def _int_list(values, what: str, path) -> list[int]:
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0: raise ConfigError(f"{path}: {what} {v!r} is not a whole number >= 0")
+        out.append(v)
+    if len(set(out)) != len(out): raise ConfigError(f"{path}: {what} {out} repeats a value")
+    return out
+
+
 def load_exp009(path=None, **overrides) -> dict:
-    "EXP-009's settings (`exp009_pretrain.yaml`), overrides applied, validated; `pretrain` becomes one PretrainConfig per objective."
+    """EXP-009's settings (`exp009_pretrain.yaml`), overrides applied, validated; `pretrain` becomes one PretrainConfig per
+    objective and variant (by name), `seeds` and `budgets` lists, `compare_left_out` the file's comparisons an override dropped."""
     path = Path(path or experiments_dir() / "exp009_pretrain.yaml")
     if not path.exists(): raise ConfigError(f"EXP-009 settings file {path} not found")
-    s = load_yaml(path)
-    s = {**s, **{k: v for k, v in overrides.items() if v is not None}}
+    file = load_yaml(path)
+    s = {**file, **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(s) - set(KEYS))
     if unknown: raise ConfigError(f"{path}: {unknown[0]!r} is not an EXP-009 setting (settings: {', '.join(KEYS)})")
     objs = list(s.get("objectives") or [])
     for o in objs:
         if o not in OBJECTIVES: raise ConfigError(f"{path}: unknown objective {o!r} (objectives: {', '.join(OBJECTIVES)})")
+    variants = {str(k): dict(v or {}) for k, v in dict(s.get("variants") or {}).items()}
+    for name, spec in variants.items():
+        if name in OBJECTIVES: raise ConfigError(f"{path}: variant {name!r} has the name of an objective")
+        if spec.get("objective") not in OBJECTIVES:
+            raise ConfigError(f"{path}: variant {name!r}: objective {spec.get('objective')!r} is not one of {', '.join(OBJECTIVES)}")
     for p in s.get("protocols") or []:
         if p not in PROTOCOLS: raise ConfigError(f"{path}: unknown protocol {p!r} (protocols: {', '.join(PROTOCOLS)})")
     steps = dict(s.get("steps") or {})
-    for o in set(steps) - set(objs): raise ConfigError(f"{path}: steps given for {o!r}, which is not among the objectives")
+    for o in set(steps) - set(objs) - set(variants): raise ConfigError(f"{path}: steps given for {o!r}, which is not among the objectives")
     cfgs = {}
-    for o in objs:
-        try: cfgs[o] = PretrainConfig(objective=o, **{**dict(s.get("pretrain") or {}), **({"steps": steps[o]} if o in steps else {})})
+    for name, spec in [*((o, {"objective": o}) for o in objs), *variants.items()]:
+        try: cfgs[name] = PretrainConfig(**{**dict(s.get("pretrain") or {}), **({"steps": steps[name]} if name in steps else {}), **spec})
         except TypeError as e: raise ConfigError(f"{path}: pretrain: {e}".replace("PretrainConfig.__init__() ", "")) from None
         except DataError as e: raise ConfigError(f"{path}: {e}") from None
+    cfg0 = next(iter(cfgs.values()), PretrainConfig())
+    seeds = _int_list(s.get("seeds") or [cfg0.seed], "seed", path)
+    budgets = {1.0}
+    for b in s.get("budgets") or []:
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
+            raise ConfigError(f"{path}: budget {b!r} must be a fraction of the steps in (0, 1]")
+        budgets.add(float(b))
+    budgets = sorted(budgets)
+    for c in cfgs.values():
+        try: budget_steps(c, budgets)
+        except ConfigError as e: raise ConfigError(f"{path}: {c.objective}: {e}") from None
     holdout = [str(h) for h in (s.get("holdout") or [])]
     for h in holdout:
         if Path(h).is_absolute() or ".." in Path(h).parts: raise ConfigError(f"{path}: holdout {h!r}: give a folder inside the corpus")
     recipe = Path(path).parent / f"{s.get('recipe', 'exp009')}.yaml"
     if not recipe.exists(): raise ConfigError(f"{path}: recipe {recipe} not found")
+    compare = parse_backbones(",".join(s.get("compare") or [])) if s.get("compare") else []
+    in_file = parse_backbones(",".join(file.get("compare") or [])) if file.get("compare") else []
+    probe = {"fractions": (0.01, 0.1, 1.0), "n_boot": 200, "draws": 1, **dict(s.get("probe") or {})}
+    if not isinstance(probe["draws"], int) or probe["draws"] < 1: raise ConfigError(f"{path}: probe draws {probe['draws']!r} must be at least 1")
     return {"file": str(path), "recipe": recipe, "corpus": _expand(s.get("corpus", ""), "corpus", path), "holdout": holdout, "objectives": objs,
-            "pretrain": cfgs, "protocols": list(s.get("protocols") or ["symmetric"]),
-            "compare": parse_backbones(",".join(s.get("compare") or [])) if s.get("compare") else [],
-            "probe": {"fractions": (0.01, 0.1, 1.0), "n_boot": 200, **dict(s.get("probe") or {})},
+            "variants": {n: {k: v for k, v in spec.items() if k != "objective"} for n, spec in variants.items()}, "pretrain": cfgs, "seeds": seeds, "budgets": budgets,
+            "protocols": list(s.get("protocols") or ["symmetric"]), "compare": compare,
+            "compare_left_out": [b for b in in_file if b not in compare], "probe": probe,
             "audit": {"n_pos": 1000, "n_neg": 500_000, **dict(s.get("audit") or {})},
             "resources": check_resources(s.get("resources"), f"{path}: resources")}
 
@@ -80,14 +120,14 @@ HELD_OUT = "held out of pretraining: transfer test images"
 def audited_corpus(paths, report: dict, holdout=(), corpus=None) -> tuple[list[str], pd.DataFrame]:
     """(kept paths, excluded rows with the reason) given `overlap_audit`'s report against HAM10000; the images under each
     `holdout` folder of `corpus` go too (the transfer probe's test images, 16_probe), each row saying so."""
-    ex = [{"path": r["path_b"], "reason": "exact copy of " + Path(r["path_a"]).name} for r in report["exact_pairs"]]
-    ex += [{"path": r.path_b, "reason": f"near-duplicate of {Path(r.path_a).name} (similarity {r.similarity:.3f})"}
+    ex = [{"path": r["path_b"], "reason": "exact copy of " + Path(r["path_a"]).name, "why": "audit"} for r in report["exact_pairs"]]
+    ex += [{"path": r.path_b, "reason": f"near-duplicate of {Path(r.path_a).name} (similarity {r.similarity:.3f})", "why": "audit"}
            for r in report["near_pairs"].itertuples()]
     for h in holdout:
         under = [str(p) for p in paths if Path(p).is_relative_to(Path(corpus) / h)]
         if not under: raise DataError(f"holdout {h!r}: no corpus image under {Path(corpus) / h}")
-        ex += [{"path": p, "reason": f"{HELD_OUT} ({h})"} for p in under]
-    excluded = pd.DataFrame(ex, columns=["path", "reason"]).drop_duplicates("path", ignore_index=True)
+        ex += [{"path": p, "reason": f"{HELD_OUT} ({h})", "why": "holdout"} for p in under]
+    excluded = pd.DataFrame(ex, columns=["path", "reason", "why"]).drop_duplicates("path", ignore_index=True)
     drop = set(excluded.path)
     return [str(p) for p in paths if str(p) not in drop], excluded
 
@@ -98,305 +138,193 @@ def corpus_digest(paths) -> str:
     return hashlib.sha256("\n".join(sorted(audit_files(list(paths)).sha256)).encode()).hexdigest()[:16]
 
 # %% ../nbs/22_exp009.ipynb #92d5a477
-def pretrain_dir(runs_dir, cfg: PretrainConfig, corpus: str, name: str | None = None) -> Path:
-    h = hashlib.sha256(json.dumps({**dataclasses.asdict(cfg), "corpus": corpus}, sort_keys=True).encode()).hexdigest()[:8]
+OBJECTIVE_NAMES = {"mae": "MAE", "vae": "VAE", "simclr": "SimCLR", "ijepa": "I-JEPA", "gravis": "GraVIS"}
+ARCH_LABEL = {"vit_tiny_patch16_224": "ViT-Ti/16", "vit_small_patch16_224": "ViT-S/16"}
+CONTROL = "random init"          # the encoder that is the untrained control
+
+
+def pretrain_dir(runs_dir, cfg: PretrainConfig, corpus: str, name: str | None = None, snapshots=()) -> Path:
+    key = {**config_dict(cfg), "corpus": corpus, **({"snapshots": list(snapshots)} if snapshots else {})}
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:8]
     return Path(runs_dir) / "exp009" / "pretrain" / f"{name or cfg.objective}-{h}"
 
 
-def _train_one(cfg: PretrainConfig, images, d: Path, corpus_paths: list, digest: str, progress: bool) -> None:
+def encoder_name(name: str, cfg: PretrainConfig, changes: dict | None = None) -> str:
+    "How tables name an encoder: the objective's name, or a variant's objective with what it changes (`changes`)."
+    base = OBJECTIVE_NAMES.get(cfg.objective, cfg.objective)
+    if name == cfg.objective: return base
+    return f"{base} ({', '.join(f'{k}={v}' for k, v in (changes or {}).items()) or name})"
+
+
+def _train_one(cfg: PretrainConfig, images, d: Path, corpus_paths: list, digest: str, progress: bool, snapshot_every=None) -> None:
     from derma_jepa.pretrain import pretrain
-    t0 = time.perf_counter()
-    out = pretrain(cfg, images, d, progress=progress)
-    info = {"seconds": round(time.perf_counter() - t0, 1), "images_per_s": round(out["images_per_s"], 1),
+    out = pretrain(cfg, images, d, progress=progress, snapshot_every=snapshot_every)
+    seconds = json.loads((d / "train_seconds.json").read_text())["train_seconds"]      # across resumes
+    info = {"seconds": seconds, "images_per_s": round(cfg.steps * cfg.batch_size / max(seconds, 1e-9), 1),
             "dtype": out["dtype"], "n_images": len(corpus_paths), "corpus_digest": digest}
     atomic_write_bytes(d / "train.json", (json.dumps(info, indent=1) + "\n").encode())
 
 
-def pretrain_job(config: dict, corpus_file: str, out_dir: str) -> dict:
+def pretrain_job(config: dict, corpus_file: str, out_dir: str, snapshot_every: int | None = None) -> dict:
     "What a pretraining job runs: one objective on the corpus listed in `corpus_file` (JSON), into `out_dir` (resumes)."
     from derma_jepa.pretrain import load_images
     cfg, paths = PretrainConfig(**config), json.loads(Path(corpus_file).read_text())
-    _train_one(cfg, load_images(paths, cfg.image_size), Path(out_dir), paths, corpus_digest(paths), False)
+    _train_one(cfg, load_images(paths, cfg.image_size), Path(out_dir), paths, corpus_digest(paths), False, snapshot_every)
     return json.loads((Path(out_dir) / "train.json").read_text())
 
 
+def _snapshot_every(snaps: list[int]) -> int | None:
+    return math.gcd(*snaps) if snaps else None
+
+
+def _encoder_rows(name: str, cfg: PretrainConfig, d: Path, snaps: list[int], gflops_per_step: float, changes=None) -> list[dict]:
+    "One row per budget of one trained run: the snapshots, then the finished encoder."
+    train = json.loads((d / "train.json").read_text())
+    f = d / "train_seconds.json"
+    total = json.loads(f.read_text())["train_seconds"] if f.exists() else train["seconds"]
+    base = {"encoder": encoder_name(name, cfg, changes), "objective": cfg.objective, "seed": cfg.seed, "arch": cfg.arch,
+            "image_size": cfg.image_size, "dtype": train["dtype"], "n_images": train["n_images"], "corpus_digest": train["corpus_digest"]}
+    rows = []
+    for k in [*snaps, cfg.steps]:
+        path = d / "encoder.safetensors" if k == cfg.steps else d / "snapshots" / f"step{k:06d}.safetensors"
+        sec = total if k == cfg.steps else json.loads(path.with_suffix(".json").read_text())["train_seconds"]
+        rows.append({**base, "budget": k / cfg.steps, "steps": k, "images_seen": k * cfg.batch_size,
+                     "gflops": round(gflops_per_step * k, 1), "seconds": sec, "path": str(path)})
+    return rows
+
+
+def encoder_label(row: dict, seeds: int = 1) -> str:
+    "The plan's and the tables' name of one encoder row: architecture, objective, steps (and the seed when there are several)."
+    arch = f"{ARCH_LABEL.get(row['arch'], row['arch'])} @ {row['image_size']} px"
+    what = CONTROL if row["objective"] == "none" else f"{row['encoder']} ({row['steps']} steps)"
+    return f"{arch}, {what}" + (f", seed {row['seed']}" if seeds > 1 else "")
+
+
 def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool = False, log=print, executor=None) -> pd.DataFrame:
-    """Train every objective (resuming, or reusing finished ones) and export the random-init control; one row per encoder.
-    With an `executor` (19_executors), each unfinished objective is one job (`pretrain` resources), all at once."""
+    """Train every objective and variant for every seed (resuming, or reusing finished ones; snapshots at the budgets) and
+    export each seed's random-init control; one row per (encoder, seed, budget), labelled. With an `executor`
+    (19_executors), each unfinished run is one job (`pretrain` resources), all at once."""
     from derma_jepa.executors import WorkItem
-    from derma_jepa.pretrain import load_images
+    from derma_jepa.pretrain import load_images, step_cost
     corpus_paths = list(corpus_paths)
-    digest, images, rows, items = corpus_digest(corpus_paths), None, [], []
-    for obj, cfg in settings["pretrain"].items():
-        d = pretrain_dir(runs_dir, cfg, digest)
-        if (d / "encoder.safetensors").exists() and (d / "train.json").exists(): log(f"{obj}: finished earlier, reused ({d.name})")
-        elif executor is not None:
-            corpus_file = Path(runs_dir).resolve() / "exp009" / "jobs" / "pretrain" / f"corpus-{digest[:12]}.json"
-            if not corpus_file.exists(): atomic_write_bytes(corpus_file, json.dumps(corpus_paths).encode())
-            items.append(WorkItem("pretrain", d.name, "derma_jepa.exp009:pretrain_job",
-                                  {"config": dataclasses.asdict(cfg), "corpus_file": str(corpus_file), "out_dir": str(d.resolve())}))
-        else:
-            if images is None or images.shape[-1] != cfg.image_size: images = load_images(corpus_paths, cfg.image_size)
-            _train_one(cfg, images, d, corpus_paths, digest, progress)
-            log(f"{obj}: {cfg.steps} steps trained ({d.name}; wall time and rate in its train.json)")
+    digest, images, runs, items = corpus_digest(corpus_paths), None, [], []
+    for seed in settings["seeds"]:
+        for name, cfg0 in settings["pretrain"].items():
+            cfg = dataclasses.replace(cfg0, seed=seed)
+            snaps = [k for k in budget_steps(cfg, settings["budgets"]) if k < cfg.steps]
+            d = pretrain_dir(runs_dir, cfg, digest, None if name == cfg.objective else name, snaps)
+            runs.append((name, cfg, d, snaps))
+            if (d / "encoder.safetensors").exists() and (d / "train.json").exists(): log(f"{name} seed {seed}: finished earlier, reused ({d.name})")
+            elif executor is not None:
+                corpus_file = Path(runs_dir).resolve() / "exp009" / "jobs" / "pretrain" / f"corpus-{digest[:12]}.json"
+                if not corpus_file.exists(): atomic_write_bytes(corpus_file, json.dumps(corpus_paths).encode())
+                items.append(WorkItem("pretrain", d.name, "derma_jepa.exp009:pretrain_job",
+                                      {"config": config_dict(cfg), "corpus_file": str(corpus_file), "out_dir": str(d.resolve()),
+                                       "snapshot_every": _snapshot_every(snaps)}))
+            else:
+                if images is None or images.shape[-1] != cfg.image_size: images = load_images(corpus_paths, cfg.image_size)
+                _train_one(cfg, images, d, corpus_paths, digest, progress, _snapshot_every(snaps))
+                log(f"{name} seed {seed}: {cfg.steps} steps trained ({d.name}; wall time and rate in its train.json)")
     for r in (executor.run(items) if items else []):
         if r["state"] != "done": raise DataError(f"pretraining {r['name']}: {r['state']} {r['error']} (log: {r['log']}); run again to resume")
         log(f"{r['name']}: trained as job {r['job_id']} (log: {r['log']})")
-    for obj, cfg in settings["pretrain"].items():
-        d = pretrain_dir(runs_dir, cfg, digest)
-        rows.append({"encoder": obj, "objective": obj, "steps": cfg.steps, "images_seen": cfg.steps * cfg.batch_size,
-                     "path": str(d / "encoder.safetensors"), **json.loads((d / "train.json").read_text())})
+    cost, rows = {}, []
+    for name, cfg, d, snaps in runs:               # FLOPs per step: counted once per objective and setting, on real images
+        key = dataclasses.replace(cfg, seed=0, steps=1)
+        if key not in cost: cost[key] = step_cost(cfg, load_images(corpus_paths[:cfg.batch_size], cfg.image_size))["GFLOPs per step"]
+        rows += _encoder_rows(name, cfg, d, snaps, cost[key], settings["variants"].get(name))
     cfg0 = next(iter(settings["pretrain"].values()))
-    d = pretrain_dir(runs_dir, dataclasses.replace(cfg0, steps=1), digest, "random")
-    random_encoder(cfg0, d / "encoder.safetensors")                      # cheap and deterministic: always rewritten
-    rows.append({"encoder": "random init", "objective": "none", "steps": 0, "images_seen": 0, "path": str(d / "encoder.safetensors"),
-                 "seconds": 0.0, "n_images": 0, "corpus_digest": ""})
-    return pd.DataFrame(rows)
+    for seed in settings["seeds"]:
+        c = dataclasses.replace(cfg0, seed=seed)
+        d = pretrain_dir(runs_dir, dataclasses.replace(c, steps=1), digest, "random")
+        random_encoder(c, d / "encoder.safetensors")                      # cheap and deterministic: always rewritten
+        rows.append({"encoder": CONTROL, "objective": "none", "seed": seed, "arch": c.arch, "image_size": c.image_size,
+                     "dtype": "", "n_images": 0, "corpus_digest": "", "budget": 0.0, "steps": 0, "images_seen": 0,
+                     "gflops": 0.0, "seconds": 0.0, "path": str(d / "encoder.safetensors")})
+    out = pd.DataFrame(rows)
+    return out.assign(label=[encoder_label(r, len(settings["seeds"])) for r in out.to_dict("records")])
 
 # %% ../nbs/22_exp009.ipynb #0ecd0e10
-ARCH_LABEL = {"vit_tiny_patch16_224": "ViT-Ti/16", "vit_small_patch16_224": "ViT-S/16"}
-
-
-def encoder_label(row: dict, cfg: PretrainConfig) -> str:
-    arch = f"{ARCH_LABEL.get(cfg.arch, cfg.arch)} @ {cfg.image_size} px"
-    return f"{arch}, random init" if row["objective"] == "none" else f"{arch}, {row['objective'].upper()} ({row['steps']} steps)"
-
-
 def plan_exp009(settings: dict, encoders: pd.DataFrame, runs_dir="runs", recipe_overrides: dict | None = None) -> pd.DataFrame:
-    "One row per (encoder or comparison, protocol): a validated Config with its run directory, as plan.plan_arc."
-    cfg0 = next(iter(settings["pretrain"].values()))
-    backbones = [(f"ssl:{r['path']}", encoder_label(r, cfg0), r["encoder"]) for r in encoders.to_dict("records")]
-    backbones += [(b, f"{b} (offline)", b) for b in settings["compare"]]
+    """One row per (finished encoder, control or comparison; protocol): a validated Config with its run directory, as
+    plan.plan_arc, with the encoder's name, pretraining seed and (for a comparison) what the backbone is."""
+    final = encoders[encoders.budget.eq(1.0) | encoders.objective.eq("none")]
+    backbones = [(f"ssl:{r['path']}", r["label"], r["encoder"], r["seed"], "") for r in final.to_dict("records")]
+    backbones += [(b, f"{b} (offline)", b, None, backbone_spec(b).note) for b in settings["compare"]]
     rows = []
     for protocol in settings["protocols"]:
         base = Config.from_yaml(settings["recipe"], **{**dict(recipe_overrides or {}), "protocol": protocol})
-        for bb, label, enc in backbones:
+        for bb, label, enc, pseed, note in backbones:
             cfg = dataclasses.replace(base, backbone=bb)
             cfg = dataclasses.replace(cfg, run_dir=str(Path(runs_dir) / run_id(cfg)))
             rows.append({"experiment": cfg.experiment or "EXP-009", "file": settings["recipe"].stem, "protocol": protocol,
                          "seed": cfg.seed, "sweep": False, "paper_backbone": bb, "backbone": bb, "stand_in": False,
-                         "status": "run", "run_dir": cfg.run_dir, "config": cfg, "label": label, "encoder": enc})
+                         "status": "run", "run_dir": cfg.run_dir, "config": cfg, "label": label, "encoder": enc,
+                         "pretrain_seed": pseed, "note": note})
     return pd.DataFrame(rows)
 
 # %% ../nbs/22_exp009.ipynb #a6f163bf
-CONTROL = "random init"          # the plan's encoder that is the untrained control
+def _probe_rows(plan: pd.DataFrame, encoders: pd.DataFrame) -> pd.DataFrame:
+    "The backbones to probe: the plan's (finished encoders, controls, comparisons), then the snapshots; with what each is."
+    cols = ["encoder", "objective", "seed", "budget", "steps", "images_seen", "gflops", "seconds", "label"]
+    enc = encoders.assign(backbone="ssl:" + encoders.path)[["backbone", *cols]]
+    rows = plan.drop_duplicates("backbone")[["backbone", "label", "encoder"]].merge(enc.drop(columns=["label", "encoder"]),
+                                                                                  on="backbone", how="left")
+    snaps = enc[enc.budget.gt(0) & enc.budget.lt(1)]
+    return pd.concat([rows, snaps], ignore_index=True).rename(columns={"seed": "pretrain_seed"})
 
 
-def probe_all(plan: pd.DataFrame, settings: dict, folder, seed: int, log=print) -> pd.DataFrame:
-    """The diagnosis probe of every distinct backbone of an EXP-009 plan on the dataset `folder`, labelled; with the
-    paired Δ balanced accuracy against the random-init control on the same resamples of test lesions (16_probe)."""
+def probe_all(plan: pd.DataFrame, settings: dict, folder, seed: int, encoders: pd.DataFrame | None = None, log=print) -> pd.DataFrame:
+    """The diagnosis probe of every distinct backbone of an EXP-009 plan (and of every snapshot in `encoders`) on the dataset
+    `folder`, labelled; with the paired Δ balanced accuracy against the same seed's random-init control on the same
+    resamples of test lesions (16_probe)."""
     from derma_jepa.probe import probe_backbone, probe_summary
-    rows, preds = plan.drop_duplicates("backbone"), {}
+    none = pd.DataFrame(columns=["path", "encoder", "objective", "seed", "budget", "steps", "images_seen", "gflops", "seconds", "label"])
+    rows = _probe_rows(plan, none if encoders is None else encoders)
+    pr, preds = settings["probe"], {}
     for k, r in rows.iterrows():
-        preds[k] = probe_backbone(r.backbone, folder, seed, fractions=tuple(settings["probe"]["fractions"]))
+        snap = 0 < r.budget < 1 if pd.notna(r.budget) else False
+        preds[k] = probe_backbone(r.backbone, folder, seed, fractions=(1.0,) if snap else tuple(pr["fractions"]),
+                                  draws=1 if snap else pr["draws"])
         log(f"probe {r.label}: predictions done")
-    ctrl = next((k for k, e in rows.encoder.items() if e == CONTROL), None)
-    out = [probe_summary(preds[k], settings["probe"]["n_boot"], seed, None if ctrl in (None, k) else preds[ctrl])
-           .assign(label=r.label, encoder=r.encoder, backbone=r.backbone) for k, r in rows.iterrows()]
+    ctrl = {r.pretrain_seed: k for k, r in rows.iterrows() if r.encoder == CONTROL}
+    out = []
+    for k, r in rows.iterrows():
+        c = ctrl.get(r.pretrain_seed) if pd.notna(r.pretrain_seed) else None
+        out.append(probe_summary(preds[k], pr["n_boot"], seed, None if c in (None, k) else preds[c])
+                   .assign(**{col: r[col] for col in rows.columns}))
     return pd.concat(out, ignore_index=True)
 
 # %% ../nbs/22_exp009.ipynb #4f131b59
-def probe_gate(delta_lo: float, delta_hi: float) -> str:
-    "The probe gate from the paired interval of Δ balanced accuracy (encoder − random-init control)."
-    if delta_lo > 0: return "passed"
-    return "below random init" if delta_hi < 0 else "did not beat random init"
+def rephoto_cosine(backbone: str, manifest: pd.DataFrame, records: pd.DataFrame, n_boot: int = 200, seed: int = 20260422) -> dict:
+    "AUROC [95% CI over context lesions] of 1 − cosine on the test re-photo pairs (stable) against their changing pairs."
+    from derma_jepa.backbones import get_backbone
+    from derma_jepa.embed import embed_sides, sides_table
+    from derma_jepa.metrics import bootstrap_metrics, cluster_counts
+    m = manifest[manifest.split.eq("test") & manifest.kind.isin(["rephoto", "rephoto_changing"])].reset_index(drop=True)
+    if m.empty: raise DataError("the manifest has no test re-photo pairs (a run with `rephoto: off`?)")
+    sides = sides_table(m, records)
+    z = embed_sides(get_backbone(backbone), sides)[0]
+    at = {k: i for i, k in enumerate(zip(sides.image_id, sides.recipe))}
+    c = z[[at[k] for k in zip(m.context_image_id, m.context_recipe)]]
+    t = z[[at[k] for k in zip(m.target_image_id, m.target_recipe)]]
+    score = 1 - (c * t).sum(1)
+    b = bootstrap_metrics(m.label.to_numpy(), score, n_boot, seed, counts=cluster_counts(m.context_lesion_id.to_numpy(),
+                                                                                        np.zeros(len(m)), n_boot, seed))
+    return {"rephoto_auroc": b["auroc"]["value"], "rephoto_lo": b["auroc"]["ci_low"], "rephoto_hi": b["auroc"]["ci_high"],
+            "rephoto_pairs": int(m.kind.eq("rephoto").sum()), "rephoto_lesions": int(m.context_lesion_id.nunique())}
 
 
-def _probe_cell(p: pd.DataFrame, label: str, clf: str = "logistic", fraction: float = 1.0):
-    q = p[(p.label == label) & (p.classifier == clf) & np.isclose(p.fraction, fraction)] if len(p) else p
-    return None if q.empty else q.iloc[0]
-
-
-def exp009_table(probes: pd.DataFrame, plan: pd.DataFrame, encoders: pd.DataFrame) -> pd.DataFrame:
-    "EXP-009 by encoder: pretraining and the diagnosis probe against the random-init control (paired, lesion-level)."
-    from derma_jepa.report import fmt_ci
-    enc = {f"ssl:{r['path']}": r for r in encoders.to_dict("records")}
-    rows = {}
-    for bb, label in dict(zip(plan.backbone, plan.label)).items():
-        r, q = enc.get(bb), _probe_cell(probes, label)
-        has_delta = q is not None and not pd.isna(q.get("delta_ba", np.nan))
-        rows[label] = {"pretraining": ("–" if r is None else "random init" if r["objective"] == "none" else
-                                       f"{r['steps']} steps, {r['images_seen']:,} images seen "
-                                       f"({r['images_seen'] / r['n_images']:.1f} passes)"),
-                       "probe: balanced acc. [95% CI]": "–" if q is None else fmt_ci(q.balanced_accuracy, q.ba_ci_low, q.ba_ci_high),
-                       "Δ vs random init [95% CI, paired]": (f"{q.delta_ba:+.3f} [{q.delta_ci_low:+.3f}, {q.delta_ci_high:+.3f}]"
-                                                             if has_delta else "–"),
-                       "gate": probe_gate(q.delta_ci_low, q.delta_ci_high) if has_delta and r is not None else "–"}
-    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("encoder")
-
-
-def exp009_recipe_table(long: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
-    "The EXP-004 recipe per (encoder, protocol): 13_report's arc columns (synthetic, both single-side probes, re-photo)."
-    from derma_jepa.report import ARC_COLUMNS, arc_cells
-    by_bb = dict(zip(plan.backbone, plan.label))
-    rows = {}
-    for (bb, prot), g in long.groupby(["backbone", "protocol"], sort=False) if len(long) else []:
-        t = g[g.split.eq("test")] if "split" in g else g.iloc[:0]
-        if t.empty: rows[(by_bb[bb], prot)] = {ARC_COLUMNS[0]: g.status.iloc[0]}; continue
-        cells = arc_cells(t)
-        if t.set_index("scorer").loc["predictor"].auroc_hi < 0.5: cells[ARC_COLUMNS[0]] += " (below chance)"
-        rows[(by_bb[bb], prot)] = cells
-    df = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(ARC_COLUMNS)).astype(object).fillna("–")
-    df.index.names = ["encoder", "protocol"]
-    return df
-
-
-def probe_table(probes: pd.DataFrame) -> pd.DataFrame:
-    "Balanced accuracy and macro AUROC [95% CI] per encoder, classifier and label fraction."
-    from derma_jepa.report import fmt_ci
-    p = probes.assign(fraction=lambda d: [f"{f:.0%} labels" for f in d.fraction],
-                      ba=lambda d: [fmt_ci(*v) for v in zip(d.balanced_accuracy, d.ba_ci_low, d.ba_ci_high)],
-                      auc=lambda d: [fmt_ci(*v) for v in zip(d.macro_auroc, d.auroc_ci_low, d.auroc_ci_high)])
-    t = p.pivot_table(index=["label", "classifier"], columns="fraction", values=["ba", "auc"], aggfunc="first", sort=False)
-    t = t.rename(columns={"ba": "balanced accuracy", "auc": "macro AUROC"}, level=0)
-    t.index.names = ["encoder", "classifier"]
-    return t
-
-# %% ../nbs/22_exp009.ipynb #5fdfa776
-def fig_pretraining(encoders: pd.DataFrame):
-    import matplotlib.pyplot as plt
-    trained = encoders[encoders.objective.ne("none")]
-    if trained.empty: return None
-    fig, axes = plt.subplots(2, len(trained), figsize=(min(11.5, 1.0 + 2.6 * len(trained)), 5.2), squeeze=False)   # fits the page
-    for k, r in enumerate(trained.itertuples()):
-        tensors, meta = load_checkpoint(r.path)
-        h = pd.DataFrame(meta["history"])
-        dim = tensors["head.weight"].shape[0] // 2 if "head.weight" in tensors else tensors["encoder.pos_embed"].shape[-1]  # the monitored feature
-        axes[0][k].plot(h.step, h.loss); axes[0][k].set_title(f"{r.objective}: loss", fontsize=10)
-        axes[0][k].set_ylabel("training loss (the objective's own scale)" if k == 0 else "", fontsize=9.5)
-        axes[1][k].plot(h.step, h.feature_std, color=PALETTE[1])
-        axes[1][k].axhline(1 / np.sqrt(dim), color="grey", ls=":", lw=0.8, label=f"1/√{dim} (spread)")
-        axes[1][k].set_ylim(0, 1.15 * max(h.feature_std.max(), 1 / np.sqrt(dim)))
-        axes[1][k].legend(fontsize=9.5, loc="lower right")
-        axes[1][k].set_title(f"{r.objective}: collapse monitor", fontsize=10); axes[1][k].set_xlabel("optimiser step", fontsize=9.5)
-        axes[1][k].set_ylabel("batch std of normalised features" if k == 0 else "", fontsize=9.5)
-        for ax in (axes[0][k], axes[1][k]): ax.tick_params(labelsize=9.5)
-    fig.tight_layout()
-    return fig
-
-
-def fig_by_encoder(long: pd.DataFrame, probes: pd.DataFrame, plan: pd.DataFrame, scorers=("predictor", "identity", "pixel_l2")):
-    "Per encoder (rows): the diagnosis probe by label fraction, then the EXP-004 recipe's test AUROC per protocol."
-    import matplotlib.pyplot as plt
-    from derma_jepa.report import scorer_label
-    labels = list(dict.fromkeys(plan.label))
-    prots = list(dict.fromkeys(plan.protocol))
-    height = 2.2 + 0.42 * len(labels)                    # the rows, then titles, axis labels and the legends below
-    fig, axes = plt.subplots(1, 1 + len(prots), figsize=(11, height), squeeze=False, sharey=True)
-    ax = axes[0][0]
-    q = probes[probes.classifier.eq("logistic")] if len(probes) else probes
-    for k, (f, g) in enumerate(q.groupby("fraction")):
-        g = g.set_index("label").reindex(labels)
-        ax.errorbar(g.balanced_accuracy, np.arange(len(labels)) + (k - 1) * 0.2, xerr=[g.balanced_accuracy - g.ba_ci_low,
-                    g.ba_ci_high - g.balanced_accuracy], fmt="o", ms=4, capsize=2, label=f"{f:.0%}")
-    ax.axvline(1 / 7, color="k", ls=":", lw=0.8); ax.set_title("diagnosis probe\n(logistic regression)", fontsize=10.5)
-    ax.set_xlabel("test balanced accuracy (95% CI)\nchance 1/7 dotted", fontsize=9.5)
-    ax.set_yticks(range(len(labels)), labels, fontsize=9.5); ax.invert_yaxis()
-    ax.legend(fontsize=9.5, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=3, title="training labels used", title_fontsize=9.5,
-              frameon=False)
-    t = long[long.split.eq("test") & long.scorer.isin(scorers)].assign(label=lambda d: d.backbone.map(dict(zip(plan.backbone, plan.label))))
-    colours = dict(zip(scorers, PALETTE))
-    for ax, prot in zip(axes[0][1:], prots):
-        for k, sc in enumerate(scorers):
-            s = t[t.protocol.eq(prot) & t.scorer.eq(sc)].set_index("label").reindex(labels)
-            ax.errorbar(s.auroc, np.arange(len(labels)) + (k - 1) * 0.2, xerr=[s.auroc - s.auroc_lo, s.auroc_hi - s.auroc],
-                        fmt="o", ms=4, capsize=2, color=colours[sc], label=scorer_label(sc))
-        ax.axvline(0.5, color="k", ls=":", lw=0.8); ax.set_title(f"the EXP-004 recipe,\n{prot} protocol", fontsize=10.5)
-        ax.set_xlabel("test AUROC, stable vs changing\n(95% CI); chance 0.5 dotted", fontsize=9.5)
-        ax.set_xlim(0.2, 1.0); ax.set_xticks([0.25, 0.5, 0.75, 1.0])
-    axes[0][1].legend(fontsize=9.5, loc="upper center", bbox_to_anchor=(1.05, -0.32), ncol=3, frameon=False)
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/22_exp009.ipynb #4856cb46
-EXP009_TEX = r"""\section{EXP-009: self-supervised dermoscopy pretraining without HAM10000}
-\noindent Corpus: %(n_corpus)d dermoscopy images not in HAM10000 (%(excluded)d left out by the overlap audit%(held)s). Audit: %(verdict)s
-Each objective trains the same %(arch)s from the same initial weights for the same number of images seen (%(budget)s); the minutes each took on this machine are in the table; ``random init'' is that initial encoder, untrained.
-The diagnosis probe is a logistic regression on frozen embeddings of un-processed HAM10000 images (lesion-aware split, all training labels), scored by balanced accuracy on the test split (chance $1/7$); its intervals resample test lesions, each with all its images. It is the gate: $\Delta$ balanced accuracy against the random-init control is computed on the same lesion resamples for both (a paired percentile interval); ``passed'' means the whole interval lies above 0, ``below random init'' the whole interval below 0, and ``did not beat random init'' an interval that holds 0: on this probe, at this pretraining budget, the encoder is not shown to differ from its untrained self, which is not evidence that it learned nothing.
-The EXP-004 recipe trains the predictor on two nuisance families and tests it on the third (second table: one row per encoder and protocol). An AUROC whose whole interval lies below 0.5 is marked ``below chance'': under the reference protocol that is the leak working against the encoder (its processed stable targets look further from their contexts than unprocessed changing pairs), not an encoder that merely failed to beat a baseline. Beside it, both single-side probes (a target-only probe far above 0.5 is the leak, per encoder) and the real re-photograph endpoint, the same pairs under both protocols, with $\Delta$ against the baseline chosen on its validation split.%(compare)s
-\input{exp009/exp009_table.tex}
-\input{exp009/recipe_table.tex}
-\input{exp009/probe_table.tex}
-%(maps)s
-%(figures)s
-"""
-MAPS_TEX = r"""Where each encoder looks, and whether what it learned carries to another collection (24\_featuremaps): the last block's attention over the patches of %(n)d HAM10000 test images with segmentation masks, as the share that falls on the lesion against the lesion's share of the image (the lift: 1 when attention ignores where the lesion is), with 95\%% percentile intervals over images; and a logistic probe for melanoma against the six other diagnoses, fitted on the HAM10000 train split and scored on the ISIC 2017 validation images by AUROC (95\%% percentile interval over those images, which carry no lesion ids). The last column counts the transfer images the encoder's pretraining corpus held, unlabelled.
-\input{exp009/featuremaps_table.tex}"""
-EXP009_FIGURES = {
-    "attention": "Where the encoders look: the last block's attention over the patches (bright: more), a row per HAM10000 test "
-                 "image (one per diagnosis, lesion outlined in the first column), a column per encoder, each over its own view "
-                 "of the image; below each map its lesion-attention lift (1: attention ignores the lesion). Encoders without a "
-                 "class token show the attention each patch receives, averaged over all patch queries.",
-    "pca": "What the encoders group together: the first three principal components of the patch features (fitted on all "
-           "shown images together, per encoder) as colour; patches alike to the encoder share a colour. A lesion that "
-           "stands out in its own colour is a lesion the encoder tells from skin.",
-    "anchors": "Patch similarity (cosine of patch features, bright: alike) from three anchors chosen from the mask of one "
-               "melanoma (white dot): the lesion's centre, its border and skin, a row per encoder.",
-    "by_encoder": "EXP-009 by encoder (rows; random init is the untrained control). Left: the diagnosis probe's test balanced "
-                  "accuracy (95% CI over test lesions) at each fraction of training labels, chance 1/7 dotted; an encoder "
-                  "that learned something about lesions lies right of random init. Right: the EXP-004 recipe on each "
-                  "encoder, test AUROC (95% CI) of the predictor beside the raw cosine and pixel L2, per protocol; chance "
-                  "0.5 dotted.",
-    "pretraining": "Pretraining, per objective: the training loss (top, in the objective's own scale) and the collapse "
-                   "monitor (bottom: batch standard deviation of the L2-normalised features against optimiser steps; near "
-                   "1/sqrt(d), dotted, when the features spread, near 0 when they collapse to a point).",
-    "audit": "The overlap audit's hardest pairs, a column each: a HAM10000 image (top) and the pretraining-corpus image "
-             "matched to it (bottom). The pairs flagged by perceptual hashes and pixel correlation come first, each with the "
-             "adjudication's decision and its aligned fine-structure correlation (duplicate: above every held-out hard "
-             "negative; undecided: between the hard negatives and the synthetic copies). Every flagged corpus image is left "
-             "out of pretraining.",
-}
-
-
-def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFrame, audit: dict, excluded: pd.DataFrame,
-                  n_corpus: int, paper_dir="paper", maps: dict | None = None) -> dict:
-    """Tables, figures and the LaTeX section of EXP-009, written atomically into `<paper_dir>/exp009/`; `maps` (24_featuremaps'
-    `encoder_maps`, drawn): {"table", "figures": {name: Figure}, "n": images behind the lift}."""
-    from derma_jepa.report import collect, fig_files, tex_text, to_latex, to_markdown
-    long = collect(plan)
-    tables = {"exp009_table": (exp009_table(probes, plan, encoders), "EXP-009: pretraining and the diagnosis probe (linear, 100\\% labels) against the random-init control; intervals over test lesions, $\\Delta$ paired."),
-              "recipe_table": (exp009_recipe_table(long, plan), "EXP-009: the EXP-004 recipe by encoder and protocol: synthetic test AUROC [95\\% CI], single-side probes, and the re-photograph endpoint."),
-              "probe_table": (probe_table(probes), "Diagnosis probe by label fraction: balanced accuracy and macro AUROC [95\\% CI].")}
-    if maps: tables["featuremaps_table"] = (maps["table"], "EXP-009: lesion-attention lift and ISIC 2017 melanoma transfer per encoder [95\\% CI].")
-    files = {}
-    for name, (df, cap) in tables.items():
-        files[f"{name}.md"] = to_markdown(df).encode()
-        files[f"{name}.tex"] = to_latex(df, cap, f"tab:{name}").encode()
-    with paper_style():                   # the paper's palette (21_render), not matplotlib's default cycle
-        figs = {"by_encoder": fig_by_encoder(long, probes, plan), "pretraining": fig_pretraining(encoders)}
-    figs = {k: v for k, v in {**figs, **(maps or {}).get("figures", {})}.items() if v is not None}
-    for k, f in figs.items(): files.update({f"{k}.{ext}": b for ext, b in fig_files(f).items()})
-    shown = [*((k, f"exp009/{k}") for k in figs), *((("audit", f"audit/{Path(audit['figure']).stem}"),) if audit.get("figure") else ())]
-    files["figures.md"] = "".join(f"- `{path}.png`: {EXP009_FIGURES[k]}\n" for k, path in shown).encode()   # the site's captions
-    cfg0, held = plan_config0(encoders), excluded.reason.str.startswith(HELD_OUT)
-    files["exp009.tex"] = (EXP009_TEX % {
-        "n_corpus": n_corpus, "excluded": int((~held).sum()), "verdict": tex_text(audit["verdict"]),
-        "held": f"; {int(held.sum())} held out of pretraining as the transfer probe's test images" if held.any() else "",
-        "arch": f"{ARCH_LABEL.get(cfg0.arch, cfg0.arch)} at {cfg0.image_size} px",
-        "budget": tex_text(budget_text(encoders)), "maps": MAPS_TEX % {"n": maps["n"]} if maps else "",
-        "compare": "".join(f"\n\\texttt{{{tex_text(b)}}}: {tex_text(backbone_spec(b).note)}." for b in
-                           dict.fromkeys(plan.backbone) if not b.startswith("ssl:")),
-        "figures": "\n".join(figure_tex(f"{path}.pdf", EXP009_FIGURES[k], f"fig:exp009-{k}") for k, path in shown)}).encode()
-    runs = plan[["label", "protocol", "backbone", "status", "run_dir"]].assign(
-        notebook=lambda d: [f"{x}/run.ipynb" for x in d.run_dir])
-    files["runs.md"] = ("# EXP-009: runs and encoders behind the tables\n\n" + runs.to_markdown(index=False) + "\n\n"
-                        + encoders.drop(columns=[c for c in ("images_per_s",) if c in encoders]).to_markdown(index=False) + "\n\n"
-                        + "## Corpus images left out by the audit\n\n"
-                        + (excluded.assign(path=[Path(p).name for p in excluded.path]).to_markdown(index=False) if len(excluded) else "none")
-                        + "\n").encode()
-    write_marked_dir(Path(paper_dir) / "exp009", files, kind="paper", what="paper folder")
-    return {"long": long, "tables": {k: v[0] for k, v in tables.items()}, "figures": figs, "files": sorted(files)}
-
-
-def budget_text(encoders: pd.DataFrame) -> str:
-    "How the pretraining budgets compare: equal images seen, or not (wall times are in each encoder's train.json)."
-    t = encoders[encoders.objective.ne("none")]
-    if t.empty: return "no objective trained"
-    seen = sorted(set(t.images_seen))
-    same = f"{seen[0]:,} images each" if len(seen) == 1 else "NOT equal: " + ", ".join(f"{o} {n:,}" for o, n in zip(t.objective, t.images_seen))
-    return same
-
-
-def plan_config0(encoders: pd.DataFrame) -> PretrainConfig:
-    "The pretraining configuration shared by the encoders (read back from the control's checkpoint)."
-    return PretrainConfig(**load_checkpoint(encoders.path.iloc[-1])[1]["config"])
+def rephoto_all(plan: pd.DataFrame, encoders: pd.DataFrame, folder, n_boot: int = 200, seed: int = 20260422, log=print) -> pd.DataFrame:
+    "`rephoto_cosine` for every encoder row (snapshots, finished encoders, controls), on the manifest of a finished run."
+    from derma_jepa.data import load_records
+    if encoders.image_size.nunique() != 1: raise DataError(f"encoders of several input sizes {sorted(encoders.image_size.unique())}: one manifest each")
+    done = [Path(d) for d, b in zip(plan.run_dir, plan.backbone) if b.startswith("ssl:") and (Path(d) / "metrics.json").exists()]
+    if not done: raise DataError("no finished EXP-009 run with an ssl encoder to read the re-photo pairs from (run the plan first)")
+    manifest, records = pd.read_parquet(done[0] / "manifest.parquet"), load_records(folder)
+    out = []
+    for r in encoders.to_dict("records"):
+        out.append({**{k: r[k] for k in ("encoder", "seed", "budget", "steps", "images_seen", "gflops", "label")},
+                    **rephoto_cosine(f"ssl:{r['path']}", manifest, records, n_boot, seed)})
+        log(f"re-photo {r['label']}: AUROC {out[-1]['rephoto_auroc']:.3f}")
+    return pd.DataFrame(out).rename(columns={"seed": "pretrain_seed"})

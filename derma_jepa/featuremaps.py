@@ -16,9 +16,9 @@ from PIL import Image
 from .data import DataError
 
 # %% auto #0
-__all__ = ['MASK_DIR', 'MASK_SUFFIX', 'ATTENTION_BOOTSTRAP', 'mask_path', 'read_mask', 'geometry', 'mask_view', 'patch_lesion',
-           'vit_of', 'patch_maps', 'lesion_attention', 'attention_summary', 'anchors', 'cosine_map', 'pca_rgb',
-           'feature_maps', 'fig_maps', 'fig_anchors', 'featuremap_images', 'load_with_masks', 'encoder_maps']
+__all__ = ['MASK_DIR', 'MASK_SUFFIX', 'ATTENTION_BOOTSTRAP', 'MAP_COLUMNS', 'mask_path', 'read_mask', 'geometry', 'mask_view',
+           'patch_lesion', 'vit_of', 'patch_maps', 'lesion_attention', 'attention_summary', 'anchors', 'cosine_map',
+           'pca_rgb', 'feature_maps', 'fig_maps', 'fig_anchors', 'featuremap_images', 'load_with_masks', 'encoder_maps']
 
 # %% ../nbs/24_featuremaps.ipynb #16a7ce14
 MASK_DIR, MASK_SUFFIX = "masks", "_segmentation.png"      # HAM10000's layout: masks/ISIC_0024306_segmentation.png
@@ -181,13 +181,14 @@ def fig_maps(results: list[dict], labels: list[str], kind: str = "attention", ti
     n, k = len(results[0]["views"]), len(results)
     cell = cell or min(0.82, 5.8 / (k + 1) - 0.18)          # the page takes 0.8 of 18 cm: taller would print text under 8 pt
     fig, axes = plt.subplots(k + 1, n, figsize=(1.3 + cell * n, 0.2 + (cell + 0.18) * (k + 1)), squeeze=False)
+    pcas = [pca_rgb(r["tokens"]) for r in results] if kind == "pca" else None       # once per encoder, over all its images
     for i in range(n):
         ax = axes[0][i]; v, m = results[0]["views"][i], results[0]["masks"][i]
         ax.imshow(v.permute(1, 2, 0).numpy()); ax.contour(m.numpy(), levels=[0.5], colors="white", linewidths=0.8)
         ax.set_xticks([]); ax.set_yticks([])
         if titles: ax.set_title(titles[i], fontsize=9.5)
         for j, r in enumerate(results, 1):
-            vals = r["attention"][i] if kind == "attention" else pca_rgb(r["tokens"])[i]
+            vals = r["attention"][i] if kind == "attention" else pcas[j - 1][i]
             _overlay(axes[j][i], r["views"][i], vals, r["grid"], cmap="magma" if kind == "attention" else None,
                      alpha=0.65 if kind == "attention" else 0.85)
             if kind == "attention": axes[j][i].set_xlabel(f"lift {r['per_image'].lift.iloc[i]:.2f}", fontsize=9, labelpad=1)
@@ -197,9 +198,11 @@ def fig_maps(results: list[dict], labels: list[str], kind: str = "attention", ti
     return fig
 
 
-def fig_anchors(results: list[dict], labels: list[str], image: int = 0, cell: float = 0.95):
-    "Patch similarity from the lesion's centre, its border and skin (anchors marked), a row per encoder."
+def fig_anchors(results: list[dict], labels: list[str], image: int = 0, cell: float | None = None):
+    """Patch similarity from the lesion's centre, its border and skin (anchors marked), a row per encoder; panels of `cell`
+    inches, by default as large as a figure 5.5 inches tall allows (0.95 at most)."""
     import matplotlib.pyplot as plt
+    cell = cell or min(0.95, 5.2 / len(results))            # the page takes 0.8 of 18 cm: taller would print text under 8 pt
     fig, axes = plt.subplots(len(results), 3, figsize=(1.3 + 3 * cell, 0.3 + cell * len(results)), squeeze=False)
     for i, r in enumerate(results):
         v, an, (gh, gw) = r["views"][image], r["anchors"][image], r["grid"]
@@ -234,31 +237,33 @@ def load_with_masks(folder, rows: pd.DataFrame) -> tuple[list, list]:
     return ims, [read_mask(folder, i, im) for i, im in zip(rows.image_id, ims)]
 
 # %% ../nbs/24_featuremaps.ipynb #73630409
-def _ci(v, lo, hi) -> str: return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+MAP_COLUMNS = ("attention_read", "lesion_attention", "lesion_attention_lo", "lesion_attention_hi", "lesion_area", "lift", "lift_lo",
+               "lift_hi", "auroc", "auroc_lo", "auroc_hi", "n_melanoma", "n_images", "in_corpus")
 
 
 def encoder_maps(backbones: dict, folder, isic_root, seed: int = 20260422, n: int = 120, in_corpus: dict | None = None,
-                 progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """For `backbones` ({label: registry name}): a table of lesion-attention lift [CI] and ISIC 2017 melanoma AUROC [CI],
-    and {label: feature maps of the shown images} for the ViTs."""
+                 progress: bool = False, show=None) -> tuple[pd.DataFrame, dict]:
+    """For `backbones` ({label: registry name}): a table (a row per label, numbers: `MAP_COLUMNS`) of lesion attention,
+    lift and ISIC 2017 melanoma AUROC, each with its 95% interval, and {label: feature maps of the shown images} for the
+    ViTs among `show` (labels; all by default). Each backbone is loaded once."""
     from derma_jepa.backbones import get_backbone
     from derma_jepa.probe import transfer_predictions, transfer_summary
     shown, drawn = featuremap_images(folder, seed, n)
     ims_shown, ims_drawn = load_with_masks(folder, shown), load_with_masks(folder, drawn)
     rows, maps = [], {}
     for label, name in backbones.items():
-        t = transfer_summary(transfer_predictions(name, folder, isic_root, seed=seed, progress=progress), seed=seed)
-        row = {"encoder": label, "attention read": "–", "lesion attention [95% CI]": "no patch tokens",
-               "lesion area": "–", "lift [95% CI]": "–"}
         bb = get_backbone(name)
+        t = transfer_summary(transfer_predictions(bb, folder, isic_root, seed=seed, progress=progress), seed=seed)
+        row = dict.fromkeys(MAP_COLUMNS, np.nan) | {"encoder": label, "attention_read": "–"}
         try: vit_of(bb)
         except DataError: pass
         else:
             fm = feature_maps(bb, *ims_drawn, batch_size=8)
             s = attention_summary(fm["per_image"], seed=seed)
-            row.update({"attention read": fm["mode"], "lesion attention [95% CI]": _ci(*(s[f"lesion_attention{k}"] for k in ("", "_ci_low", "_ci_high"))),
-                        "lesion area": f"{s['lesion_area']:.3f}", "lift [95% CI]": _ci(s["lift"], s["lift_ci_low"], s["lift_ci_high"])})
-            maps[label] = feature_maps(bb, *ims_shown, batch_size=8)
-        rows.append({**row, f"ISIC 2017 melanoma AUROC [95% CI] ({t['n_melanoma']}/{t['n_images']})":
-                     _ci(t["auroc"], t["auroc_ci_low"], t["auroc_ci_high"]), "transfer images seen in pretraining": (in_corpus or {}).get(label, 0)})
-    return pd.DataFrame(rows).set_index("encoder"), {"maps": maps, "titles": list(shown.dx), "n": len(drawn)}
+            row.update({"attention_read": fm["mode"], "lesion_attention": s["lesion_attention"], "lesion_attention_lo": s["lesion_attention_ci_low"],
+                        "lesion_attention_hi": s["lesion_attention_ci_high"], "lesion_area": s["lesion_area"],
+                        "lift": s["lift"], "lift_lo": s["lift_ci_low"], "lift_hi": s["lift_ci_high"]})
+            if show is None or label in show: maps[label] = feature_maps(bb, *ims_shown, batch_size=8)
+        rows.append({**row, "auroc": t["auroc"], "auroc_lo": t["auroc_ci_low"], "auroc_hi": t["auroc_ci_high"],
+                     "n_melanoma": t["n_melanoma"], "n_images": t["n_images"], "in_corpus": (in_corpus or {}).get(label, 0)})
+    return pd.DataFrame(rows).set_index("encoder")[list(MAP_COLUMNS)], {"maps": maps, "titles": list(shown.dx), "n": len(drawn)}

@@ -24,9 +24,10 @@ from .registry import OBJECTIVES, register_family, register_objective
 from .safety import CheckpointError, coerce_fields, load_checkpoint, save_checkpoint, tensors_under
 
 # %% auto #0
-__all__ = ['MEAN', 'STD', 'PretrainConfig', 'load_images', 'augment', 'make_vit', 'pooled', 'MAE', 'VAE', 'SimCLR', 'IJEPA',
-           'hardness_weights', 'grouping_loss', 'GraVIS', 'save_state', 'load_state', 'collapse_std', 'step_cost',
-           'pretrain', 'export_encoder', 'encoder_digest', 'random_encoder', 'SSLFeature', 'load_ssl']
+__all__ = ['MEAN', 'STD', 'LATER_DEFAULTS', 'PretrainConfig', 'config_dict', 'load_images', 'augment', 'make_vit', 'pooled',
+           'MAE', 'VAE', 'SimCLR', 'IJEPA', 'hardness_weights', 'grouping_loss', 'GraVIS', 'save_state', 'load_state',
+           'collapse_std', 'step_cost', 'pretrain', 'export_encoder', 'encoder_digest', 'random_encoder', 'SSLFeature',
+           'load_ssl']
 
 # %% ../nbs/15_pretrain.ipynb #cf2ddeb7
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -47,6 +48,7 @@ class PretrainConfig:
     dtype: str = "auto"
     ckpt_every: int = 50
     log_every: int = 10
+    colour: bool = True                 # colour jitter and grey-scale on the strong views; False: crops and flips only
 
     def __post_init__(self):
         coerce_fields(self)             # 1.5 steps or a seed of "x" are refused with the field's name
@@ -55,6 +57,15 @@ class PretrainConfig:
         if self.image_size % self.patch_size: raise DataError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for k in ("steps", "batch_size", "ckpt_every", "log_every"):
             if getattr(self, k) < 1: raise DataError(f"pretraining parameter {k}={getattr(self, k)} must be at least 1")
+
+
+LATER_DEFAULTS = {"colour": True}       # fields added after encoders were trained, at the value those encoders had
+
+
+def config_dict(cfg: PretrainConfig) -> dict:
+    """`cfg` as it is recorded (checkpoints, training state, EXP-009's folder hash): a field added later is left out at the
+    value every earlier encoder had, so an encoder trained before the field existed keeps its record, folder and bytes."""
+    return {k: v for k, v in asdict(cfg).items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def load_images(paths, size: int, workers: int = 4) -> torch.Tensor:
@@ -68,7 +79,7 @@ def load_images(paths, size: int, workers: int = 4) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 # %% ../nbs/15_pretrain.ipynb #6ee0f63f
-def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool = False) -> torch.Tensor:
+def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool = False, colour: bool = True) -> torch.Tensor:
     "A batch of uint8 images → augmented, normalised float images of the same size."
     import torchvision.transforms.v2.functional as TF
     n, _, h, w = x.shape
@@ -83,7 +94,7 @@ def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool 
         im = TF.resized_crop(x[k], top, left, ch, cw, [h, w], antialias=True).float() / 255
         if u[k, 4] < 0.5: im = im.flip(-1)
         if u[k, 5] < 0.5: im = im.flip(-2)
-        if strong:
+        if strong and colour:
             im = TF.adjust_brightness(im, 0.6 + 0.8 * u[k, 6].item())
             im = TF.adjust_saturation(TF.adjust_contrast(im, 0.6 + 0.8 * u[k, 7].item()), 0.6 + 0.8 * u[k, 8].item())
             if u[k, 8] < 0.2: im = TF.rgb_to_grayscale(im, 3)
@@ -266,14 +277,14 @@ def save_state(path, cfg: PretrainConfig, model: nn.Module, opt, step: int, hist
         for k, v in st.items():
             if isinstance(v, torch.Tensor): tensors[f"opt.{pid}.{k}"] = v.detach().cpu()
             else: scalars[f"{pid}.{k}"] = v
-    save_checkpoint(path, tensors, {"config": asdict(cfg), "step": step, "history": history,
+    save_checkpoint(path, tensors, {"config": config_dict(cfg), "step": step, "history": history,
                                     "opt_param_groups": sd["param_groups"], "opt_scalars": scalars})
 
 
 def load_state(path, cfg: PretrainConfig, model: nn.Module, opt) -> tuple[int, list]:
     "Restore a `save_state` file of the same configuration into `model` and `opt`; returns (step, history)."
     tensors, meta = load_checkpoint(path)
-    if meta.get("config") != asdict(cfg):
+    if meta.get("config") != config_dict(cfg):
         raise DataError(f"{path}: a checkpoint of another configuration; remove it or use another folder")
     model.load_state_dict(tensors_under(tensors, "model"))
     state: dict = {}
@@ -288,10 +299,11 @@ def collapse_std(f: torch.Tensor) -> float:
     return float(F.normalize(f.float(), dim=-1).std(0).mean())
 
 
-def _batch(model, x, g):
+def _batch(model, x, g, colour: bool = True):
     "What an objective trains on: k strong views of each image (the contrastive ones: `views`), else one weak view."
     k = getattr(model, "views", 1)
-    return tuple(augment(x, g, True, dermoscopy=getattr(model, "dermoscopy", False)) for _ in range(k)) if k > 1 else augment(x, g, False)
+    return (tuple(augment(x, g, True, dermoscopy=getattr(model, "dermoscopy", False), colour=colour) for _ in range(k)) if k > 1
+            else augment(x, g, False))
 
 
 def step_cost(cfg: PretrainConfig, images: torch.Tensor) -> dict:
@@ -302,7 +314,7 @@ def step_cost(cfg: PretrainConfig, images: torch.Tensor) -> dict:
     model = OBJECTIVES[cfg.objective](cfg).train()
     g = torch.Generator().manual_seed(cfg.seed)
     x = images[:cfg.batch_size]
-    batch = _batch(model, x, g)
+    batch = _batch(model, x, g, cfg.colour)
     with FlopCounterMode(display=False) as fc: model.loss(batch, g).backward()
     return {"objective": cfg.objective, "images per step": len(x), "views per step": len(x) * getattr(model, "views", 1),
             "GFLOPs per step": round(fc.get_total_flops() / 1e9, 1)}
@@ -349,7 +361,7 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         x = images[_batch_index(cfg, len(images), step)]
-        batch = _batch(model, x, g)
+        batch = _batch(model, x, g, cfg.colour)
         batch = tuple(v.to(dev) for v in batch) if isinstance(batch, tuple) else batch.to(dev)
         for pg in opt.param_groups: pg["lr"] = _lr(cfg, step)
         model.train()
@@ -378,7 +390,7 @@ def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, st
     "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it, as safetensors + JSON."
     tensors = {f"encoder.{k}": v.detach().cpu() for k, v in model.encoder.vit.state_dict().items()}
     if cfg.objective == "vae": tensors.update({f"head.{k}": v.detach().cpu() for k, v in model.head.state_dict().items()})
-    save_checkpoint(path, tensors, {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
+    save_checkpoint(path, tensors, {"config": config_dict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
                                     "mean": list(MEAN), "std": list(STD), "history": history or []})
 
 # %% ../nbs/15_pretrain.ipynb #01668554

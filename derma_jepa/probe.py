@@ -20,16 +20,17 @@ from .nuisance import NONE_RECIPE, recipe_json
 
 # %% auto #0
 __all__ = ['FRACTIONS', 'PROBE_BOOTSTRAP', 'ISIC2017_SPLITS', 'TRANSFER_BOOTSTRAP', 'label_subset', 'probe_predictions',
-           'probe_summary', 'probe', 'probe_backbone', 'isic2017_records', 'transfer_predictions', 'transfer_summary']
+           'probe_summary', 'label_curve', 'probe', 'probe_backbone', 'isic2017_records', 'transfer_predictions',
+           'transfer_summary']
 
 # %% ../nbs/16_probe.ipynb #424b46c9
 FRACTIONS = (0.01, 0.1, 1.0)
 
 
-def label_subset(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    "Sorted indices of a stratified subsample: ceil(fraction · n_c) of each class c (at least 1)."
+def label_subset(y: np.ndarray, fraction: float, seed: int, draw: int = 0) -> np.ndarray:
+    "Sorted indices of a stratified subsample (draw `draw` of `seed`): ceil(fraction · n_c) of each class c (at least 1)."
     if not 0 < fraction <= 1: raise ValueError(f"label fraction {fraction} must be in (0, 1]")
-    rng = np.random.default_rng([seed, round(fraction * 1e6)])
+    rng = np.random.default_rng([seed, round(fraction * 1e6), *([draw] if draw else [])])
     y = np.asarray(y)
     keep = [rng.choice(np.flatnonzero(y == c), max(1, int(np.ceil(fraction * (y == c).sum()))), replace=False)
             for c in np.unique(y)]
@@ -43,29 +44,38 @@ def _classifiers(n_train: int, seed: int) -> dict:
 
 
 def _macro_auroc(y, proba, classes) -> float:
+    "Macro one-vs-rest AUROC over the training classes present; test items of a class training never saw are left out."
+    seen = np.isin(y, classes)
+    y, proba = np.asarray(y)[seen], proba[seen]
     present = np.isin(classes, np.unique(y))
     if present.sum() < 2: return float("nan")
     p = proba[:, present]
-    return float(roc_auc_score(y, p / p.sum(1, keepdims=True), multi_class="ovr", average="macro", labels=classes[present]))
+    p = p / p.sum(1, keepdims=True)
+    if present.sum() == 2: return float(roc_auc_score(y == classes[present][1], p[:, 1]))     # two classes: one AUROC
+    return float(roc_auc_score(y, p, multi_class="ovr", average="macro", labels=classes[present]))
 
 
-def probe_predictions(z_train, y_train, z_test, y_test, groups=None, fractions=FRACTIONS, seed: int = 20260422) -> pd.DataFrame:
-    """One row per (classifier, label fraction, test item): `y`, `pred`, `p:<class>` probabilities and the resampling `group`
-    (classes as text, so that the class columns name them)."""
+def probe_predictions(z_train, y_train, z_test, y_test, groups=None, fractions=FRACTIONS, seed: int = 20260422,
+                      draws: int = 1) -> pd.DataFrame:
+    """One row per (classifier, label fraction, draw, test item): `y`, `pred`, `p:<class>` probabilities and the resampling
+    `group` (classes as text, so that the class columns name them); `draws` subsamples of each fraction below 1."""
+    if draws < 1: raise ValueError(f"draws={draws}: at least one subsample per label fraction")
     y_train, y_test = np.asarray(y_train), np.asarray(y_test)
     groups = np.arange(len(y_test)) if groups is None else np.asarray(groups)
     if len(groups) != len(y_test): raise ValueError(f"groups has {len(groups)} entries for {len(y_test)} test items")
     classes = np.unique(y_train)
     out = []
     for frac in fractions:
-        sub = label_subset(y_train, frac, seed)
-        for name, clf in _classifiers(len(sub), seed).items():
-            clf.fit(z_train[sub], y_train[sub])
-            proba = np.zeros((len(y_test), len(classes)))
-            proba[:, np.searchsorted(classes, clf.classes_)] = clf.predict_proba(z_test)
-            out.append(pd.DataFrame({"classifier": name, "fraction": frac, "n_train": len(sub), "item": np.arange(len(y_test)),
-                                     "group": groups, "y": y_test.astype(str), "pred": classes[proba.argmax(1)].astype(str),
-                                     **{f"p:{c}": proba[:, k] for k, c in enumerate(classes)}}))
+        for draw in range(draws if frac < 1 else 1):
+            sub = label_subset(y_train, frac, seed, draw)
+            for name, clf in _classifiers(len(sub), seed).items():
+                clf.fit(z_train[sub], y_train[sub])
+                proba = np.zeros((len(y_test), len(classes)))
+                proba[:, np.searchsorted(classes, clf.classes_)] = clf.predict_proba(z_test)
+                out.append(pd.DataFrame({"classifier": name, "fraction": frac, "draw": draw, "n_train": len(sub),
+                                         "item": np.arange(len(y_test)), "group": groups, "y": y_test.astype(str),
+                                         "pred": classes[proba.argmax(1)].astype(str),
+                                         **{f"p:{c}": proba[:, k] for k, c in enumerate(classes)}}))
     return pd.concat(out, ignore_index=True)
 
 
@@ -86,40 +96,58 @@ def _resampled(g: pd.DataFrame, counts: np.ndarray) -> tuple[np.ndarray, np.ndar
 PROBE_BOOTSTRAP = "percentile, 95%: test lesions drawn with replacement (a lesion with all its images); Δ paired on the same draws"
 
 
+def _draws(p: pd.DataFrame) -> pd.DataFrame: return p if "draw" in p else p.assign(draw=0)   # predictions from before draws
+
+
 def probe_summary(predictions: pd.DataFrame, n_boot: int = 200, seed: int = 20260422, control: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Per (classifier, fraction): balanced accuracy and macro AUROC with lesion-level bootstrap CIs; with a `control`
-    (predictions of another backbone on the same test items), Δ balanced accuracy (this − control) on the same resamples."""
-    key = tuple(predictions[["classifier", "fraction"]].iloc[0])        # the test items, from one (classifier, fraction)
-    items = predictions.groupby(["classifier", "fraction"]).get_group(key).sort_values("item")
+    """Per (classifier, fraction, draw): balanced accuracy and macro AUROC, with lesion-level bootstrap CIs for draw 0; with
+    a `control` (predictions of another backbone on the same test items), Δ balanced accuracy (this − control), on the
+    same resamples for draw 0 (a paired interval), as a point value for the other draws."""
+    predictions, control = _draws(predictions), None if control is None else _draws(control)
+    key = tuple(predictions[["classifier", "fraction", "draw"]].iloc[0])   # the test items, from one (classifier, fraction, draw)
+    by = ["classifier", "fraction", "draw"]
+    items = predictions.groupby(by).get_group(key).sort_values("item")
     if control is not None:
-        c_items = control.groupby(["classifier", "fraction"]).get_group(key).sort_values("item")
+        c_items = control.groupby(by).get_group(key).sort_values("item")
         if not (np.array_equal(items.item, c_items.item) and np.array_equal(items.y, c_items.y)
                 and np.array_equal(items.group, c_items.group)):
             raise ValueError("the control's predictions are not on the same test items (item, y and group must agree)")
     counts = cluster_counts(items.group.to_numpy(), np.zeros(len(items)), n_boot, seed + 1)
     rows = []
-    for (name, frac), g in predictions.groupby(["classifier", "fraction"], sort=False):
+    nan = float("nan")
+    for (name, frac, draw), g in predictions.groupby(by, sort=False):
         g = g.sort_values("item")
-        ba, au = _resampled(g, counts)
+        ba, au = _resampled(g, counts) if draw == 0 else (np.full(1, nan), np.full(1, nan))
         classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
         point = balanced_accuracy_score(g.y, g.pred)
-        row = {"classifier": name, "fraction": frac, "n_train": g.n_train.iloc[0], "n_test": len(g),
+        row = {"classifier": name, "fraction": frac, "draw": draw, "n_train": g.n_train.iloc[0], "n_test": len(g),
                "n_lesions": g.group.nunique(), "balanced_accuracy": point,
                "ba_ci_low": np.quantile(ba, 0.025), "ba_ci_high": np.quantile(ba, 0.975),
                "macro_auroc": _macro_auroc(g.y.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy(), classes),
-               "auroc_ci_low": np.nanquantile(au, 0.025), "auroc_ci_high": np.nanquantile(au, 0.975)}
+               "auroc_ci_low": np.nanquantile(au, 0.025) if draw == 0 else nan,
+               "auroc_ci_high": np.nanquantile(au, 0.975) if draw == 0 else nan}
         if control is not None:
-            cg = control[control.classifier.eq(name) & np.isclose(control.fraction, frac)].sort_values("item")
-            d = ba - _resampled(cg, counts)[0]
+            cg = control[control.classifier.eq(name) & np.isclose(control.fraction, frac) & control.draw.eq(draw)].sort_values("item")
+            d = ba - _resampled(cg, counts)[0] if draw == 0 else np.full(1, nan)
             row.update(delta_ba=point - balanced_accuracy_score(cg.y, cg.pred),
                        delta_ci_low=np.quantile(d, 0.025), delta_ci_high=np.quantile(d, 0.975))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def probe(z_train, y_train, z_test, y_test, fractions=FRACTIONS, seed: int = 20260422, n_boot: int = 200, groups=None) -> pd.DataFrame:
+def label_curve(summary: pd.DataFrame, by=(), metric: str = "balanced_accuracy") -> pd.DataFrame:
+    """The label-efficiency curve of probe summaries (one or several, e.g. one per pretraining seed, told apart by the
+    columns `by`): per (`by`..., classifier, fraction), the mean of `metric` over every draw (and seed) and its band, the
+    lowest and highest of them, with how many there were."""
+    keys = [*by, "classifier", "fraction"]
+    g = summary.groupby(keys, sort=False)[metric]
+    return g.agg(mean="mean", low="min", high="max", n="count").reset_index()
+
+
+def probe(z_train, y_train, z_test, y_test, fractions=FRACTIONS, seed: int = 20260422, n_boot: int = 200, groups=None,
+          draws: int = 1) -> pd.DataFrame:
     "Balanced accuracy and macro AUROC (with bootstrap CIs over `groups`, else items) of a linear probe and a kNN at each fraction."
-    return probe_summary(probe_predictions(z_train, y_train, z_test, y_test, groups, fractions, seed), n_boot, seed)
+    return probe_summary(probe_predictions(z_train, y_train, z_test, y_test, groups, fractions, seed, draws), n_boot, seed)
 
 # %% ../nbs/16_probe.ipynb #6360198d
 def _sides(rows: pd.DataFrame) -> pd.DataFrame:
@@ -127,8 +155,8 @@ def _sides(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"path": rows.path, "sha256": rows.sha256, "recipe": recipe_json(NONE_RECIPE)})
 
 
-def _embedded_split(backbone: str, folder, seed: int, weights=None, progress: bool = False):
-    "(records with the lesion-aware split, their embeddings, the backbone) of a HAM10000-style `folder`."
+def _embedded_split(backbone, folder, seed: int, weights=None, progress: bool = False):
+    "(records with the lesion-aware split, their embeddings, the backbone) of a HAM10000-style `folder`; `backbone`: a name or a loaded Backbone."
     from derma_jepa.backbones import get_backbone
     from derma_jepa.data import load_records, require_readable
     from derma_jepa.embed import embed_sides
@@ -136,18 +164,18 @@ def _embedded_split(backbone: str, folder, seed: int, weights=None, progress: bo
     records = load_records(folder)
     require_readable(records)
     split = split_records(records, seed, (0.70, 0.15, 0.15), "symmetric")
-    bb = get_backbone(backbone, weights)
+    bb = get_backbone(backbone, weights) if isinstance(backbone, str) else backbone
     return split, embed_sides(bb, _sides(split), progress=progress)[0], bb
 
 
 def probe_backbone(backbone: str, folder, seed: int = 20260422, weights=None, fractions=FRACTIONS,
-                   progress: bool = False) -> pd.DataFrame:
+                   progress: bool = False, draws: int = 1) -> pd.DataFrame:
     """The diagnosis probe's predictions (`probe_predictions`, grouped by lesion) of a registry backbone on a
     HAM10000-style `folder` (metadata CSV + images), with each test image's `image_id`; `probe_summary` scores them."""
     split, z, bb = _embedded_split(backbone, folder, seed, weights, progress)
     tr, te = split.split.eq("train").to_numpy(), split.split.eq("test").to_numpy()
     dx, test = split.dx.to_numpy(), split[te].reset_index(drop=True)
-    out = probe_predictions(z[tr], dx[tr], z[te], dx[te], test.lesion_id.to_numpy(), fractions, seed)
+    out = probe_predictions(z[tr], dx[tr], z[te], dx[te], test.lesion_id.to_numpy(), fractions, seed, draws)
     return out.assign(image_id=test.image_id.to_numpy()[out["item"]], backbone=bb.name, fingerprint=bb.fingerprint)
 
 # %% ../nbs/16_probe.ipynb #df0b0f96
@@ -177,9 +205,10 @@ def isic2017_records(root, split: str = "val") -> pd.DataFrame:
                          "melanoma": df.melanoma.astype(int).to_numpy()})
 
 
-def transfer_predictions(backbone: str, folder, isic_root, split: str = "val", seed: int = 20260422, weights=None,
+def transfer_predictions(backbone, folder, isic_root, split: str = "val", seed: int = 20260422, weights=None,
                          progress: bool = False) -> pd.DataFrame:
-    "Melanoma scores of ISIC 2017 `split` images from a logistic probe fitted on the HAM10000 train split (melanoma vs rest)."
+    """Melanoma scores of ISIC 2017 `split` images from a logistic probe fitted on the HAM10000 train split (melanoma vs
+    rest); `backbone`: a registry name or a Backbone already loaded."""
     from derma_jepa.embed import embed_sides
     isic = isic2017_records(isic_root, split)
     ham, z, bb = _embedded_split(backbone, folder, seed, weights, progress)

@@ -359,6 +359,15 @@ test_eq((len(_a), len(_b), sorted([*_a.x, *_b.x]) == list(range(100))), (50, 50,
 # cannot: one corpus image matched to *several different* HAM10000 lesions is reported as such
 # (HAM10000 itself holds lesions photographed more than once under different lesion ids, so this
 # is a flag, not a proof).
+#
+# **Records.** Pixels are not the only witness. One photograph carries one archive record, so a
+# true duplicate has the same diagnosis, sex and (5-year rounded) age on both sides. Where the
+# corpus has records (ISIC 2017's class and metadata files: melanoma or not, approximate age,
+# sex; matched by image id), `check_records` compares them with HAM10000's: a pair whose records
+# disagree is **not a duplicate**, whatever its pixels say (a melanoma is not a naevus; a woman of
+# 75 is not one of 50). Records that agree prove nothing, and most of the corpus (ISIC 2018's test
+# set) has none; so what the check gives is an upper bound on the detector's precision over the
+# pairs it flagged, not a measurement of it (`audit_verdict` says which).
 
 # %%
 #| export
@@ -405,8 +414,69 @@ def decide(score: float, ref: dict) -> str:
     return "undecided"
 
 
-def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict) -> pd.DataFrame:
-    "Each flagged pair: aligned score, the HAM10000 lesion and diagnosis, how many lesions share its corpus image, a decision."
+AGE_TOLERANCE = 5           # years: both archives round ages to 5, and one photograph carries one record
+RECORD_COLUMNS = {"melanoma": "melanoma", "age_approximate": "age", "sex": "sex"}
+
+
+def with_age_sex(records: pd.DataFrame) -> pd.DataFrame:
+    "HAM10000 records with the age and sex of their metadata CSV (`load_records` keeps neither), matched by image id."
+    csv = records.attrs.get("metadata_csv")
+    if not csv: return records
+    meta = pd.read_csv(csv)
+    cols = [c for c in ("age", "sex") if c in meta]
+    if "image_id" not in meta or not cols: return records
+    return records.drop(columns=cols, errors="ignore").merge(meta[["image_id", *cols]].drop_duplicates("image_id"), on="image_id", how="left")
+
+
+def corpus_records(corpus_dir) -> pd.DataFrame:
+    """What the corpus's own files say about its images: every CSV under `corpus_dir` with an `image_id` column (ISIC
+    2017's class and metadata files) merged by image id; columns melanoma (0/1), age, sex; indexed by image id."""
+    found = []
+    for f in sorted(Path(corpus_dir).rglob("*.csv")):
+        t = pd.read_csv(f)
+        if "image_id" not in t: continue
+        cols = [c for c in RECORD_COLUMNS if c in t]
+        if cols: found.append(t.set_index("image_id")[cols].rename(columns=RECORD_COLUMNS))
+    if not found: return pd.DataFrame(columns=list(RECORD_COLUMNS.values()), index=pd.Index([], name="image_id"))
+    return pd.concat(found).groupby(level=0).first().reindex(columns=list(RECORD_COLUMNS.values()))
+
+
+def _record_conflicts(dx, age_a, sex_a, rec) -> list[str]:
+    "How HAM10000's record (dx, age, sex) and the corpus image's (`rec`, may be empty) disagree, in words."
+    if rec is None: return []
+    out, mel, age_b, sex_b = [], rec.get("melanoma"), rec.get("age"), rec.get("sex")
+    if pd.notna(mel) and dx is not None and pd.notna(dx) and (float(mel) == 1) != (dx == "mel"):
+        out.append(f"diagnosis: {dx} vs {'melanoma' if float(mel) == 1 else 'not melanoma'}")
+    if all(pd.notna(x) and str(x) != "unknown" for x in (sex_a, sex_b)) and str(sex_a) != str(sex_b):
+        out.append(f"sex: {sex_a} vs {sex_b}")
+    if pd.notna(age_a) and pd.notna(age_b) and str(age_b) != "unknown" and abs(float(age_a) - float(age_b)) > AGE_TOLERANCE:
+        out.append(f"age: {float(age_a):.0f} vs {float(age_b):.0f}")
+    return out
+
+
+def check_records(adj: pd.DataFrame, records_a: pd.DataFrame, corpus: pd.DataFrame) -> pd.DataFrame:
+    """The adjudicated pairs with their records compared: `records` (consistent / contradicted: how / none in the corpus),
+    `pixel_decision` (the aligned score's) and `decision` (not a duplicate where the records disagree), and for a corpus
+    image matched to lesions of different diagnoses, which (`other_dx`: at most one of them can be its lesion)."""
+    meta = records_a.set_index("path")
+    out = adj.assign(pixel_decision=adj.decision)
+    recs, conflicts = [], []
+    for r in out.itertuples():
+        rid = Path(r.path_b).stem
+        rec = corpus.loc[rid].to_dict() if rid in corpus.index else None
+        age_a, sex_a = (meta[k].get(r.path_a) if k in meta else None for k in ("age", "sex"))
+        conflicts.append(c := _record_conflicts(r.dx, age_a, sex_a, rec))
+        recs.append("none in the corpus" if rec is None else "contradicted: " + "; ".join(c) if c else "consistent")
+    out["records"] = recs
+    out["decision"] = ["not a duplicate" if c else d for c, d in zip(conflicts, out.pixel_decision)]
+    dxs = out.groupby("path_b").dx.agg(lambda d: sorted(set(d.dropna()))) if len(out) else pd.Series(dtype=object)
+    out["other_dx"] = [",".join(x for x in dxs[b] if x != dx) for b, dx in zip(out.path_b, out.dx)] if len(out) else []
+    return out
+
+
+def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict, corpus: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each flagged pair: aligned score, the HAM10000 lesion and diagnosis, how many lesions share its corpus image, a
+    decision; with the corpus's `corpus_records`, the records compared too (`check_records`)."""
     meta = records_a.set_index("path")
     out = near[["path_a", "path_b", "similarity"]].copy()
     out["aligned_score"] = [round(aligned_match(open_rgb(a), open_rgb(b)), 4) for a, b in zip(out.path_a, out.path_b)]
@@ -414,7 +484,7 @@ def adjudicate(near: pd.DataFrame, records_a: pd.DataFrame, reference: dict) -> 
     out["dx"] = meta.dx.reindex(out.path_a).to_numpy() if "dx" in meta else None
     out["lesions_matched_to_b"] = out.groupby("path_b").lesion_id.transform("nunique") if len(out) else []
     out["decision"] = [decide(s, reference) for s in out.aligned_score]
-    return out
+    return out if corpus is None else check_records(out, records_a, corpus)
 
 
 # %%
@@ -430,6 +500,34 @@ test_eq([decide(v, _ref) for v in (0.5, 0.3, 0.4, 0.42)], ["duplicate", "not a d
 test_eq(decide(0.45, {**_ref, "hard_negative_max": None}), "duplicate")
 
 # %% [markdown]
+# The records check on hand-made rows: a corpus folder with ISIC 2017-style class and metadata
+# files; a pair whose diagnosis, sex or age disagrees is not a duplicate whatever its pixels, one
+# that agrees keeps its pixel decision, one without a record says so, and a corpus image matched
+# to a naevus and a melanoma names the other diagnosis on each.
+
+# %%
+_cdir = Path(tempfile.mkdtemp()) / "corpus"; (_cdir / "y2017" / "train").mkdir(parents=True)
+pd.DataFrame({"image_id": ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4"], "melanoma": [1.0, 0.0, 0.0, 0.0]}).to_csv(
+    _cdir / "y2017" / "Training_Classes.csv", index=False)
+pd.DataFrame({"image_id": ["ISIC_1", "ISIC_2", "ISIC_3", "ISIC_4"], "age_approximate": [60, 50, 45, "unknown"],
+              "sex": ["female", "female", "male", "female"]}).to_csv(_cdir / "y2017" / "Training_metadata.csv", index=False)
+(_cdir / "notes.csv").write_text("what,why\nx,y\n")                                   # a CSV without image ids is skipped
+_cr = corpus_records(_cdir)
+test_eq(list(_cr.columns), ["melanoma", "age", "sex"]); test_eq(_cr.loc["ISIC_2", "age"], "50")
+_ham = pd.DataFrame({"path": [f"/h/{k}.jpg" for k in "abcde"], "lesion_id": list("LMNOP"), "dx": ["nv", "vasc", "nv", "nv", "mel"],
+                     "age": [40.0, 75.0, 45.0, 40.0, 40.0], "sex": ["female", "female", "female", "male", "female"]})
+_adj = pd.DataFrame({"path_a": _ham.path, "path_b": ["/c/ISIC_1.jpg", "/c/ISIC_2.jpg", "/c/ISIC_3.jpg", "/c/ISIC_9.jpg", "/c/ISIC_9.jpg"],
+                     "aligned_score": 0.5, "lesion_id": _ham.lesion_id, "dx": _ham.dx, "decision": "duplicate"})
+_chk = check_records(_adj, _ham, _cr)
+test_eq(_chk.records.tolist(), ["contradicted: diagnosis: nv vs melanoma; age: 40 vs 60", "contradicted: age: 75 vs 50",
+                                "contradicted: sex: female vs male", "none in the corpus", "none in the corpus"])
+test_eq(_chk.decision.tolist(), ["not a duplicate"] * 3 + ["duplicate"] * 2)
+test_eq(_chk.pixel_decision.tolist(), ["duplicate"] * 5)
+test_eq(_chk.other_dx.tolist(), ["", "", "", "mel", "nv"])
+test_eq(check_records(_adj.iloc[[0]].assign(dx="mel"), _ham.assign(age=60.0), _cr).records.tolist(), ["consistent"])
+test_eq(len(corpus_records(Path(tempfile.mkdtemp()))), 0)
+
+# %% [markdown]
 # On the fixture the machinery runs, but its numbers mean little: the synthetic lesions are smooth
 # blobs that look alike to a 64-bit hash (distinct lesions at wHash distance 0 are common), so the
 # rule that keeps false positives under 0.001 there recalls only about a third of the cropped
@@ -439,6 +537,10 @@ test_eq(decide(0.45, {**_ref, "hard_negative_max": None}), "duplicate")
 from derma_jepa.fixture import fixture_dir
 from derma_jepa.data import load_records
 _fx = load_records(fixture_dir(n_lesions=300, seed=0))
+_fxa = with_age_sex(_fx)                             # age and sex (for the records check) from the metadata CSV, by image id
+_csv = pd.read_csv(_fx.attrs["metadata_csv"]).set_index("image_id")
+test_eq(list(_fxa.image_id), list(_fx.image_id))
+test_eq((_fxa.age.tolist(), _fxa.sex.tolist()), (_csv.age.reindex(_fxa.image_id).tolist(), _csv.sex.reindex(_fxa.image_id).tolist()))
 _P, _N = calibration_sets(_fx, n_pos=60, n_neg=20_000)
 _cal = calibrate(_P, _N)
 print(_cal)
@@ -489,23 +591,44 @@ def overlap_audit(a_paths, b_paths, calibration: dict, progress: bool = False) -
             "match_pairs_per_s": round(len(a) * len(b) / t_match, 1)}
 
 
-def audit_figure(report: dict, n: int = 6, size: int = 120):
-    """The pairs the audit looked at hardest, a column each: HAM10000 above, the corpus image below. The adjudicated pairs
-    (flagged by hashes and pixel correlation) first, each with its decision; else the most similar hash candidates."""
+def _record_text(rec: dict | None) -> str:
+    "A corpus image's record in two short lines: melanoma or not, then age and sex."
+    if not rec: return "no record"
+    mel = rec.get("melanoma")
+    first = ("melanoma" if float(mel) == 1 else "not melanoma") if pd.notna(mel) else ""
+    second = ", ".join(str(rec[k]) for k in ("age", "sex") if pd.notna(rec.get(k)) and str(rec[k]) != "unknown")
+    return "\n".join(x for x in (first, second) if x) or "no record"
+
+
+def audit_figure(report: dict, n: int = 10, size: int = 120):
+    """The pairs the audit looked at hardest, a column each: HAM10000 above (with its diagnosis, age, sex), the corpus image
+    below (with its record, where the corpus has one). The adjudicated pairs (flagged by hashes and pixel correlation)
+    first, each with its decision (and the pixels' where the records overruled them); else the most similar candidates."""
     import matplotlib.pyplot as plt
     adj = report.get("adjudication")
     pairs = (adj.sort_values("aligned_score", ascending=False, kind="stable").head(n) if adj is not None and len(adj)
              else report["candidates"].head(n))
     if pairs.empty: return None
-    fig, axes = plt.subplots(2, len(pairs), figsize=(1.9 * len(pairs) + 0.6, 4.4), squeeze=False)
+    ham, corpus = report.get("records_a"), report.get("corpus_records")
+    fig, axes = plt.subplots(2, len(pairs), figsize=(1.3 * len(pairs) + 0.8, 5.0), squeeze=False)   # 8 pairs fit the page
     for k, r in enumerate(pairs.itertuples()):
         for row, p in enumerate((r.path_a, r.path_b)):
             ax = axes[row][k]
             with Image.open(p) as im: ax.imshow(im.convert("RGB").resize((size, round(size * im.height / im.width))))
-            ax.set_xticks([]); ax.set_yticks([]); ax.set_xlabel(Path(p).name, fontsize=8.5, labelpad=2)
-        head = (f"adjudicated: {r.decision}\naligned corr. {r.aligned_score:.3f}" if hasattr(r, "decision") else
-                f"candidate\nsimilarity {r.similarity:.3f}")
-        axes[0][k].set_title(head, fontsize=9)
+            ax.set_xticks([]); ax.set_yticks([])
+            if row == 0 and ham is not None and p in ham.index:
+                h = ham.loc[p]
+                rec = f"{h.dx}\n{h.age:.0f}, {h.sex}" if pd.notna(h.get("age")) else str(h.dx)
+            elif row == 1 and corpus is not None:
+                rec = _record_text(corpus.loc[Path(p).stem].to_dict() if Path(p).stem in corpus.index else None)
+            else: rec = ""
+            ax.set_xlabel(f"{Path(p).stem}\n{rec}" if rec else Path(p).name, fontsize=9.5, labelpad=2)
+        if hasattr(r, "decision"):
+            head = f"{r.decision}\n\ncorr. {r.aligned_score:.3f}"
+            if getattr(r, "pixel_decision", r.decision) != r.decision:
+                head = f"{r.decision}\n(records; pixels:\n{r.pixel_decision}, {r.aligned_score:.3f})"
+        else: head = f"candidate\nsimilarity {r.similarity:.3f}"
+        axes[0][k].set_title(head, fontsize=9.5)
     axes[0][0].set_ylabel("HAM10000", fontsize=10); axes[1][0].set_ylabel("pretraining corpus\n(not HAM10000)", fontsize=10)
     fig.tight_layout(h_pad=0.6, w_pad=0.4)
     return fig
@@ -561,6 +684,8 @@ def audit_record(report: dict, root_b=None) -> dict:
             **({"adjudication_reference": report["adjudication_reference"],
                 "adjudication": [{"a": Path(r.path_a).name, "b": name(r.path_b, root_b), "lesion_id": r.lesion_id, "dx": r.dx,
                                   "aligned_score": float(r.aligned_score), "lesions_matched_to_b": int(r.lesions_matched_to_b),
+                                  **({"pixel_decision": r.pixel_decision, "records": r.records, "other_dx": r.other_dx}
+                                     if hasattr(r, "records") else {}),
                                   "decision": r.decision} for r in report["adjudication"].itertuples()]}
                if "adjudication" in report else {}),
             "closest_distance_quantiles_0_0.001_0.01_0.5": {
@@ -568,10 +693,13 @@ def audit_record(report: dict, root_b=None) -> dict:
 
 
 def audit_verdict(rep: dict, cal: dict, adj: pd.DataFrame, ref: dict) -> str:
-    "What the audit measured, in words: recall, held-out FPR, and what adjudication found."
-    n = {k: int(adj.decision.eq(k).sum()) if len(adj) else 0 for k in ("duplicate", "undecided", "not a duplicate")}
-    head = (f"{len(rep['exact_pairs'])} exact copies and {n['duplicate']} adjudicated near-duplicate pair(s) of HAM10000 images "
-            f"found in the corpus" if len(rep["exact_pairs"]) or n["duplicate"] else
+    """What the audit measured, in words: recall, held-out FPR, what adjudication by pixels and by records found, and the
+    bound that puts on the detector's precision."""
+    px = adj.pixel_decision if "pixel_decision" in adj else adj.decision if len(adj) else pd.Series(dtype=str)
+    n = {k: int(px.eq(k).sum()) if len(adj) else 0 for k in ("duplicate", "undecided", "not a duplicate")}
+    dup = int(adj.decision.eq("duplicate").sum()) if len(adj) else 0
+    head = (f"{len(rep['exact_pairs'])} exact copies and {dup} adjudicated near-duplicate pair(s) of HAM10000 images "
+            f"found in the corpus" if len(rep["exact_pairs"]) or dup else
             "no exact copy and no adjudicated near-duplicate of a HAM10000 image found in the corpus")
     tail = ""
     if len(adj):
@@ -579,6 +707,13 @@ def audit_verdict(rep: dict, cal: dict, adj: pd.DataFrame, ref: dict) -> str:
                 f"correlation ({n['duplicate']} duplicate: above every held-out hard negative, max {ref['hard_negative_max']}, and at "
                 f"least the synthetic copies' 1st percentile, {ref['positive_q01']:.3f}; {n['undecided']} undecided; "
                 f"{n['not a duplicate']} not a duplicate: no higher than a hard negative, below every synthetic copy)")
+        if "records" in adj:
+            checked, bad = adj.records.ne("none in the corpus"), adj.records.str.startswith("contradicted")
+            over = int((bad & px.eq("duplicate")).sum())
+            tail += (f"; {int(checked.sum())} of them could be checked against the corpus's own records (diagnosis, age, sex): "
+                     f"{int(bad.sum())} contradicted, so not duplicates ({over} of those the pixels had called duplicate), "
+                     f"{int((checked & ~bad).sum())} consistent, which proves nothing; so at most {len(adj) - int(bad.sum())} of "
+                     f"the {len(adj)} flagged pairs can be true duplicates, a bound on the detector's precision, not a measure of it")
         multi = adj[adj.lesions_matched_to_b > 1]
         if len(multi): tail += (f"; {multi.path_b.nunique()} corpus image(s) matched {int(multi.lesions_matched_to_b.max())} "
                                 "different HAM10000 lesion ids")
@@ -598,8 +733,10 @@ def run_overlap_audit(ham_dir, corpus_dir, out_dir, n_pos: int = 1000, n_neg: in
     cal.update(held_out_fpr(N_held, cal))
     rep = overlap_audit(ham.path, image_paths(corpus_dir), cal)
     ref = adjudication_reference(ham, N_held, cal)
-    adj = adjudicate(rep["near_pairs"], ham, ref)
-    rep.update(adjudication=adj, adjudication_reference=ref, verdict=audit_verdict(rep, cal, adj, ref))
+    corpus, ham = corpus_records(corpus_dir), with_age_sex(ham)
+    adj = adjudicate(rep["near_pairs"], ham, ref, corpus)
+    rep.update(adjudication=adj, adjudication_reference=ref, verdict=audit_verdict(rep, cal, adj, ref),
+               records_a=ham.set_index("path")[[c for c in ("dx", "age", "sex") if c in ham]], corpus_records=corpus)
     rec = audit_record(rep, Path(corpus_dir))
     out, stem = Path(out_dir), f"ham10000_vs_{Path(corpus_dir).name}"
     atomic_write_bytes(out / f"{stem}.json", (json.dumps(rec, indent=1) + "\n").encode())
@@ -621,6 +758,12 @@ def run_overlap_audit(ham_dir, corpus_dir, out_dir, n_pos: int = 1000, n_neg: in
 _again = overlap_audit(_src.path, [*_others, *sorted(str(p) for p in _tmp.glob("copy_*.jpg"))], _cal0)
 test_eq(json.dumps(audit_record(_again)), json.dumps(audit_record(_rep)))
 test_eq(audit_record(_rep)["near_pairs"], 5)
+# the verdict on the hand-made records check above: the bound it puts on the detector's precision, and the limit
+_v = audit_verdict({"exact_pairs": []}, {"recall_two_stage": 0.96, "n_pos": 1000, "fpr_two_stage_held_out": 0.0,
+                                          "fpr_two_stage_held_out_upper_95": 1.2e-5, "n_neg_held_out": 250_000},
+                   _chk.assign(lesions_matched_to_b=[1, 1, 1, 2, 2]), {**_ref, "hard_negative_max": 0.3})
+assert "2 adjudicated near-duplicate pair(s)" in _v and "3 of them could be checked" in _v and "3 contradicted" in _v, _v
+assert "at most 2 of the 5 flagged pairs can be true duplicates" in _v and "(3 of those the pixels had called duplicate)" in _v, _v
 
 # %%
 #| slow

@@ -97,6 +97,7 @@ class PretrainConfig:
     dtype: str = "auto"
     ckpt_every: int = 50
     log_every: int = 10
+    colour: bool = True                 # colour jitter and grey-scale on the strong views; False: crops and flips only
 
     def __post_init__(self):
         coerce_fields(self)             # 1.5 steps or a seed of "x" are refused with the field's name
@@ -105,6 +106,15 @@ class PretrainConfig:
         if self.image_size % self.patch_size: raise DataError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for k in ("steps", "batch_size", "ckpt_every", "log_every"):
             if getattr(self, k) < 1: raise DataError(f"pretraining parameter {k}={getattr(self, k)} must be at least 1")
+
+
+LATER_DEFAULTS = {"colour": True}       # fields added after encoders were trained, at the value those encoders had
+
+
+def config_dict(cfg: PretrainConfig) -> dict:
+    """`cfg` as it is recorded (checkpoints, training state, EXP-009's folder hash): a field added later is left out at the
+    value every earlier encoder had, so an encoder trained before the field existed keeps its record, folder and bytes."""
+    return {k: v for k, v in asdict(cfg).items() if not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def load_images(paths, size: int, workers: int = 4) -> torch.Tensor:
@@ -121,14 +131,16 @@ def load_images(paths, size: int, workers: int = 4) -> torch.Tensor:
 # %% [markdown]
 # Augmentation: a random resized crop (scale 0.35–1 for the contrastive views, 0.6–1 otherwise),
 # a horizontal and vertical flip (dermoscopy has no up), and for the contrastive views colour
-# jitter and grey-scale, as SimCLR needs them. `dermoscopy=True` adds what GraVIS's views have
+# jitter and grey-scale, as SimCLR needs them (`colour=False` leaves them out, with the same draws:
+# the SimCLR variant that shows how much of its advantage is invariance to colour, which the
+# held-out nuisance family also varies). `dermoscopy=True` adds what GraVIS's views have
 # besides: a rotation by a multiple of 90° and, half the time, a Gaussian blur; its draws come
 # after the others', so the views of the other objectives are the same bytes with or without it.
 # Everything is drawn from the step's generator.
 
 # %%
 #| export
-def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool = False) -> torch.Tensor:
+def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool = False, colour: bool = True) -> torch.Tensor:
     "A batch of uint8 images → augmented, normalised float images of the same size."
     import torchvision.transforms.v2.functional as TF
     n, _, h, w = x.shape
@@ -143,7 +155,7 @@ def augment(x: torch.Tensor, g: torch.Generator, strong: bool, dermoscopy: bool 
         im = TF.resized_crop(x[k], top, left, ch, cw, [h, w], antialias=True).float() / 255
         if u[k, 4] < 0.5: im = im.flip(-1)
         if u[k, 5] < 0.5: im = im.flip(-2)
-        if strong:
+        if strong and colour:
             im = TF.adjust_brightness(im, 0.6 + 0.8 * u[k, 6].item())
             im = TF.adjust_saturation(TF.adjust_contrast(im, 0.6 + 0.8 * u[k, 7].item()), 0.6 + 0.8 * u[k, 8].item())
             if u[k, 8] < 0.2: im = TF.rgb_to_grayscale(im, 3)
@@ -160,6 +172,15 @@ test_eq(augment(_x, torch.Generator().manual_seed(1), True).shape, (4, 3, 32, 32
 test_eq(augment(_x, torch.Generator().manual_seed(1), True), augment(_x, torch.Generator().manual_seed(1), True))
 _g1, _g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
 assert not torch.equal(augment(_x, _g1, True, dermoscopy=True), augment(_x, _g2, True))    # rotated / blurred
+assert not torch.equal(augment(_x, torch.Generator().manual_seed(1), True, colour=False),
+                       augment(_x, torch.Generator().manual_seed(1), True))                 # no jitter, no grey
+_g, _h = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)                # the same draws either way
+augment(_x, _g, True, colour=False); augment(_x, _h, True)
+test_eq(torch.rand(1, generator=_g), torch.rand(1, generator=_h))
+_xc = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8); _xc[:, 0] = 200                 # a flat reddish image keeps its colour
+for _k in range(3):
+    test_close(augment(_xc, torch.Generator().manual_seed(2), True, colour=False)[:, _k].mean().item(),
+               (_xc[0, _k, 0, 0].item() / 255 - MEAN[_k]) / STD[_k], eps=1e-3)
 
 
 # %% [markdown]
@@ -355,6 +376,16 @@ _apart = torch.eye(4)[:, None, :].repeat(1, 4, 1)                        # 4 ima
 assert float(grouping_loss(_apart, tau=0.05)) < 1e-3
 test_close(float(grouping_loss(torch.ones(4, 4, 8))), math.log(1 + 3 * 4), eps=1e-4)
 
+# %% [markdown]
+# The record of a configuration (`config_dict`): `colour`, added after the EXP-009 encoders were
+# trained, stays out of it at its default, so those encoders keep their folders and bytes.
+
+# %%
+_c = PretrainConfig(objective="simclr")
+assert "colour" not in config_dict(_c) and config_dict(PretrainConfig(objective="simclr", colour=False))["colour"] is False
+test_eq(PretrainConfig(**config_dict(_c)), _c); test_eq(PretrainConfig(**config_dict(replace(_c, colour=False))).colour, False)
+test_fail(lambda: PretrainConfig(colour="maybe"), contains="colour='maybe' is not a valid bool")
+
 
 # %% [markdown]
 # ## The loop
@@ -394,14 +425,14 @@ def save_state(path, cfg: PretrainConfig, model: nn.Module, opt, step: int, hist
         for k, v in st.items():
             if isinstance(v, torch.Tensor): tensors[f"opt.{pid}.{k}"] = v.detach().cpu()
             else: scalars[f"{pid}.{k}"] = v
-    save_checkpoint(path, tensors, {"config": asdict(cfg), "step": step, "history": history,
+    save_checkpoint(path, tensors, {"config": config_dict(cfg), "step": step, "history": history,
                                     "opt_param_groups": sd["param_groups"], "opt_scalars": scalars})
 
 
 def load_state(path, cfg: PretrainConfig, model: nn.Module, opt) -> tuple[int, list]:
     "Restore a `save_state` file of the same configuration into `model` and `opt`; returns (step, history)."
     tensors, meta = load_checkpoint(path)
-    if meta.get("config") != asdict(cfg):
+    if meta.get("config") != config_dict(cfg):
         raise DataError(f"{path}: a checkpoint of another configuration; remove it or use another folder")
     model.load_state_dict(tensors_under(tensors, "model"))
     state: dict = {}
@@ -416,10 +447,11 @@ def collapse_std(f: torch.Tensor) -> float:
     return float(F.normalize(f.float(), dim=-1).std(0).mean())
 
 
-def _batch(model, x, g):
+def _batch(model, x, g, colour: bool = True):
     "What an objective trains on: k strong views of each image (the contrastive ones: `views`), else one weak view."
     k = getattr(model, "views", 1)
-    return tuple(augment(x, g, True, dermoscopy=getattr(model, "dermoscopy", False)) for _ in range(k)) if k > 1 else augment(x, g, False)
+    return (tuple(augment(x, g, True, dermoscopy=getattr(model, "dermoscopy", False), colour=colour) for _ in range(k)) if k > 1
+            else augment(x, g, False))
 
 
 def step_cost(cfg: PretrainConfig, images: torch.Tensor) -> dict:
@@ -430,7 +462,7 @@ def step_cost(cfg: PretrainConfig, images: torch.Tensor) -> dict:
     model = OBJECTIVES[cfg.objective](cfg).train()
     g = torch.Generator().manual_seed(cfg.seed)
     x = images[:cfg.batch_size]
-    batch = _batch(model, x, g)
+    batch = _batch(model, x, g, cfg.colour)
     with FlopCounterMode(display=False) as fc: model.loss(batch, g).backward()
     return {"objective": cfg.objective, "images per step": len(x), "views per step": len(x) * getattr(model, "views", 1),
             "GFLOPs per step": round(fc.get_total_flops() / 1e9, 1)}
@@ -477,7 +509,7 @@ def pretrain(cfg: PretrainConfig, images: torch.Tensor, out_dir, progress: bool 
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         torch.manual_seed(cfg.seed * 1_000_003 + step)
         x = images[_batch_index(cfg, len(images), step)]
-        batch = _batch(model, x, g)
+        batch = _batch(model, x, g, cfg.colour)
         batch = tuple(v.to(dev) for v in batch) if isinstance(batch, tuple) else batch.to(dev)
         for pg in opt.param_groups: pg["lr"] = _lr(cfg, step)
         model.train()
@@ -506,7 +538,7 @@ def export_encoder(model: nn.Module, cfg: PretrainConfig, path, history=None, st
     "The encoder (and the VAE's μ head) alone, with what `ssl:<path>` needs to rebuild it, as safetensors + JSON."
     tensors = {f"encoder.{k}": v.detach().cpu() for k, v in model.encoder.vit.state_dict().items()}
     if cfg.objective == "vae": tensors.update({f"head.{k}": v.detach().cpu() for k, v in model.head.state_dict().items()})
-    save_checkpoint(path, tensors, {"config": asdict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
+    save_checkpoint(path, tensors, {"config": config_dict(cfg), "steps_trained": cfg.steps if steps_trained is None else steps_trained,
                                     "mean": list(MEAN), "std": list(STD), "history": history or []})
 
 

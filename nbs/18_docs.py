@@ -118,9 +118,11 @@ def paper_page(paper: Path) -> str:
 def exp009_page(paper: Path) -> str:
     "EXP-009's page: its tables and figures and the overlap audit."
     d = Path(paper) / "exp009"
-    body = "# EXP-009: pretraining on dermoscopy that never saw HAM10000\n\nRendered by `make exp009` (`nbs/exp009.ipynb`).\n\n"
-    body += (_section("Comparison", d / "exp009_table.md") + _section("The EXP-004 recipe by encoder", d / "recipe_table.md")
-             + _section("Diagnosis probes", d / "probe_table.md"))
+    body = "# EXP-009: dermoscopy pretraining on a corpus audited against HAM10000 images\n\nRendered by `make exp009` (`nbs/exp009.ipynb`).\n\n"
+    body += "".join(_section(t, d / f"{n}.md") for t, n in [
+        ("Comparison", "exp009_table"), ("The EXP-004 recipe by encoder", "recipe_table"), ("Label efficiency", "label_table"),
+        ("The budget curve", "budget_table"), ("Where the encoders look, and transfer", "featuremaps_table"),
+        ("The EXP-004 recipe, run by run", "recipe_runs")])
     if (d / "figures.md").exists(): body += _figures(figure_captions((d / "figures.md").read_text()), paper)
     if (d / "runs.md").exists(): body += "\n" + re.sub(r"^# ", "## ", (d / "runs.md").read_text(), count=1)
     return body

@@ -393,7 +393,8 @@ as the release's pair-level one; resampling the context lesion alone, \numContex
 \paragraph{Anchors.} The release published pixel L2 at \numPublishedPixel{} (here \numRefPixel{} under its protocol)
 and DINOv2 and CLIP predictors at \numPublishedViT; a random-init ViT-B/16 reaches \numRandomViTRef{} here under the
 reference protocol and \numRandomViTSym{} under the symmetric one (Table~\ref{tab:anchors}). EXP-009 asks whether
-self-supervised pretraining on dermoscopy that never saw HAM10000 learns what DermLIP learned (its own section).
+self-supervised pretraining on dermoscopy, on a corpus audited against HAM10000's images (not its lesions), learns
+what DermLIP learned (its own section).
 
 \section{Limitations}
 The hub backbones' weights could not be fetched on the machine that made these outputs, so the arc's rows name an

@@ -8,7 +8,7 @@
 # ---
 
 # %% [markdown]
-# # EXP-009: dermoscopy pretraining that never sees HAM10000
+# # EXP-009: dermoscopy pretraining on a corpus audited against HAM10000 images
 #
 # The experiment end to end, as papermill runs it (`make exp009`):
 #
@@ -18,14 +18,20 @@
 # ```
 #
 # 1. audit HAM10000 against the pretraining corpus and leave out every flagged corpus image;
-# 2. pretrain each objective on what is left (resumes from checkpoints; finished ones are reused);
-# 3. probe the seven diagnoses on frozen embeddings, against the random-init control;
+# 2. pretrain each objective and variant, once per seed, with snapshots at the budgets, on what is
+#    left (resumes from checkpoints; finished ones are reused);
+# 3. probe the seven diagnoses on frozen embeddings at every label fraction (several subsamples
+#    each), against each seed's random-init control; the snapshots at all labels;
 # 4. run the EXP-004 recipe (`nbs/experiments/exp009.yaml`) under each protocol through
-#    `nbs/run.ipynb`, each executed notebook filed in its run directory;
-# 5. render `paper/exp009/` (the section `paper/main.tex` inputs).
+#    `nbs/run.ipynb`, each executed notebook filed in its run directory; the re-photo endpoint of
+#    the raw cosine at every budget;
+# 5. feature maps and the ISIC 2017 transfer; render `paper/exp009/` (the section `paper/main.tex`
+#    inputs).
 #
 # The settings are `nbs/experiments/exp009_pretrain.yaml`; the parameters below override them
-# (empty = the file's value). `pretrain_set`, `recipe_set` and `audit_set` take YAML mappings.
+# (empty = the file's value). `pretrain_set`, `recipe_set` and `audit_set` take YAML mappings,
+# `seeds` and `budgets` YAML lists (`-p seeds '[0, 1, 2]' -p budgets '[0.25, 0.5, 1.0]'`), `variants`
+# a mapping (`-p variants '{}'`: none).
 # `executor=slurm` (`make exp009 EXECUTOR=slurm`) trains each objective as a SLURM job, all at
 # once, and runs the embedding and the runs as jobs too, with the settings file's `resources`.
 
@@ -38,8 +44,8 @@ from derma_jepa.safety import exit_with_parent, load_yaml
 
 from derma_jepa.data import atomic_write_bytes
 from derma_jepa.audit import audit_figure, image_paths, run_overlap_audit
-from derma_jepa.exp009 import (audited_corpus, fig_pretraining, load_exp009, plan_exp009, pretrain_all, probe_all,
-                               render_exp009)
+from derma_jepa.exp009 import audited_corpus, load_exp009, plan_exp009, pretrain_all, probe_all, rephoto_all
+from derma_jepa.exp009_report import budget_table, exp009_table, fig_pretraining, label_table, render_exp009
 from derma_jepa.experiment import Config, resolve_data
 from derma_jepa.executors import make_executor
 from derma_jepa.plan import run_plan
@@ -54,6 +60,9 @@ objectives = ""
 protocols = ""
 compare = ""
 steps = ""
+seeds = ""
+budgets = ""
+variants = ""
 pretrain_set = ""
 recipe_set = ""
 audit_set = ""
@@ -71,7 +80,8 @@ compare = "color_texture"
 _split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None
 _yaml = lambda v: load_yaml(text=v, source=repr(v), mapping=False) if v else None
 settings = load_exp009(settings_file or None, corpus=corpus or None, objectives=_split(objectives),
-                       protocols=_split(protocols), steps=_yaml(steps), pretrain=_yaml(pretrain_set),
+                       protocols=_split(protocols), steps=_yaml(steps), pretrain=_yaml(pretrain_set), seeds=_yaml(seeds),
+                       budgets=_yaml(budgets), variants=_yaml(variants),
                        audit=_yaml(audit_set), **({"compare": [] if compare == "none" else _split(compare)} if compare else {}))
 recipe_overrides = _yaml(recipe_set) or {}
 recipe = Config.from_yaml(settings["recipe"], **recipe_overrides)
@@ -111,7 +121,7 @@ excluded
 # %%
 ex = make_executor(executor, out / "jobs", settings["resources"])       # local, or SLURM jobs (19_executors)
 encoders = pretrain_all(settings, kept, runs_dir, progress=True, executor=None if executor == "local" else ex)
-encoders[["encoder", "steps", "images_seen", "n_images", "dtype", "path"]]    # wall time and rate: each train.json
+encoders[["label", "budget", "images_seen", "gflops", "seconds", "dtype"]]    # throughput: each run's train.json
 
 # %%
 fig_pretraining(encoders);
@@ -124,13 +134,21 @@ plan = plan_exp009(settings, encoders, runs_dir, recipe_overrides)
 plan[["label", "protocol", "backbone", "run_dir"]]
 
 # %%
-probes = probe_all(plan, settings, resolve_data(recipe), recipe.seed)
+probes = probe_all(plan, settings, resolve_data(recipe), recipe.seed, encoders)
 atomic_write_bytes(out / "probes.csv", probes.to_csv(index=False).encode())
-probes.round(3)
+exp009_table(probes, encoders)
 
 # %%
 plan = run_plan(plan, out / "plan.json", executor=ex)
 plan[["label", "protocol", "status"]]
+
+# %%
+rephoto = rephoto_all(plan, encoders, ham_dir, settings["probe"]["n_boot"], recipe.seed)
+atomic_write_bytes(out / "rephoto.csv", rephoto.to_csv(index=False).encode())
+label_table(probes)
+
+# %%
+budget_table(probes, rephoto)
 
 # %% [markdown]
 # ## 5. Where the encoders look, and transfer to ISIC 2017
@@ -148,8 +166,9 @@ _val = {Path(p).resolve() for p in image_paths(isic2017 / "val")}
 _seen = sum(Path(p).resolve() in _val for p in kept)
 _trained = {f"ssl:{p}" for p, st in zip(encoders.path, encoders.steps) if st > 0}
 _labels = dict(zip(plan.label, plan.backbone))
+_first = set(plan[plan.pretrain_seed.isna() | plan.pretrain_seed.eq(settings["seeds"][0])].label)   # the figures: the first seed
 maps_table, shown = encoder_maps(_labels, ham_dir, isic2017, recipe.seed,
-                                 in_corpus={l: _seen for l, b in _labels.items() if b in _trained})
+                                 in_corpus={l: _seen for l, b in _labels.items() if b in _trained}, show=_first)
 print(f"ISIC 2017 validation images in the pretraining corpus: {_seen} of {len(_val)}")
 maps_table
 
@@ -164,14 +183,21 @@ with paper_style():
 
 # %%
 paper = render_exp009(plan, probes, encoders, audit, excluded, len(kept), paper_dir,
-                      maps={"table": maps_table, "figures": map_figs, "n": shown["n"]})
+                      maps={"table": maps_table, "figures": map_figs, "n": shown["n"]}, rephoto=rephoto,
+                      left_out=settings["compare_left_out"])
 for _k, _f in paper["figures"].items():          # the real figures, as printed: the paper's palette, no text under 8 pt
     assert not palette_problems(_f) and not small_text(_f), (_k, palette_problems(_f), small_text(_f))
 print("\n".join(f"{paper_dir}/exp009/{f}" for f in paper["files"]))
 paper["tables"]["exp009_table"]
 
 # %%
-paper["tables"]["probe_table"]
+paper["tables"]["recipe_table"]
 
 # %%
 paper["figures"]["by_encoder"]
+
+# %%
+paper["figures"].get("budget")
+
+# %%
+paper["figures"]["label_efficiency"]

@@ -19,7 +19,7 @@ def exp009_cmd(tmp: Path, corpus: Path, *extra):
     pm = str(Path(sys.executable).parent / "papermill")
     cmd = [pm, "--log-level", "WARNING", str(ROOT / "nbs" / "exp009.ipynb"), str(tmp / "exp009.ipynb"),
            "-p", "corpus", str(corpus), "-p", "objectives", "mae", "-p", "steps", "{mae: 2}",
-           "-p", "protocols", "symmetric", "-p", "compare", "none", "-p", "pretrain_set", TINY_PRETRAIN,
+           "-p", "protocols", "symmetric", "-p", "compare", "none", "-p", "pretrain_set", TINY_PRETRAIN, "-p", "variants", "{}",
            "-p", "recipe_set", TINY_RECIPE, "-p", "audit_set", "{n_pos: 40, n_neg: 4000}",
            "-p", "runs_dir", str(tmp / "runs"), "-p", "paper_dir", str(tmp / "paper"), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -50,7 +50,7 @@ def test_exp009_end_to_end(tmp_path, corpus):
     assert "planted.jpg" in out and planted_from in out
     enc = {d.name.split("-")[0] for d in (runs / "pretrain").iterdir()}
     assert enc == {"mae", "random"}
-    rows = [l for l in out.split("## Corpus images left out by the audit")[1].splitlines() if l.startswith("| ")]
+    rows = [l for l in out.split("## Corpus images left out of pretraining")[1].splitlines() if l.startswith("| ")]
     n_excluded = len(rows) - 1                                     # less the header
     assert n_excluded >= 1
     n_corpus = len(list(folder.glob("*.jpg")))
@@ -61,14 +61,20 @@ def test_exp009_end_to_end(tmp_path, corpus):
     assert len(plan) == 2 and {r["status"] for r in plan} == {"run"}
     for r in plan: assert (Path(r["run_dir"]) / "run.ipynb").exists() and (Path(r["run_dir"]) / "metrics.json").exists()
     table = (tmp_path / "paper" / "exp009" / "exp009_table.md").read_text()
-    for label in ("MAE (2 steps)", "random init"): assert label in table
-    assert "Δ vs random init [95% CI, paired]" in table
+    for label in ("| MAE ", "| random init "): assert label in table
+    assert "Δ vs random init (paired, same seed)" in table
     recipe = (tmp_path / "paper" / "exp009" / "recipe_table.md").read_text()
-    assert "symmetric" in recipe and "re-photo AUROC [95% CI]" in recipe and "not run" not in recipe
-    probes = pd.read_csv(runs / "probes.csv")
-    assert len(probes) == 2 * 2 * 3 and probes.balanced_accuracy.between(0, 1).all()
+    assert "symmetric" in recipe and "re-photo AUROC (predictor)" in recipe and "not run" not in recipe
+    probes = pd.read_csv(runs / "probes.csv")            # the settings file's fractions, each below 100% drawn several times
+    from derma_jepa.exp009 import load_exp009
+    pr = load_exp009(corpus=str(folder))["probe"]
+    per = sum(pr["draws"] if f < 1 else 1 for f in pr["fractions"])
+    assert len(probes) == 2 * 2 * per and probes.balanced_accuracy.between(0, 1).all()
     # the gate's paired Δ: for the trained encoder, not for its random-init control
-    assert probes[probes.encoder.eq("mae")].delta_ba.notna().all() and probes[probes.encoder.eq("random init")].delta_ba.isna().all()
+    assert probes[probes.encoder.eq("MAE")].delta_ba.notna().all() and probes[probes.encoder.eq("random init")].delta_ba.isna().all()
+    rephoto = pd.read_csv(runs / "rephoto.csv")          # the re-photo endpoint of every encoder
+    assert set(rephoto.encoder) == {"MAE", "random init"} and rephoto.rephoto_auroc.between(0, 1).all()
+    assert "label_efficiency.png" in (tmp_path / "paper" / "exp009" / "figures.md").read_text()
     # a second run reuses every checkpoint and run directory
     p2 = exp009_cmd(tmp_path, folder)
     assert p2.returncode == 0, p2.stderr[-3000:]

@@ -112,3 +112,10 @@ def test_the_paper_notebook_reads_runs_not_the_pipeline(tmp_path):
     assert not notebook_imports(ROOT / "nbs" / "paper.ipynb", tmp_path) & pipeline
     render = module_imports(PACKAGE / "render.py") | module_imports(PACKAGE / "report.py") | module_imports(PACKAGE / "text.py")
     assert not render & pipeline, render & pipeline
+
+
+def test_exp009_tables_read_frames_not_the_pipeline():
+    "25_exp009_report renders EXP-009 from its frames: it imports no module that makes runs or encoders, nor exp009 itself."
+    pipeline = {"experiment", "plan", "executors", "backbones", "embed", "pairs", "split", "baselines", "predictors", "pretrain", "exp009"}
+    got = module_imports(PACKAGE / "exp009_report.py")
+    assert "report" in got and not got & pipeline, got & pipeline
