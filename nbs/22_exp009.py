@@ -30,9 +30,10 @@
 #    so equal wall-clock budgets are not what a CPU delivers, and equal images seen is the budget
 #    that does not depend on the machine; the minutes each took are reported beside it). The
 #    untrained initial encoder is kept as the **random-init control** of the same architecture.
-# 3. **probe** (16_probe): the 7 diagnoses from frozen embeddings. This is the **gate**: a
-#    pretraining whose balanced accuracy does not exceed its random-init control's learned nothing
-#    worth interpreting downstream, and its row is flagged as such in the table.
+# 3. **probe** (16_probe): the 7 diagnoses from frozen embeddings. This is the **gate**, read per
+#    seed from the paired interval against that seed's random-init control: an encoder whose
+#    interval holds 0 "did not beat random init on this probe at this budget", which says what the
+#    probe could not show, not that the encoder learned nothing (25_exp009_report words the table).
 # 4. **EXP-004 recipe** (`nbs/experiments/exp009.yaml`, via `nbs/run.ipynb` and papermill) under
 #    each protocol, for every encoder, the control, and offline comparisons (`color_texture`).
 #

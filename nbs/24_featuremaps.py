@@ -383,8 +383,8 @@ def fig_anchors(results: list[dict], labels: list[str], image: int = 0, cell: fl
 
 
 # %% [markdown]
-# Drawn on the tiny ViT above, the figures have a panel per image and encoder, and six encoders (as
-# EXP-009 has) keep the figure within 6 inches of height. That no text prints under 8 pt at the
+# Drawn on the tiny ViT above, the figures have a panel per image and encoder, and their panels
+# shrink with the number of encoders (seven in EXP-009's figures) to stay within 6 inches of height. That no text prints under 8 pt at the
 # paper's size is checked where the real figures are drawn, `nbs/exp009.ipynb` (21_render's
 # `small_text`; this notebook stays below the paper's code).
 
