@@ -194,7 +194,7 @@ def test_exp009_pretraining_as_jobs(slurm, tmp_path, monkeypatch):
     from derma_jepa.pretrain import encoder_digest
     tiny = {"image_size": 48, "patch_size": 8, "batch_size": 8, "warmup": 1, "ckpt_every": 1, "log_every": 1, "dtype": "fp32"}
     settings = load_exp009(objectives=["mae", "simclr"], pretrain=tiny, steps={"mae": 2, "simclr": 2}, compare=["color_texture"],
-                           variants={})
+                           variants={}, seeds=[0], budgets=[1.0])
     corpus = list(load_records(fixture_dir(n_lesions=60, seed=7)).path)
     here = pretrain_all(settings, corpus, tmp_path / "here", log=lambda m: None)
     log = []

@@ -19,7 +19,7 @@ def exp009_cmd(tmp: Path, corpus: Path, *extra):
     pm = str(Path(sys.executable).parent / "papermill")
     cmd = [pm, "--log-level", "WARNING", str(ROOT / "nbs" / "exp009.ipynb"), str(tmp / "exp009.ipynb"),
            "-p", "corpus", str(corpus), "-p", "objectives", "mae", "-p", "steps", "{mae: 2}",
-           "-p", "protocols", "symmetric", "-p", "compare", "none", "-p", "pretrain_set", TINY_PRETRAIN, "-p", "variants", "{}",
+           "-p", "protocols", "symmetric", "-p", "compare", "none", "-p", "pretrain_set", TINY_PRETRAIN, "-p", "variants", "{}", "-p", "seeds", "[0]", "-p", "budgets", "[1.0]",
            "-p", "recipe_set", TINY_RECIPE, "-p", "audit_set", "{n_pos: 40, n_neg: 4000}",
            "-p", "runs_dir", str(tmp / "runs"), "-p", "paper_dir", str(tmp / "paper"), *extra]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
