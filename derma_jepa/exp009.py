@@ -30,7 +30,7 @@ __all__ = ['KEYS', 'HELD_OUT', 'OBJECTIVE_NAMES', 'ARCH_LABEL', 'CONTROL', 'budg
            'plan_exp009', 'probe_all', 'rephoto_cosine', 'rephoto_all']
 
 # %% ../nbs/22_exp009.ipynb #0472518e
-KEYS = ("recipe", "corpus", "holdout", "objectives", "variants", "seeds", "budgets", "pretrain", "steps", "protocols", "compare",
+KEYS = ("recipe", "recipe_set", "corpus", "holdout", "objectives", "variants", "seeds", "budgets", "pretrain", "steps", "protocols", "compare",
         "probe", "audit", "resources")
 
 
@@ -73,6 +73,7 @@ def load_exp009(path=None, **overrides) -> dict:
     for o in objs:
         if o not in OBJECTIVES: raise ConfigError(f"{path}: unknown objective {o!r} (objectives: {', '.join(OBJECTIVES)})")
     variants = {str(k): dict(v or {}) for k, v in dict(s.get("variants") or {}).items()}
+    variant_seeds = {n: spec.pop("seeds") for n, spec in variants.items() if "seeds" in spec}
     for name, spec in variants.items():
         if name in OBJECTIVES: raise ConfigError(f"{path}: variant {name!r} has the name of an objective")
         if spec.get("objective") not in OBJECTIVES:
@@ -88,6 +89,11 @@ def load_exp009(path=None, **overrides) -> dict:
         except DataError as e: raise ConfigError(f"{path}: {e}") from None
     cfg0 = next(iter(cfgs.values()), PretrainConfig())
     seeds = _int_list(s.get("seeds") or [cfg0.seed], "seed", path)
+    for name, vs in variant_seeds.items():
+        vs = variant_seeds[name] = _int_list(vs if isinstance(vs, list) else [vs], f"variant {name!r}: seed", path)
+        if not vs or set(vs) - set(seeds):
+            raise ConfigError(f"{path}: variant {name!r} trains at seeds {vs}, which must be some of the seeds run ({seeds}): "
+                              "give the variant's seeds too, or no variants")
     budgets = {1.0}
     for b in s.get("budgets") or []:
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
@@ -102,12 +108,17 @@ def load_exp009(path=None, **overrides) -> dict:
         if Path(h).is_absolute() or ".." in Path(h).parts: raise ConfigError(f"{path}: holdout {h!r}: give a folder inside the corpus")
     recipe = Path(path).parent / f"{s.get('recipe', 'exp009')}.yaml"
     if not recipe.exists(): raise ConfigError(f"{path}: recipe {recipe} not found")
+    recipe_set = s.get("recipe_set") or {}
+    if not isinstance(recipe_set, dict): raise ConfigError(f"{path}: recipe_set {recipe_set!r} must be a mapping of run parameters")
+    try: Config.from_yaml(recipe, **recipe_set)          # a parameter the run does not know fails here, naming it
+    except ConfigError as e: raise ConfigError(f"{path}: recipe_set: {e}") from None
     compare = parse_backbones(",".join(s.get("compare") or [])) if s.get("compare") else []
     in_file = parse_backbones(",".join(file.get("compare") or [])) if file.get("compare") else []
     probe = {"fractions": (0.01, 0.1, 1.0), "n_boot": 200, "draws": 1, **dict(s.get("probe") or {})}
     if not isinstance(probe["draws"], int) or probe["draws"] < 1: raise ConfigError(f"{path}: probe draws {probe['draws']!r} must be at least 1")
-    return {"file": str(path), "recipe": recipe, "corpus": _expand(s.get("corpus", ""), "corpus", path), "holdout": holdout, "objectives": objs,
+    return {"file": str(path), "recipe": recipe, "recipe_set": dict(recipe_set), "corpus": _expand(s.get("corpus", ""), "corpus", path), "holdout": holdout, "objectives": objs,
             "variants": {n: {k: v for k, v in spec.items() if k != "objective"} for n, spec in variants.items()}, "pretrain": cfgs, "seeds": seeds, "budgets": budgets,
+            "variant_seeds": {n: variant_seeds.get(n, seeds) for n in variants},
             "protocols": list(s.get("protocols") or ["symmetric"]), "compare": compare,
             "compare_left_out": [b for b in in_file if b not in compare], "probe": probe,
             "audit": {"n_pos": 1000, "n_neg": 500_000, **dict(s.get("audit") or {})},
@@ -153,7 +164,7 @@ def encoder_name(name: str, cfg: PretrainConfig, changes: dict | None = None) ->
     "How tables name an encoder: the objective's name, or a variant's objective with what it changes (`changes`)."
     base = OBJECTIVE_NAMES.get(cfg.objective, cfg.objective)
     if name == cfg.objective: return base
-    return f"{base} ({', '.join(f'{k}={v}' for k, v in (changes or {}).items()) or name})"
+    return f"{base} ({', '.join(f'{k} = {v}' for k, v in (changes or {}).items()) or name})"
 
 
 def _train_one(cfg: PretrainConfig, images, d: Path, corpus_paths: list, digest: str, progress: bool, snapshot_every=None) -> None:
@@ -210,6 +221,7 @@ def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool =
     digest, images, runs, items = corpus_digest(corpus_paths), None, [], []
     for seed in settings["seeds"]:
         for name, cfg0 in settings["pretrain"].items():
+            if seed not in settings.get("variant_seeds", {}).get(name, [seed]): continue      # a variant run at some seeds only
             cfg = dataclasses.replace(cfg0, seed=seed)
             snaps = [k for k in budget_steps(cfg, settings["budgets"]) if k < cfg.steps]
             d = pretrain_dir(runs_dir, cfg, digest, None if name == cfg.objective else name, snaps)

@@ -15,7 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from .metrics import cluster_counts
+from .metrics import cluster_counts, resample_metrics
 from .nuisance import NONE_RECIPE, recipe_json
 
 # %% auto #0
@@ -79,18 +79,37 @@ def probe_predictions(z_train, y_train, z_test, y_test, groups=None, fractions=F
     return pd.concat(out, ignore_index=True)
 
 
-def _resampled(g: pd.DataFrame, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "Balanced accuracy and macro AUROC of one (classifier, fraction) on each resample (`counts`: multiplicity per item)."
-    classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
-    y, pred, proba = g.y.to_numpy(), g.pred.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy()
-    ba, au = [], []
+def _resample_one(y, pred, proba, classes, c) -> tuple[float, float]:
+    "Balanced accuracy and macro AUROC of one resample (`c`: multiplicity per item), the items repeated (sklearn's path)."
+    i = np.repeat(np.arange(len(y)), c)
     with warnings.catch_warnings():                # a resample may miss a class that was predicted
         warnings.simplefilter("ignore", UserWarning)
-        for c in counts:
-            i = np.repeat(np.arange(len(y)), c)
-            ba.append(balanced_accuracy_score(y[i], pred[i]))
-            au.append(_macro_auroc(y[i], proba[i], classes))
-    return np.array(ba), np.array(au)
+        return balanced_accuracy_score(y[i], pred[i]), _macro_auroc(y[i], proba[i], classes)
+
+
+def _resampled(g: pd.DataFrame, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced accuracy and macro AUROC of one (classifier, fraction) on each resample (`counts`: multiplicity per item),
+    all resamples at once: per-class recall from weighted counts, each class's one-vs-rest AUROC from `resample_metrics`
+    (10_metrics, the weighted form of repeating items); a resample whose diagnoses differ from the test set's (a rare
+    class drawn out) goes through `_resample_one`."""
+    classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
+    y, pred, proba = g.y.to_numpy(), g.pred.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy()
+    labels = np.unique(y)
+    Y = (y[:, None] == labels).astype(counts.dtype)
+    n, tp = counts @ Y, counts @ (Y * (pred == y)[:, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ba = np.nansum(tp / n, 1) / (n > 0).sum(1)              # mean recall over the diagnoses each resample holds
+    seen = np.isin(y, classes)
+    w = counts * seen                                           # a diagnosis training never saw is out of the AUROC
+    held = (w @ (y[:, None] == classes)) > 0
+    present = np.isin(classes, y[seen])
+    fast = (held == present).all(1) & (present.sum() > 2)
+    p = proba[:, present] / proba[:, present].sum(1, keepdims=True)
+    au = np.full(len(counts), np.nan)
+    if fast.any():
+        au[fast] = np.mean([resample_metrics(y == c, p[:, k], w[fast])["auroc"] for k, c in enumerate(classes[present])], 0)
+    for b in np.flatnonzero(~fast): ba[b], au[b] = _resample_one(y, pred, proba, classes, counts[b])
+    return ba, au
 
 
 PROBE_BOOTSTRAP = "percentile, 95%: test lesions drawn with replacement (a lesion with all its images); Δ paired on the same draws"

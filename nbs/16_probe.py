@@ -43,7 +43,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from derma_jepa.metrics import cluster_counts
+from derma_jepa.metrics import cluster_counts, resample_metrics
 from derma_jepa.nuisance import NONE_RECIPE, recipe_json
 
 # %%
@@ -150,18 +150,37 @@ def probe_predictions(z_train, y_train, z_test, y_test, groups=None, fractions=F
     return pd.concat(out, ignore_index=True)
 
 
-def _resampled(g: pd.DataFrame, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "Balanced accuracy and macro AUROC of one (classifier, fraction) on each resample (`counts`: multiplicity per item)."
-    classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
-    y, pred, proba = g.y.to_numpy(), g.pred.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy()
-    ba, au = [], []
+def _resample_one(y, pred, proba, classes, c) -> tuple[float, float]:
+    "Balanced accuracy and macro AUROC of one resample (`c`: multiplicity per item), the items repeated (sklearn's path)."
+    i = np.repeat(np.arange(len(y)), c)
     with warnings.catch_warnings():                # a resample may miss a class that was predicted
         warnings.simplefilter("ignore", UserWarning)
-        for c in counts:
-            i = np.repeat(np.arange(len(y)), c)
-            ba.append(balanced_accuracy_score(y[i], pred[i]))
-            au.append(_macro_auroc(y[i], proba[i], classes))
-    return np.array(ba), np.array(au)
+        return balanced_accuracy_score(y[i], pred[i]), _macro_auroc(y[i], proba[i], classes)
+
+
+def _resampled(g: pd.DataFrame, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Balanced accuracy and macro AUROC of one (classifier, fraction) on each resample (`counts`: multiplicity per item),
+    all resamples at once: per-class recall from weighted counts, each class's one-vs-rest AUROC from `resample_metrics`
+    (10_metrics, the weighted form of repeating items); a resample whose diagnoses differ from the test set's (a rare
+    class drawn out) goes through `_resample_one`."""
+    classes = np.array([c[2:] for c in g.columns if c.startswith("p:")])
+    y, pred, proba = g.y.to_numpy(), g.pred.to_numpy(), g[[f"p:{c}" for c in classes]].to_numpy()
+    labels = np.unique(y)
+    Y = (y[:, None] == labels).astype(counts.dtype)
+    n, tp = counts @ Y, counts @ (Y * (pred == y)[:, None])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ba = np.nansum(tp / n, 1) / (n > 0).sum(1)              # mean recall over the diagnoses each resample holds
+    seen = np.isin(y, classes)
+    w = counts * seen                                           # a diagnosis training never saw is out of the AUROC
+    held = (w @ (y[:, None] == classes)) > 0
+    present = np.isin(classes, y[seen])
+    fast = (held == present).all(1) & (present.sum() > 2)
+    p = proba[:, present] / proba[:, present].sum(1, keepdims=True)
+    au = np.full(len(counts), np.nan)
+    if fast.any():
+        au[fast] = np.mean([resample_metrics(y == c, p[:, k], w[fast])["auroc"] for k, c in enumerate(classes[present])], 0)
+    for b in np.flatnonzero(~fast): ba[b], au[b] = _resample_one(y, pred, proba, classes, counts[b])
+    return ba, au
 
 
 PROBE_BOOTSTRAP = "percentile, 95%: test lesions drawn with replacement (a lesion with all its images); Δ paired on the same draws"
@@ -271,6 +290,9 @@ _curve.round(3)
 # lesion-level one. The paired Δ against a control sits at zero against itself, and against a
 # control that only guesses it is positive with an interval that excludes zero; a control on other
 # test items is refused.
+# The resamples are scored all at once (weighted recalls, and each class's AUROC through 10_metrics'
+# `resample_metrics`); the check after these runs them one at a time through sklearn, items repeated, and
+# must agree to rounding, a resample that draws a whole diagnosis out included.
 
 # %%
 _z3, _y3 = np.repeat(_sig(_yte), 3, 0), np.repeat(_yte, 3)
@@ -288,6 +310,13 @@ test_eq(_self.delta_ba.tolist(), [0.0, 0.0]); test_eq((_self.delta_ci_high - _se
 _vs = probe_summary(_pa, 200, control=_pc)
 assert (_vs.delta_ci_low > 0.2).all() and np.allclose(_vs.delta_ba, _vs.balanced_accuracy - probe_summary(_pc, 10).balanced_accuracy), _vs
 test_fail(lambda: probe_summary(_pa, 10, control=_pc.assign(group=_pc.group + 1)), contains="not on the same test items")
+# all resamples at once equals one resample at a time through sklearn, a resample that draws a diagnosis out included
+_g = _pc[_pc.classifier.eq("logistic")].sort_values("item")
+_cnt = cluster_counts(_g.group.to_numpy(), np.zeros(len(_g)), 30, 7)
+_cnt[0, _g.y.to_numpy() == _g.y.iloc[0]] = 0
+_cls = np.array([c[2:] for c in _g.columns if c.startswith("p:")])
+_one = np.array([_resample_one(_g.y.to_numpy(), _g.pred.to_numpy(), _g[[f"p:{c}" for c in _cls]].to_numpy(), _cls, c) for c in _cnt])
+np.testing.assert_allclose(np.c_[_resampled(_g, _cnt)], _one, rtol=1e-12)
 _vs.round(3)
 
 

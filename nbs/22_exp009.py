@@ -83,13 +83,15 @@ import tempfile
 # - `variants`: named objectives with changed pretraining parameters, trained beside the
 #   objectives (`simclr_nocolour: {objective: simclr, colour: false}`: SimCLR without its colour
 #   augmentation, to see how much of its advantage is invariance to colour, which the held-out
-#   nuisance family also varies).
+#   nuisance family also varies). A variant's `seeds` (some of `seeds`) trains it at those only.
+# - `recipe_set`: run parameters that replace the recipe file's for every EXP-009 run (the shipped
+#   settings run 250 pairs per split: see the file for why).
 # - `probe`: label `fractions`, `draws` (subsamples per fraction below 100%: the label-efficiency
 #   band) and `n_boot` (the lesion bootstrap).
 
 # %%
 #| export
-KEYS = ("recipe", "corpus", "holdout", "objectives", "variants", "seeds", "budgets", "pretrain", "steps", "protocols", "compare",
+KEYS = ("recipe", "recipe_set", "corpus", "holdout", "objectives", "variants", "seeds", "budgets", "pretrain", "steps", "protocols", "compare",
         "probe", "audit", "resources")
 
 
@@ -132,6 +134,7 @@ def load_exp009(path=None, **overrides) -> dict:
     for o in objs:
         if o not in OBJECTIVES: raise ConfigError(f"{path}: unknown objective {o!r} (objectives: {', '.join(OBJECTIVES)})")
     variants = {str(k): dict(v or {}) for k, v in dict(s.get("variants") or {}).items()}
+    variant_seeds = {n: spec.pop("seeds") for n, spec in variants.items() if "seeds" in spec}
     for name, spec in variants.items():
         if name in OBJECTIVES: raise ConfigError(f"{path}: variant {name!r} has the name of an objective")
         if spec.get("objective") not in OBJECTIVES:
@@ -147,6 +150,11 @@ def load_exp009(path=None, **overrides) -> dict:
         except DataError as e: raise ConfigError(f"{path}: {e}") from None
     cfg0 = next(iter(cfgs.values()), PretrainConfig())
     seeds = _int_list(s.get("seeds") or [cfg0.seed], "seed", path)
+    for name, vs in variant_seeds.items():
+        vs = variant_seeds[name] = _int_list(vs if isinstance(vs, list) else [vs], f"variant {name!r}: seed", path)
+        if not vs or set(vs) - set(seeds):
+            raise ConfigError(f"{path}: variant {name!r} trains at seeds {vs}, which must be some of the seeds run ({seeds}): "
+                              "give the variant's seeds too, or no variants")
     budgets = {1.0}
     for b in s.get("budgets") or []:
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0 < b <= 1:
@@ -161,12 +169,17 @@ def load_exp009(path=None, **overrides) -> dict:
         if Path(h).is_absolute() or ".." in Path(h).parts: raise ConfigError(f"{path}: holdout {h!r}: give a folder inside the corpus")
     recipe = Path(path).parent / f"{s.get('recipe', 'exp009')}.yaml"
     if not recipe.exists(): raise ConfigError(f"{path}: recipe {recipe} not found")
+    recipe_set = s.get("recipe_set") or {}
+    if not isinstance(recipe_set, dict): raise ConfigError(f"{path}: recipe_set {recipe_set!r} must be a mapping of run parameters")
+    try: Config.from_yaml(recipe, **recipe_set)          # a parameter the run does not know fails here, naming it
+    except ConfigError as e: raise ConfigError(f"{path}: recipe_set: {e}") from None
     compare = parse_backbones(",".join(s.get("compare") or [])) if s.get("compare") else []
     in_file = parse_backbones(",".join(file.get("compare") or [])) if file.get("compare") else []
     probe = {"fractions": (0.01, 0.1, 1.0), "n_boot": 200, "draws": 1, **dict(s.get("probe") or {})}
     if not isinstance(probe["draws"], int) or probe["draws"] < 1: raise ConfigError(f"{path}: probe draws {probe['draws']!r} must be at least 1")
-    return {"file": str(path), "recipe": recipe, "corpus": _expand(s.get("corpus", ""), "corpus", path), "holdout": holdout, "objectives": objs,
+    return {"file": str(path), "recipe": recipe, "recipe_set": dict(recipe_set), "corpus": _expand(s.get("corpus", ""), "corpus", path), "holdout": holdout, "objectives": objs,
             "variants": {n: {k: v for k, v in spec.items() if k != "objective"} for n, spec in variants.items()}, "pretrain": cfgs, "seeds": seeds, "budgets": budgets,
+            "variant_seeds": {n: variant_seeds.get(n, seeds) for n in variants},
             "protocols": list(s.get("protocols") or ["symmetric"]), "compare": compare,
             "compare_left_out": [b for b in in_file if b not in compare], "probe": probe,
             "audit": {"n_pos": 1000, "n_neg": 500_000, **dict(s.get("audit") or {})},
@@ -181,7 +194,9 @@ test_eq(len({c.steps * c.batch_size for c in _s["pretrain"].values()}), 1)      
 test_eq(len({dataclasses.replace(c, objective="mae", colour=True) for c in _s["pretrain"].values()}), 1)   # one shared recipe
 test_eq({n: (c.objective, c.colour) for n, c in _s["pretrain"].items() if n in _s["variants"]}, {"simclr_nocolour": ("simclr", False)})
 assert _s["budgets"][-1] == 1.0 and all(_s["budgets"][i] < _s["budgets"][i + 1] for i in range(len(_s["budgets"]) - 1))
-test_eq(load_exp009(budgets=[0.5], seeds=[3, 4])["budgets"], [0.5, 1.0]); test_eq(load_exp009(seeds=[3, 4])["seeds"], [3, 4])
+test_eq(load_exp009(budgets=[0.5], seeds=[0, 4])["budgets"], [0.5, 1.0]); test_eq(load_exp009(seeds=[3, 4], variants={})["seeds"], [3, 4])
+_vs = load_exp009(seeds=[3, 4], variants={"v": {"objective": "simclr", "colour": False, "seeds": [4]}})
+test_eq((_vs["variant_seeds"], _vs["variants"]), ({"v": [4]}, {"v": {"colour": False}}))     # `seeds` is not a pretraining change
 test_eq(budget_steps(PretrainConfig(steps=320), [0.25, 0.5, 1.0]), [80, 160, 320])
 test_eq(load_exp009(compare=["color_texture"])["compare_left_out"], [b for b in _s["compare"] if b != "color_texture"])
 _gpu = load_exp009(experiments_dir() / "exp009_pretrain_vits16.yaml")       # the GPU configuration (issue 29) reads as well
@@ -193,11 +208,14 @@ for _bad, _msg in [({"objectives": ["mae", "byol"]}, "unknown objective 'byol'")
                    ({"pretrain": {"lr": 1e-3, "epochs": 3}}, "unexpected keyword argument 'epochs'"),
                    ({"steps": {"dino": 3}}, "steps given for 'dino'"), ({"corpus": "$NO_SUCH_DIR_VAR"}, "not set"),
                    ({"holdout": ["../isic2017/val"]}, "holdout '../isic2017/val': give a folder inside the corpus"),
-                   ({"budgets": [0.33]}, "budget 0.33 of 320 steps is 105.6 steps"),
+                   ({"budgets": [0.33]}, "budget 0.33 of 128 steps is 42.24 steps"),
                    ({"budgets": [1.5]}, "budget 1.5 must be a fraction"), ({"budgets": ["half"]}, "budget 'half' must be a fraction"), ({"seeds": [0, 0]}, "seed [0, 0] repeats"),
                    ({"seeds": ["x"]}, "seed 'x' is not a whole number"), ({"variants": {"mae": {"objective": "mae"}}}, "variant 'mae' has the name"),
                    ({"variants": {"v": {"objective": "byol"}}}, "variant 'v': objective 'byol'"),
                    ({"variants": {"v": {"objective": "simclr", "colours": False}}}, "unexpected keyword argument 'colours'"),
+                   ({"variants": {"v": {"objective": "simclr", "seeds": [5]}}}, "variant 'v' trains at seeds [5], which must be some of the seeds run"),
+                   ({"seeds": [3, 4]}, "variant 'simclr_nocolour' trains at seeds [0], which must be some of the seeds run ([3, 4])"),
+                   ({"recipe_set": {"pairs_per_splt": 5}}, "recipe_set: parameters: 'pairs_per_splt' is not a configuration field"), ({"recipe_set": [5]}, "recipe_set [5] must be a mapping"),
                    ({"probe": {"draws": 0}}, "probe draws 0 must be at least 1")]:
     test_fail(lambda: load_exp009(**_bad), contains=_msg)
 
@@ -279,7 +297,7 @@ def encoder_name(name: str, cfg: PretrainConfig, changes: dict | None = None) ->
     "How tables name an encoder: the objective's name, or a variant's objective with what it changes (`changes`)."
     base = OBJECTIVE_NAMES.get(cfg.objective, cfg.objective)
     if name == cfg.objective: return base
-    return f"{base} ({', '.join(f'{k}={v}' for k, v in (changes or {}).items()) or name})"
+    return f"{base} ({', '.join(f'{k} = {v}' for k, v in (changes or {}).items()) or name})"
 
 
 def _train_one(cfg: PretrainConfig, images, d: Path, corpus_paths: list, digest: str, progress: bool, snapshot_every=None) -> None:
@@ -336,6 +354,7 @@ def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool =
     digest, images, runs, items = corpus_digest(corpus_paths), None, [], []
     for seed in settings["seeds"]:
         for name, cfg0 in settings["pretrain"].items():
+            if seed not in settings.get("variant_seeds", {}).get(name, [seed]): continue      # a variant run at some seeds only
             cfg = dataclasses.replace(cfg0, seed=seed)
             snaps = [k for k in budget_steps(cfg, settings["budgets"]) if k < cfg.steps]
             d = pretrain_dir(runs_dir, cfg, digest, None if name == cfg.objective else name, snaps)
@@ -375,7 +394,8 @@ def pretrain_all(settings: dict, corpus_paths, runs_dir="runs", progress: bool =
 # Two objectives and a variant, two seeds, a snapshot at half the steps, on fixture images: the
 # table names each encoder; a second call reuses them all; every trained encoder differs from the
 # control it started from, the seeds' controls differ from each other, and the half-budget
-# snapshot differs from the finished encoder; the same runs as work items give the same encoders.
+# snapshot differs from the finished encoder; a variant given `seeds` runs at those only; the same
+# runs as work items give the same encoders.
 
 # %%
 from derma_jepa.data import load_records
@@ -387,12 +407,17 @@ _st = load_exp009(objectives=["mae", "ijepa"], pretrain=_tiny, steps={"mae": 2, 
 _corpus = list(load_records(fixture_dir(n_lesions=60, seed=7)).path)
 _enc = pretrain_all(_st, _corpus, _tmp / "runs")
 test_eq(list(zip(_enc.encoder, _enc.seed, _enc.budget)),
-        [(e, s, b) for s in (0, 1) for e in ("MAE", "I-JEPA", "SimCLR (colour=False)") for b in (0.5, 1.0)] + [("random init", 0, 0.0), ("random init", 1, 0.0)])
+        [(e, s, b) for s in (0, 1) for e in ("MAE", "I-JEPA", "SimCLR (colour = False)") for b in (0.5, 1.0)] + [("random init", 0, 0.0), ("random init", 1, 0.0)])
 test_eq(_enc.label.iloc[1], "ViT-Ti/16 @ 48 px, MAE (2 steps), seed 0"); test_eq(_enc.label.iloc[0], "ViT-Ti/16 @ 48 px, MAE (1 steps), seed 0")
 test_eq(_enc.images_seen.tolist()[:2], [8, 16]); assert (_enc.gflops[_enc.budget.eq(1.0)] > _enc.gflops[_enc.budget.eq(0.5)].to_numpy()).all()
 _log = []
 test_eq(pretrain_all(_st, _corpus, _tmp / "runs", log=_log.append).path.tolist(), _enc.path.tolist())
 assert all("reused" in l for l in _log) and len(_log) == 6, _log
+_log = []                                # a variant's `seeds`: trained (here: reused) at those seeds only
+_e1 = pretrain_all({**_st, "variant_seeds": {"simclr_nocolour": [1]}}, _corpus, _tmp / "runs", log=_log.append)
+test_eq(list(zip(_e1.encoder, _e1.seed, _e1.budget)), [(e, s, b) for s in (0, 1) for e in ("MAE", "I-JEPA", "SimCLR (colour = False)")[:2 + s]
+                                                       for b in (0.5, 1.0)] + [("random init", 0, 0.0), ("random init", 1, 0.0)])
+test_eq(len(_log), 5)
 _d = [encoder_digest(p) for p in _enc.path]
 assert len(set(_d)) == len(_d), _d                    # snapshots, finished encoders, seeds and controls all differ
 # the same runs as work items (each a job on a cluster; here in this process): the same encoders, bit for bit
@@ -400,7 +425,7 @@ from derma_jepa.executors import LocalExecutor
 _enc_jobs = pretrain_all(_st, _corpus, _tmp / "runs-jobs", executor=LocalExecutor(_tmp / "runs-jobs" / "jobs"))
 test_eq([encoder_digest(p) for p in _enc_jobs.path], _d)
 # a single seed without budgets names its folders as before seeds, budgets and variants existed (finished encoders are reused)
-_one = load_exp009(objectives=["mae"], pretrain=_tiny, steps={"mae": 2})
+_one = load_exp009(objectives=["mae"], pretrain=_tiny, steps={"mae": 2}, seeds=[0], budgets=[1.0], variants={})
 _before = {k: v for k, v in dataclasses.asdict(_one["pretrain"]["mae"]).items() if k != "colour"}     # the fields there were
 test_eq(pretrain_dir("r", _one["pretrain"]["mae"], "c").name,
         "mae-" + hashlib.sha256(json.dumps({**_before, "corpus": "c"}, sort_keys=True).encode()).hexdigest()[:8])
@@ -440,7 +465,7 @@ def plan_exp009(settings: dict, encoders: pd.DataFrame, runs_dir="runs", recipe_
 _plan = plan_exp009(_st, _enc, _tmp / "runs", {"data": "fixture", "pairs_per_split": 30})
 test_eq(len(_plan), (3 * 2 + 2 + 1) * 2)             # (3 finished encoders x 2 seeds + 2 controls + color_texture) x 2 protocols
 test_eq(_plan.label.tolist()[:3], ["ViT-Ti/16 @ 48 px, MAE (2 steps), seed 0", "ViT-Ti/16 @ 48 px, I-JEPA (2 steps), seed 0",
-                                   "ViT-Ti/16 @ 48 px, SimCLR (colour=False) (2 steps), seed 0"])
+                                   "ViT-Ti/16 @ 48 px, SimCLR (colour = False) (2 steps), seed 0"])
 test_eq(_plan.label.tolist()[6:9], ["ViT-Ti/16 @ 48 px, random init, seed 0", "ViT-Ti/16 @ 48 px, random init, seed 1",
                                     "color_texture (offline)"])
 assert _plan.run_dir.str.contains("exp009-reference-ssl_").iloc[:8].all() and _plan.run_dir.is_unique

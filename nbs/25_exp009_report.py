@@ -255,7 +255,8 @@ def recipe_table(long: pd.DataFrame, plan: pd.DataFrame) -> pd.DataFrame:
             cell(by("target_only_probe")), cell(by("context_only_probe")),
             cell(p, "rephoto_auroc", "rephoto_lo", "rephoto_hi"),
             cell(p, "rephoto_delta_best", "rephoto_delta_best_lo", "rephoto_delta_best_hi", True),
-            f"{gate_cell(list(p.verdict))} / {gate_cell([v for v in p.rephoto_verdict if isinstance(v, str)])}"]))
+            f"{gate_cell(list(p.verdict))}{' (release rule)' if prot == 'reference' else ''} / "
+            f"{gate_cell([v for v in p.rephoto_verdict if isinstance(v, str)])}"]))
     df = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(RECIPE_COLUMNS)).astype(object).fillna("–")
     df.index.names = ["encoder", "protocol"]
     return df
@@ -354,6 +355,7 @@ test_eq(_rt.loc[("random init", "symmetric"), "predictor AUROC"], "0.460 ± 0.01
 test_eq(_rt.loc[("MAE", "reference"), "Δ vs strongest baseline"], "-0.050 ± 0.000 [-0.050, -0.050] (n=2) vs pixel L2")
 test_eq(_rt.loc[("MAE", "symmetric"), "target-only probe"], "0.910 ± 0.014 [0.783, 1.037] (n=2)")
 test_eq(_rt.loc[("MAE", "symmetric"), "verdicts: synthetic / re-photo"], "worse: 2 of 2 seeds / did not beat: 2 of 2 seeds")
+test_eq(_rt.loc[("MAE", "reference"), "verdicts: synthetic / re-photo"], "worse: 2 of 2 seeds (release rule) / did not beat: 2 of 2 seeds")
 test_eq(_rt.loc[("color_texture", "reference"), "re-photo AUROC (predictor)"], "0.600 [0.570, 0.630]")
 test_eq(_rt.loc[("color_texture", "symmetric"), "predictor AUROC"], "not run")
 test_eq(len(_rt), 8)
@@ -621,7 +623,6 @@ def render_exp009(plan: pd.DataFrame, probes: pd.DataFrame, encoders: pd.DataFra
     variants = encoders[encoders.budget.eq(1.0) & encoders.encoder.str.contains(r"\(", regex=True)].encoder.unique()
     trained = encoders[encoders.objective.ne("none")]
     fractions, draws = _fractions_text(probes)
-    mt = maps_table(maps["table"], plan) if maps else None
     aur = maps["table"] if maps else None
     files["exp009.tex"] = (EXP009_TEX % {
         "n_corpus": n_corpus, "excluded": int((~held).sum()), "verdict": tex_text(audit["verdict"].rstrip(".")),

@@ -83,7 +83,7 @@ settings = load_exp009(settings_file or None, corpus=corpus or None, objectives=
                        protocols=_split(protocols), steps=_yaml(steps), pretrain=_yaml(pretrain_set), seeds=_yaml(seeds),
                        budgets=_yaml(budgets), variants=_yaml(variants),
                        audit=_yaml(audit_set), **({"compare": [] if compare == "none" else _split(compare)} if compare else {}))
-recipe_overrides = _yaml(recipe_set) or {}
+recipe_overrides = {**settings["recipe_set"], **(_yaml(recipe_set) or {})}      # the settings file's, then this notebook's
 recipe = Config.from_yaml(settings["recipe"], **recipe_overrides)
 ham_dir = resolve_data(recipe)
 out = Path(runs_dir) / "exp009"
@@ -120,7 +120,7 @@ excluded
 
 # %%
 ex = make_executor(executor, out / "jobs", settings["resources"])       # local, or SLURM jobs (19_executors)
-encoders = pretrain_all(settings, kept, runs_dir, progress=True, executor=None if executor == "local" else ex)
+encoders = pretrain_all(settings, kept, runs_dir, progress=False, executor=None if executor == "local" else ex)
 encoders[["label", "budget", "images_seen", "gflops", "seconds", "dtype"]]    # throughput: each run's train.json
 
 # %%

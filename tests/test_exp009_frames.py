@@ -17,7 +17,7 @@ def test_report_reads_the_frames_the_pipeline_makes(tmp_path, monkeypatch):
     plan = plan_exp009(st, enc, tmp_path / "runs", {"data": "fixture", "pairs_per_split": 20})
     probes = probe_all(plan[plan.protocol.eq("symmetric")], st, fixture_dir(n_lesions=300, seed=0), 20260422, enc, log=lambda m: None)
     t = exp009_table(probes, enc)
-    assert list(t.index) == ["MAE", "SimCLR (colour=False)", "random init", "color_texture"]
+    assert list(t.index) == ["MAE", "SimCLR (colour = False)", "random init", "color_texture"]
     assert t.loc["MAE", "seeds"] == 2 and "(n=2)" in t.loc["MAE", "probe: balanced acc."]
     assert t.loc["MAE", "pretraining"].startswith("2 steps, 16 images seen")
     lt = label_table(probes)
